@@ -1,0 +1,319 @@
+//! Decoding message bodies into envelopes, defensively: any byte sequence yields either an
+//! envelope or a [`DecodeError`] that names the offending field. Nothing here panics.
+
+use serde_json::{Map, Value};
+
+use crate::envelope::Envelope;
+use crate::route::{Route, RouteError};
+use crate::status::Status;
+
+/// Bounds applied while decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest accepted body in bytes (default 16 MiB).
+    pub max_body_bytes: usize,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why a message body is not a valid envelope. Every variant names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The body exceeds [`DecodeLimits::max_body_bytes`].
+    #[error("body is {size} bytes, over the {limit}-byte limit (raise the decode limit or send smaller payloads)")]
+    TooLarge {
+        /// Size of the body.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The body is not UTF-8 JSON.
+    #[error("body is not valid JSON: {detail}")]
+    NotJson {
+        /// What the JSON parser reported, with line and column.
+        detail: String,
+    },
+    /// The body is JSON but not an object.
+    #[error("body must be a JSON object, found {found}")]
+    NotAnObject {
+        /// The JSON type found.
+        found: &'static str,
+    },
+    /// A required field is absent.
+    #[error("required field `{field}` is missing")]
+    Missing {
+        /// Dotted path of the field.
+        field: &'static str,
+    },
+    /// A field has the wrong JSON type.
+    #[error("field `{field}` must be {expected}, found {found}")]
+    WrongType {
+        /// Path of the field, e.g. `route.next[2]`.
+        field: String,
+        /// The type the protocol requires.
+        expected: &'static str,
+        /// The JSON type found.
+        found: &'static str,
+    },
+    /// A string field that must not be empty is empty.
+    #[error("field `{field}` must not be empty")]
+    Empty {
+        /// Path of the field.
+        field: String,
+    },
+    /// The route object is inconsistent.
+    #[error("field `route` is invalid: {0}")]
+    Route(#[from] RouteError),
+    /// The route mixes the `prev/curr/next` and `actors/current` forms.
+    #[error("field `route` mixes the prev/curr/next form with the legacy actors/current form; use one")]
+    AmbiguousRoute,
+    /// A field of `status` is malformed.
+    #[error("field `status.{path}` is invalid: {detail}")]
+    Status {
+        /// Path inside `status`.
+        path: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+impl DecodeError {
+    /// The dotted path of the field at fault, or `""` when the body as a whole is at fault.
+    pub fn field(&self) -> String {
+        match self {
+            DecodeError::TooLarge { .. }
+            | DecodeError::NotJson { .. }
+            | DecodeError::NotAnObject { .. } => String::new(),
+            DecodeError::Missing { field } => (*field).to_owned(),
+            DecodeError::WrongType { field, .. } | DecodeError::Empty { field } => field.clone(),
+            DecodeError::Route(_) | DecodeError::AmbiguousRoute => "route".to_owned(),
+            DecodeError::Status { path, .. } => format!("status.{path}"),
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn wrong(field: impl Into<String>, expected: &'static str, found: &Value) -> DecodeError {
+    DecodeError::WrongType {
+        field: field.into(),
+        expected,
+        found: type_name(found),
+    }
+}
+
+pub(crate) fn decode(body: &[u8], limits: &DecodeLimits) -> Result<Envelope, DecodeError> {
+    if body.len() > limits.max_body_bytes {
+        return Err(DecodeError::TooLarge {
+            size: body.len(),
+            limit: limits.max_body_bytes,
+        });
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| DecodeError::NotJson {
+        detail: e.to_string(),
+    })?;
+    let obj = match value {
+        Value::Object(obj) => obj,
+        other => {
+            return Err(DecodeError::NotAnObject {
+                found: type_name(&other),
+            });
+        }
+    };
+
+    // One pass over the object keeps unknown fields in their original order.
+    let (mut id, mut parent_id, mut route, mut headers, mut status, mut payload) =
+        (None, None, None, None, None, None);
+    let mut extra = Map::new();
+    for (key, value) in obj {
+        match key.as_str() {
+            "id" => id = Some(value),
+            "parent_id" => parent_id = Some(value),
+            "route" => route = Some(value),
+            "headers" => headers = Some(value),
+            "status" => status = Some(value),
+            "payload" => payload = Some(value),
+            _ => {
+                extra.insert(key, value);
+            }
+        }
+    }
+
+    let id = match id {
+        None => return Err(DecodeError::Missing { field: "id" }),
+        Some(Value::String(s)) if s.is_empty() => return Err(DecodeError::Empty { field: "id".into() }),
+        Some(Value::String(s)) => s,
+        Some(other) => return Err(wrong("id", "a string", &other)),
+    };
+    let parent_id = match parent_id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err(DecodeError::Empty {
+                field: "parent_id".into(),
+            });
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(other) => return Err(wrong("parent_id", "a string or null", &other)),
+    };
+    let route = match route {
+        None => return Err(DecodeError::Missing { field: "route" }),
+        Some(Value::Object(r)) => decode_route(r)?,
+        Some(other) => return Err(wrong("route", "an object", &other)),
+    };
+    let headers = match headers {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(h)) => h,
+        Some(other) => return Err(wrong("headers", "an object", &other)),
+    };
+    let status = match status {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Object(_)) => Some(decode_status(v)?),
+        Some(other) => return Err(wrong("status", "an object", &other)),
+    };
+    let payload = payload.ok_or(DecodeError::Missing { field: "payload" })?;
+
+    Ok(Envelope {
+        id,
+        parent_id,
+        route,
+        headers,
+        status,
+        payload,
+        extra,
+        ..Envelope::default()
+    })
+}
+
+fn decode_route(mut r: Map<String, Value>) -> Result<Route, DecodeError> {
+    let modern = ["prev", "curr", "next"].iter().any(|k| r.contains_key(*k));
+    let legacy = ["actors", "current"].iter().any(|k| r.contains_key(*k));
+    match (modern, legacy) {
+        (true, true) => Err(DecodeError::AmbiguousRoute),
+        (false, true) => {
+            let actors = names(r.remove("actors"), "route.actors", false)?;
+            let current = match r.remove("current") {
+                None => return Err(DecodeError::Missing { field: "route.current" }),
+                Some(Value::Number(n)) => n
+                    .as_u64()
+                    .ok_or_else(|| wrong("route.current", "a non-negative integer", &Value::Number(n)))?,
+                Some(other) => return Err(wrong("route.current", "a non-negative integer", &other)),
+            };
+            Ok(Route::from_actors(actors, current)?)
+        }
+        _ => {
+            let curr = match r.remove("curr") {
+                None => return Err(DecodeError::Missing { field: "route.curr" }),
+                Some(Value::String(s)) => s,
+                Some(other) => return Err(wrong("route.curr", "a string", &other)),
+            };
+            let prev = names(r.remove("prev"), "route.prev", true)?;
+            let next = names(r.remove("next"), "route.next", true)?;
+            Ok(Route::new(prev, curr, next))
+        }
+    }
+}
+
+/// An array of non-empty actor names. `optional` lets the field be absent or null.
+fn names(v: Option<Value>, field: &'static str, optional: bool) -> Result<Vec<String>, DecodeError> {
+    let items = match v {
+        None | Some(Value::Null) if optional => return Ok(Vec::new()),
+        None => return Err(DecodeError::Missing { field }),
+        Some(Value::Array(items)) => items,
+        Some(other) => return Err(wrong(field, "an array of strings", &other)),
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::String(s) if s.is_empty() => Err(DecodeError::Empty {
+                field: format!("{field}[{i}]"),
+            }),
+            Value::String(s) => Ok(s),
+            other => Err(wrong(format!("{field}[{i}]"), "a string", &other)),
+        })
+        .collect()
+}
+
+fn decode_status(v: Value) -> Result<Status, DecodeError> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        DecodeError::Status {
+            path: if path == "." { String::new() } else { path },
+            detail: e.into_inner().to_string(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::Phase;
+
+    fn dec(s: &str) -> Result<Envelope, DecodeError> {
+        Envelope::from_slice(s.as_bytes(), &DecodeLimits::default())
+    }
+
+    #[test]
+    fn minimal_envelope_decodes() {
+        let e = dec(r#"{"id":"1","route":{"curr":"a"},"payload":null}"#).unwrap();
+        assert_eq!(e.route, Route::new(vec![], "a", vec![]));
+        assert_eq!(e.payload, Value::Null);
+        assert!(e.status.is_none());
+    }
+
+    #[test]
+    fn legacy_route_is_converted() {
+        let e = dec(r#"{"id":"1","route":{"actors":["a","b","c"],"current":1},"payload":{}}"#).unwrap();
+        assert_eq!(e.route, Route::new(vec!["a".into()], "b", vec!["c".into()]));
+        let out: Value = serde_json::from_slice(&e.to_vec()).unwrap();
+        assert_eq!(out["route"], serde_json::json!({"prev":["a"],"curr":"b","next":["c"]}));
+    }
+
+    #[test]
+    fn status_fields_are_typed() {
+        let e = dec(r#"{"id":"1","route":{"curr":"a"},"payload":1,
+            "status":{"phase":"retrying","attempt":2,"deadline_at":"2030-01-01T00:00:00Z"}}"#)
+        .unwrap();
+        let s = e.status.unwrap();
+        assert_eq!(s.phase, Some(Phase::Retrying));
+        assert_eq!(s.attempt, Some(2));
+        assert!(s.deadline_at.is_some());
+    }
+
+    #[test]
+    fn errors_name_their_field() {
+        let cases = [
+            (r#"{"route":{"curr":"a"},"payload":1}"#, "id"),
+            (r#"{"id":"1","route":{"curr":"a","next":["b",3]},"payload":1}"#, "route.next[1]"),
+            (r#"{"id":"1","route":{"curr":"a"},"payload":1,"status":{"attempt":"x"}}"#, "status.attempt"),
+            (r#"{"id":"1","route":{"actors":["a"],"current":-1},"payload":1}"#, "route.current"),
+        ];
+        for (body, field) in cases {
+            let err = dec(body).unwrap_err();
+            assert_eq!(err.field(), field, "{body}: {err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    #[test]
+    fn size_limit_is_enforced_before_parsing() {
+        let limits = DecodeLimits { max_body_bytes: 8 };
+        let err = Envelope::from_slice(b"{\"id\":\"123456\"}", &limits).unwrap_err();
+        assert_eq!(err, DecodeError::TooLarge { size: 15, limit: 8 });
+    }
+}

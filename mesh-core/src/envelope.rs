@@ -1,0 +1,227 @@
+//! The envelope: one queue message, carrying its own route (protocol §1).
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Map, Value};
+
+use crate::decode::{self, DecodeError, DecodeLimits};
+use crate::route::Route;
+use crate::status::Status;
+
+/// One message travelling through the mesh.
+///
+/// Decode with [`Envelope::from_slice`] (never panics; every defect is a typed
+/// [`DecodeError`] naming the field) and encode with [`Envelope::to_vec`]. Unknown top-level
+/// fields are kept in [`Envelope::extra`] and written back unchanged.
+///
+/// ```
+/// use troupe_core::{DecodeLimits, Envelope};
+/// let body = br#"{"id":"e1","route":{"prev":[],"curr":"score","next":["judge"]},"payload":{"x":1},"trace_tag":"keep-me"}"#;
+/// let env = Envelope::from_slice(body, &DecodeLimits::default()).unwrap();
+/// assert_eq!(env.route.curr(), "score");
+/// let again = Envelope::from_slice(&env.to_vec(), &DecodeLimits::default()).unwrap();
+/// assert_eq!(again.extra["trace_tag"], "keep-me");
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    /// Unique id; fan-out children other than the first get a fresh one.
+    pub id: String,
+    /// The id of the envelope this one was fanned out from.
+    pub parent_id: Option<String>,
+    /// Where the envelope has been and is going.
+    pub route: Route,
+    /// Free-form headers; `x-asya-*`, `traceparent` and `tracestate` are reserved for the mesh.
+    pub headers: Map<String, Value>,
+    /// Lifecycle block.
+    pub status: Option<Status>,
+    /// The handler's data (any JSON, `null` included).
+    pub payload: Value,
+    /// Top-level fields this build does not know, passed on unchanged.
+    pub extra: Map<String, Value>,
+    /// Size of the encoded body this envelope was decoded from (0 if built in code).
+    pub(crate) wire_len: usize,
+}
+
+/// Equality is over the protocol fields; the decoded size is bookkeeping, not content.
+impl PartialEq for Envelope {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.parent_id == other.parent_id
+            && self.route == other.route
+            && self.headers == other.headers
+            && self.status == other.status
+            && self.payload == other.payload
+            && self.extra == other.extra
+    }
+}
+
+impl Envelope {
+    /// A new envelope with a fresh UUIDv4 id, at the start of `route`.
+    pub fn new(route: Route, payload: Value) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            route,
+            payload,
+            ..Self::default()
+        }
+    }
+
+    /// Decodes one message body. Accepts the older `route: {actors, current}` form.
+    pub fn from_slice(body: &[u8], limits: &DecodeLimits) -> Result<Self, DecodeError> {
+        let mut env = decode::decode(body, limits)?;
+        env.wire_len = body.len();
+        Ok(env)
+    }
+
+    /// Encodes the envelope as JSON (always the `prev/curr/next` route form).
+    pub fn to_vec(&self) -> Vec<u8> {
+        // Serializing an in-memory Value tree to a Vec cannot fail: keys are strings and
+        // there is no I/O; an error here would be a serde_json bug.
+        serde_json::to_vec(self).unwrap_or_else(|e| unreachable!("envelope encoding failed: {e}"))
+    }
+
+    /// Size in bytes of the body this envelope was decoded from, or 0 if built in code.
+    pub fn wire_len(&self) -> usize {
+        self.wire_len
+    }
+
+    /// The status block, created empty if absent.
+    pub fn status_mut(&mut self) -> &mut Status {
+        self.status.get_or_insert_with(Status::default)
+    }
+
+    /// A header value as a string, if present and a string.
+    pub fn header_str(&self, key: &str) -> Option<&str> {
+        self.headers.get(key).and_then(Value::as_str)
+    }
+}
+
+impl Serialize for Envelope {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("id", &self.id)?;
+        if let Some(parent) = &self.parent_id {
+            map.serialize_entry("parent_id", parent)?;
+        }
+        map.serialize_entry("route", &self.route)?;
+        if !self.headers.is_empty() {
+            map.serialize_entry("headers", &self.headers)?;
+        }
+        if let Some(status) = &self.status {
+            map.serialize_entry("status", status)?;
+        }
+        map.serialize_entry("payload", &self.payload)?;
+        for (k, v) in &self.extra {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+/// Gives fan-out children their ids (protocol §2.5): the first keeps the input's `id` and
+/// `parent_id`; every other gets a fresh UUIDv4 `id` and `parent_id` = the input's `id`.
+pub fn assign_fan_out_ids(input_id: &str, input_parent: Option<&str>, children: &mut [Envelope]) {
+    let mut it = children.iter_mut();
+    if let Some(first) = it.next() {
+        if first.id != input_id {
+            first.id = input_id.to_owned();
+        }
+        first.parent_id = input_parent.map(str::to_owned);
+    }
+    for child in it {
+        child.id = uuid::Uuid::new_v4().to_string();
+        child.parent_id = Some(input_id.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn json_leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[ -~]{0,12}".prop_map(Value::String),
+        ]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        json_leaf().prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z]{1,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn actor() -> impl Strategy<Value = String> {
+        "[a-z][a-z0-9-]{0,8}"
+    }
+
+    prop_compose! {
+        fn envelope()(
+            id in "[a-zA-Z0-9-]{1,36}",
+            parent in proptest::option::of("[a-z0-9-]{1,36}"),
+            prev in proptest::collection::vec(actor(), 0..4),
+            curr in prop_oneof![Just(String::new()), actor()],
+            next in proptest::collection::vec(actor(), 0..4),
+            headers in proptest::collection::btree_map("[a-z-]{1,10}", json_leaf(), 0..3),
+            payload in json_value(),
+            extra in proptest::collection::btree_map("x_[a-z]{1,6}", json_value(), 0..3),
+        ) -> Envelope {
+            Envelope {
+                id,
+                parent_id: parent,
+                route: Route::new(prev, curr, next),
+                headers: headers.into_iter().collect(),
+                status: None,
+                payload,
+                extra: extra.into_iter().collect(),
+                wire_len: 0,
+            }
+        }
+    }
+
+    proptest! {
+        /// encode -> decode is the identity, unknown fields included.
+        #[test]
+        fn round_trip(env in envelope()) {
+            let bytes = env.to_vec();
+            let back = Envelope::from_slice(&bytes, &DecodeLimits::default()).unwrap();
+            prop_assert_eq!(&back, &env);
+            prop_assert_eq!(back.wire_len(), bytes.len());
+            // and the encoding is stable
+            prop_assert_eq!(back.to_vec(), bytes);
+        }
+
+        /// Fan-out ids follow §2.5 for any number of children.
+        #[test]
+        fn fan_out_ids(n in 1usize..8, parent in proptest::option::of("[a-z]{3}")) {
+            let mut kids = vec![Envelope::default(); n];
+            assign_fan_out_ids("in-1", parent.as_deref(), &mut kids);
+            prop_assert_eq!(&kids[0].id, "in-1");
+            prop_assert_eq!(kids[0].parent_id.as_deref(), parent.as_deref());
+            let mut seen = std::collections::HashSet::new();
+            for k in &kids[1..] {
+                prop_assert!(uuid::Uuid::parse_str(&k.id).is_ok());
+                prop_assert_eq!(k.parent_id.as_deref(), Some("in-1"));
+                prop_assert!(seen.insert(k.id.clone()));
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_fields_round_trip_in_place() {
+        let body = json!({
+            "id": "a", "route": {"prev": [], "curr": "x", "next": []},
+            "payload": 1, "future_field": {"nested": [1, 2]}, "status": {"phase": "pending", "custom": true}
+        });
+        let env = Envelope::from_slice(body.to_string().as_bytes(), &DecodeLimits::default()).unwrap();
+        let out: Value = serde_json::from_slice(&env.to_vec()).unwrap();
+        assert_eq!(out, body);
+    }
+}

@@ -1,0 +1,33 @@
+//! Troupe core: the envelope model and its route, queue naming, the transport contract and
+//! the actor runner. No broker client lives here; transports implement [`Transport`].
+//!
+//! The data path: a [`Transport`] yields [`Delivery`]s; the [`Runner`] decodes each into an
+//! [`Envelope`], calls the layer stack (any `tower::Service<Envelope, Response = Dispatch>`),
+//! publishes every [`Publication`] of the answer and acknowledges the input only once all
+//! of them are confirmed.
+
+#![forbid(unsafe_code)]
+
+pub mod decode;
+pub mod envelope;
+pub mod handler;
+pub mod naming;
+pub mod outcome;
+pub mod route;
+pub mod runner;
+pub mod status;
+pub mod sump;
+pub mod transport;
+
+pub use decode::{DecodeError, DecodeLimits};
+pub use envelope::{Envelope, assign_fan_out_ids};
+pub use handler::{HandlerFn, PayloadFn, handler_fn, payload_fn};
+pub use naming::{NameError, QueueNaming, SINK, SUMP, validate_name};
+pub use outcome::{Dispatch, HandlerError, Outcome, Publication, PublishedHook};
+pub use route::{Route, RouteError};
+pub use runner::{RunReport, Runner, RunnerConfig, RunnerError};
+pub use status::{ErrorInfo, Phase, Reason, Status};
+pub use tokio_util::sync::CancellationToken;
+pub use transport::{
+    ConsumeOptions, Consumer, Delivery, PublishOptions, QueueAdmin, QueueDepth, Transport, TransportError,
+};

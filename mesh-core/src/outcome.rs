@@ -1,0 +1,171 @@
+//! What a handler answers ([`Outcome`], [`HandlerError`]) and what the layer stack hands the
+//! runner to publish ([`Dispatch`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::envelope::Envelope;
+use crate::status::ErrorInfo;
+
+/// A handler's successful answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Pass these envelopes on. One is the usual case; several is a fan-out (§2.5). Each
+    /// may have its own rewrite of `route.next`; `prev` and `curr` must stay as received.
+    Forward(Vec<Envelope>),
+    /// End the pipeline here: the envelope goes to `x-sink` as succeeded, its route not
+    /// advanced (§2.4).
+    End(Envelope),
+}
+
+impl Outcome {
+    /// Pass one envelope on.
+    pub fn forward(envelope: Envelope) -> Self {
+        Outcome::Forward(vec![envelope])
+    }
+}
+
+/// A handler failure, matched by retry rules on its type name and ancestry (`mro`).
+///
+/// ```
+/// use troupe_core::HandlerError;
+/// let e = HandlerError::new("ConnectionError", "model server refused")
+///     .with_mro(["ConnectionError", "OSError", "Exception"]);
+/// assert!(e.is_a("OSError"));
+/// assert!(!e.is_a("ValueError"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {}", info.type_name, info.message)]
+pub struct HandlerError {
+    info: ErrorInfo,
+}
+
+impl HandlerError {
+    /// Error type name used by the deadline layer when a call runs out of time.
+    pub const TIMEOUT: &'static str = "TimeoutError";
+
+    /// A failure of type `type_name`.
+    pub fn new(type_name: impl Into<String>, message: impl Into<String>) -> Self {
+        let type_name = type_name.into();
+        Self {
+            info: ErrorInfo {
+                message: message.into(),
+                mro: vec![type_name.clone()],
+                type_name,
+                traceback: None,
+            },
+        }
+    }
+
+    /// Sets the ancestry (most specific first) used by retry rules.
+    pub fn with_mro<I: IntoIterator<Item = S>, S: Into<String>>(mut self, mro: I) -> Self {
+        self.info.mro = mro.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Attaches a traceback.
+    pub fn with_traceback(mut self, traceback: impl Into<String>) -> Self {
+        self.info.traceback = Some(traceback.into());
+        self
+    }
+
+    /// The error's type name.
+    pub fn type_name(&self) -> &str {
+        &self.info.type_name
+    }
+
+    /// True if the error is of type `name` or has it in its ancestry.
+    pub fn is_a(&self, name: &str) -> bool {
+        self.info.type_name == name || self.info.mro.iter().any(|m| m == name)
+    }
+
+    /// The protocol's error object.
+    pub fn info(&self) -> &ErrorInfo {
+        &self.info
+    }
+
+    /// Consumes the error into the protocol's error object.
+    pub fn into_info(self) -> ErrorInfo {
+        self.info
+    }
+}
+
+impl From<ErrorInfo> for HandlerError {
+    fn from(info: ErrorInfo) -> Self {
+        Self { info }
+    }
+}
+
+/// One message the runner must publish before it may acknowledge the input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Publication {
+    /// The actor whose queue receives it (`x-sink`, `x-sump` included), overrides resolved.
+    pub actor: String,
+    /// The envelope to send.
+    pub envelope: Envelope,
+    /// Deliver no earlier than this (retries).
+    pub delay: Option<Duration>,
+}
+
+impl Publication {
+    /// An immediate publication.
+    pub fn to(actor: impl Into<String>, envelope: Envelope) -> Self {
+        Self {
+            actor: actor.into(),
+            envelope,
+            delay: None,
+        }
+    }
+}
+
+/// A boxed future, as hooks return.
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Work to do once every publication of a [`Dispatch`] is confirmed, before the ack
+/// (e.g. the idempotency layer marks the hop as published, metrics count what was sent).
+pub type PublishedHook = Box<dyn FnOnce() -> BoxFuture + Send>;
+
+/// What the layer stack answers for one input: publish all of these, then run the hooks,
+/// then acknowledge the input. An empty dispatch acknowledges without publishing (a duplicate
+/// whose outputs were already published).
+#[derive(Default)]
+pub struct Dispatch {
+    /// Messages to publish.
+    pub publications: Vec<Publication>,
+    hooks: Vec<PublishedHook>,
+}
+
+impl std::fmt::Debug for Dispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatch")
+            .field("publications", &self.publications)
+            .field("hooks", &self.hooks.len())
+            .finish()
+    }
+}
+
+impl Dispatch {
+    /// A dispatch of these publications.
+    pub fn new(publications: Vec<Publication>) -> Self {
+        Self {
+            publications,
+            hooks: Vec::new(),
+        }
+    }
+
+    /// A dispatch of one publication.
+    pub fn one(publication: Publication) -> Self {
+        Self::new(vec![publication])
+    }
+
+    /// Adds work to run after every publication is confirmed.
+    pub fn on_published(&mut self, hook: PublishedHook) {
+        self.hooks.push(hook);
+    }
+
+    /// Takes the hooks out, leaving none.
+    pub fn take_hooks(&mut self) -> Vec<PublishedHook> {
+        std::mem::take(&mut self.hooks)
+    }
+}

@@ -1,0 +1,423 @@
+//! The actor runner: consume one actor's queue, run each envelope through the layer stack,
+//! publish every output, and only then acknowledge the input.
+//!
+//! Guarantees:
+//! - **ack after publish**: an input is acked only once every publication of its
+//!   [`Dispatch`] is confirmed and the dispatch's hooks have run; any publish failure nacks it
+//!   (with [`RunnerConfig::redelivery_delay`]) so nothing is lost;
+//! - **bounded concurrency and back-pressure**: at most [`RunnerConfig::concurrency`]
+//!   envelopes in flight; the runner pulls the next delivery only when a slot is free;
+//! - **leases**: while an envelope is being worked on, its lease is extended every half lease;
+//! - **graceful shutdown**: on cancel it stops pulling, lets in-flight work finish for
+//!   [`RunnerConfig::shutdown_grace`], then nacks what is left so it is redelivered at once;
+//! - **poison protection**: a message delivered more than
+//!   [`RunnerConfig::max_redeliveries`] times (a crash or panic loop) goes to `x-sump`.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower::{BoxError, Service, ServiceExt};
+
+use crate::decode::DecodeLimits;
+use crate::envelope::Envelope;
+use crate::naming::{NameError, QueueNaming, SUMP};
+use crate::outcome::{Dispatch, Publication};
+use crate::status::{Phase, Reason};
+use crate::sump;
+use crate::transport::{ConsumeOptions, Consumer, Delivery, PublishOptions, Transport, TransportError};
+
+/// How a runner behaves.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// The actor this runner serves; its queue is `naming.queue_for(actor)`.
+    pub actor: String,
+    /// Actor-to-queue naming.
+    pub naming: QueueNaming,
+    /// Most envelopes in flight at once (at least 1).
+    pub concurrency: usize,
+    /// Prefetch and lease for the consumer.
+    pub consume: ConsumeOptions,
+    /// How long in-flight work may finish after shutdown is asked for.
+    pub shutdown_grace: Duration,
+    /// Decoding bounds for message bodies.
+    pub limits: DecodeLimits,
+    /// Delay before an input is redelivered after an infrastructure failure.
+    pub redelivery_delay: Duration,
+    /// A message delivered more often than this goes to `x-sump`; `None` never gives up.
+    pub max_redeliveries: Option<u32>,
+}
+
+impl RunnerConfig {
+    /// Defaults for `actor`: 16 in flight, prefetch 32, 30 s lease and grace, 16 MiB
+    /// bodies, 1 s redelivery delay, 25 redeliveries.
+    pub fn new(actor: impl Into<String>) -> Self {
+        Self {
+            actor: actor.into(),
+            naming: QueueNaming::default(),
+            concurrency: 16,
+            consume: ConsumeOptions::default(),
+            shutdown_grace: Duration::from_secs(30),
+            limits: DecodeLimits::default(),
+            redelivery_delay: Duration::from_secs(1),
+            max_redeliveries: Some(25),
+        }
+    }
+}
+
+/// Why a runner could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The actor's name cannot be a queue name.
+    #[error("actor name is not usable: {0}")]
+    ActorName(#[from] NameError),
+    /// The transport refused to start consuming.
+    #[error("cannot consume the actor's queue {queue:?}: {source}")]
+    Consume {
+        /// The queue.
+        queue: String,
+        /// The transport's error.
+        #[source]
+        source: TransportError,
+    },
+}
+
+/// Counts of what a runner did, for tests, demos and shutdown logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunReport {
+    /// Deliveries received.
+    pub received: u64,
+    /// Inputs acknowledged (after their outputs were confirmed).
+    pub acked: u64,
+    /// Inputs returned to the queue (infrastructure failure, shutdown).
+    pub nacked: u64,
+    /// Messages published.
+    pub published: u64,
+    /// Undecodable or poison messages sent to `x-sump` by the runner itself.
+    pub sumped: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    acked: AtomicU64,
+    nacked: AtomicU64,
+    published: AtomicU64,
+    sumped: AtomicU64,
+}
+
+impl Counters {
+    fn report(&self) -> RunReport {
+        RunReport {
+            received: self.received.load(Ordering::Relaxed),
+            acked: self.acked.load(Ordering::Relaxed),
+            nacked: self.nacked.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            sumped: self.sumped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Shared<T> {
+    transport: T,
+    config: RunnerConfig,
+    queue: String,
+    counters: Counters,
+}
+
+/// Runs one actor. See the module docs for its guarantees.
+pub struct Runner<T, S> {
+    transport: T,
+    service: S,
+    config: RunnerConfig,
+}
+
+enum Settle {
+    Ack,
+    Nack(Option<Duration>),
+}
+
+impl<T, S> Runner<T, S>
+where
+    T: Transport,
+    S: Service<Envelope, Response = Dispatch> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send,
+{
+    /// A runner of `service` (the layer stack) over `transport`.
+    pub fn new(transport: T, service: S, config: RunnerConfig) -> Self {
+        Self {
+            transport,
+            service,
+            config,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled or the transport closes, then drains.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<RunReport, RunnerError> {
+        let queue = self.config.naming.queue_for(&self.config.actor)?;
+        let mut consumer = self
+            .transport
+            .consume(&queue, self.config.consume)
+            .await
+            .map_err(|source| RunnerError::Consume {
+                queue: queue.clone(),
+                source,
+            })?;
+        let concurrency = self.config.concurrency.max(1);
+        let grace = self.config.shutdown_grace;
+        let shared = Arc::new(Shared {
+            transport: self.transport,
+            queue,
+            config: self.config,
+            counters: Counters::default(),
+        });
+        tracing::info!(actor = %shared.config.actor, queue = %shared.queue, concurrency, "runner started");
+
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let abandon = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let mut consecutive_errors = 0u32;
+        loop {
+            let permit = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break, // never closed; treat as shutdown
+                },
+            };
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                d = consumer.next() => d,
+            };
+            match next {
+                None => {
+                    tracing::info!(queue = %shared.queue, "transport closed the consumer");
+                    break;
+                }
+                Some(Err(error)) => {
+                    consecutive_errors += 1;
+                    let backoff = Duration::from_millis(100 << consecutive_errors.min(6));
+                    tracing::warn!(queue = %shared.queue, %error, ?backoff, "receive failed");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                }
+                Some(Ok(delivery)) => {
+                    consecutive_errors = 0;
+                    let shared = shared.clone();
+                    let service = self.service.clone();
+                    let abandon = abandon.clone();
+                    tasks.spawn(async move {
+                        process(&shared, service, delivery, &abandon).await;
+                        drop(permit);
+                    });
+                }
+            }
+            while let Some(done) = tasks.try_join_next() {
+                log_task_end(done);
+            }
+        }
+
+        drop(consumer);
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(queue = %shared.queue, in_flight, ?grace, "draining in-flight work");
+        }
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(done) = tasks.join_next().await {
+                log_task_end(done);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(queue = %shared.queue, left = tasks.len(), "grace period over; returning unfinished work to the queue");
+            abandon.cancel();
+            while let Some(done) = tasks.join_next().await {
+                log_task_end(done);
+            }
+        }
+        let report = shared.counters.report();
+        tracing::info!(queue = %shared.queue, ?report, "runner stopped");
+        Ok(report)
+    }
+}
+
+fn log_task_end(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        // `process` catches handler panics itself; this is a bug in the runner.
+        tracing::error!(error = %e, "runner task ended abnormally");
+    }
+}
+
+async fn process<T, S>(shared: &Shared<T>, service: S, delivery: <T::Consumer as Consumer>::Delivery, abandon: &CancellationToken)
+where
+    T: Transport,
+    S: Service<Envelope, Response = Dispatch> + Send,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send,
+{
+    shared.counters.received.fetch_add(1, Ordering::Relaxed);
+    let lease = shared.config.consume.lease;
+    let heartbeat = async {
+        let every = lease / 2;
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(error) = delivery.in_progress().await {
+                tracing::warn!(queue = %shared.queue, %error, "lease extension failed");
+            }
+        }
+    };
+    let work = AssertUnwindSafe(handle(shared, service, &delivery)).catch_unwind();
+    let settle = tokio::select! {
+        biased;
+        () = abandon.cancelled() => Settle::Nack(None),
+        r = work => r.unwrap_or_else(|panic| {
+            let msg = panic_message(&panic);
+            tracing::error!(queue = %shared.queue, panic = %msg, "handler stack panicked; the message will be redelivered");
+            Settle::Nack(Some(shared.config.redelivery_delay))
+        }),
+        () = heartbeat => unreachable!("the heartbeat never ends"),
+    };
+    let result = match settle {
+        Settle::Ack => {
+            shared.counters.acked.fetch_add(1, Ordering::Relaxed);
+            delivery.ack().await
+        }
+        Settle::Nack(delay) => {
+            shared.counters.nacked.fetch_add(1, Ordering::Relaxed);
+            delivery.nack(delay).await
+        }
+    };
+    if let Err(error) = result {
+        tracing::warn!(queue = %shared.queue, %error, "settling a delivery failed; the broker will redeliver it");
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".to_owned())
+}
+
+async fn handle<T, S, D>(shared: &Shared<T>, mut service: S, delivery: &D) -> Settle
+where
+    T: Transport,
+    D: Delivery,
+    S: Service<Envelope, Response = Dispatch>,
+    S::Error: Into<BoxError> + Send,
+{
+    let body = delivery.body();
+    let actor = shared.config.actor.as_str();
+    let infra_delay = Some(shared.config.redelivery_delay);
+
+    if let Some(max) = shared.config.max_redeliveries {
+        if delivery.redeliveries() > max {
+            let message = format!("delivered {} times, over the limit of {max}", delivery.redeliveries() + 1);
+            tracing::error!(queue = %shared.queue, %message, "giving up on a poison message");
+            let env = sump::wrap_body(body, Reason::RedeliveryLimit, "RedeliveryLimit", &message, actor);
+            return publish_to_sump(shared, env).await;
+        }
+    }
+
+    let envelope = match Envelope::from_slice(body, &shared.config.limits) {
+        Ok(env) => env,
+        Err(error) => {
+            tracing::warn!(queue = %shared.queue, %error, "undecodable message goes to x-sump");
+            let env = sump::wrap_body(body, Reason::ParseError, "DecodeError", &error.to_string(), actor);
+            return publish_to_sump(shared, env).await;
+        }
+    };
+    let id = envelope.id.clone();
+    let dispatch = match service.ready().await {
+        Ok(ready) => ready.call(envelope).await,
+        Err(e) => Err(e),
+    };
+    match dispatch {
+        Ok(dispatch) => match publish(shared, dispatch).await {
+            Ok(()) => Settle::Ack,
+            Err(error) => {
+                tracing::warn!(envelope.id = %id, queue = %shared.queue, %error, "publish failed; input will be redelivered");
+                Settle::Nack(infra_delay)
+            }
+        },
+        Err(error) => {
+            let error: BoxError = error.into();
+            tracing::warn!(envelope.id = %id, queue = %shared.queue, %error, "layer stack failed; input will be redelivered");
+            Settle::Nack(infra_delay)
+        }
+    }
+}
+
+async fn publish_to_sump<T: Transport>(shared: &Shared<T>, env: Envelope) -> Settle {
+    match publish(shared, Dispatch::one(Publication::to(SUMP, env))).await {
+        Ok(()) => {
+            shared.counters.sumped.fetch_add(1, Ordering::Relaxed);
+            Settle::Ack
+        }
+        Err(error) => {
+            tracing::warn!(queue = %shared.queue, %error, "publish to x-sump failed; input will be redelivered");
+            Settle::Nack(Some(shared.config.redelivery_delay))
+        }
+    }
+}
+
+/// Publishes every publication concurrently; runs the hooks once all are confirmed.
+async fn publish<T: Transport>(shared: &Shared<T>, mut dispatch: Dispatch) -> Result<(), TransportError> {
+    let hooks = dispatch.take_hooks();
+    let count = dispatch.publications.len() as u64;
+    match dispatch.publications.len() {
+        0 => {}
+        1 => {
+            let p = dispatch.publications.pop().ok_or(TransportError::Closed)?;
+            let (queue, body, options) = prepare(shared, p);
+            shared.transport.publish(&queue, body, options).await?;
+        }
+        _ => {
+            let sends = dispatch.publications.into_iter().map(|p| {
+                let (queue, body, options) = prepare(shared, p);
+                async move { shared.transport.publish(&queue, body, options).await }
+            });
+            futures_util::future::try_join_all(sends).await?;
+        }
+    }
+    shared.counters.published.fetch_add(count, Ordering::Relaxed);
+    for hook in hooks {
+        hook().await;
+    }
+    Ok(())
+}
+
+/// Resolves the destination queue and encodes. A destination with no possible queue is a
+/// route defect: the envelope goes to `x-sump` with `InvalidRoute` rather than looping.
+fn prepare<T>(shared: &Shared<T>, p: Publication) -> (String, Bytes, PublishOptions) {
+    let options = PublishOptions { delay: p.delay };
+    match shared.config.naming.queue_for(&p.actor) {
+        Ok(queue) => (queue, Bytes::from(p.envelope.to_vec()), options),
+        Err(error) => {
+            let mut env = p.envelope;
+            tracing::warn!(envelope.id = %env.id, %error, "destination has no queue; sending to x-sump");
+            let status = env.status_mut();
+            status.error = Some(crate::status::ErrorInfo {
+                message: error.to_string(),
+                type_name: "InvalidRoute".into(),
+                mro: vec!["InvalidRoute".into()],
+                traceback: None,
+            });
+            status.mark(Phase::Failed, Some(Reason::InvalidRoute), &shared.config.actor);
+            let sump = shared.config.naming.queue_for(SUMP).unwrap_or_else(|_| SUMP.to_owned());
+            (sump, Bytes::from(env.to_vec()), PublishOptions::default())
+        }
+    }
+}
