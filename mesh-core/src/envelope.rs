@@ -4,6 +4,8 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use crate::decode::{self, DecodeError, DecodeLimits};
+use crate::headers;
+use crate::status::Phase;
 use crate::route::Route;
 use crate::status::Status;
 
@@ -92,6 +94,33 @@ impl Envelope {
     /// A header value as a string, if present and a string.
     pub fn header_str(&self, key: &str) -> Option<&str> {
         self.headers.get(key).and_then(Value::as_str)
+    }
+
+    /// The concrete actor for `actor`: its entry in the `x-asya-route-override` header, if
+    /// any, otherwise `actor` itself.
+    pub fn resolve_actor<'a>(&'a self, actor: &'a str) -> &'a str {
+        self.headers
+            .get(headers::ROUTE_OVERRIDE)
+            .and_then(|o| o.get(actor))
+            .and_then(Value::as_str)
+            .unwrap_or(actor)
+    }
+
+    /// The actor that must process the envelope now, overrides applied (`""` if finished).
+    pub fn destination(&self) -> &str {
+        let curr = self.route.curr();
+        if curr.is_empty() { curr } else { self.resolve_actor(curr) }
+    }
+
+    /// The 1-based attempt number of this envelope at `actor`: the recorded attempt when it
+    /// comes back to `actor` for a retry, 1 otherwise.
+    pub fn attempt_at(&self, actor: &str) -> u32 {
+        match &self.status {
+            Some(s) if s.phase == Some(Phase::Retrying) && s.actor.as_deref() == Some(actor) => {
+                s.attempt.unwrap_or(1).max(1)
+            }
+            _ => 1,
+        }
     }
 }
 
@@ -212,6 +241,24 @@ mod tests {
                 prop_assert!(seen.insert(k.id.clone()));
             }
         }
+    }
+
+    #[test]
+    fn destination_applies_overrides_and_attempts_follow_status() {
+        let mut env = Envelope::new(Route::through(["model", "store"]), Value::Null);
+        assert_eq!(env.destination(), "model");
+        env.headers.insert(headers::ROUTE_OVERRIDE.into(), json!({"model": "model-v2"}));
+        assert_eq!(env.destination(), "model-v2");
+        assert_eq!(env.attempt_at("model-v2"), 1);
+        let status = env.status_mut();
+        status.phase = Some(Phase::Retrying);
+        status.actor = Some("model-v2".into());
+        status.attempt = Some(3);
+        assert_eq!(env.attempt_at("model-v2"), 3);
+        assert_eq!(env.attempt_at("store"), 1);
+        env.route.advance().unwrap();
+        env.route.advance().unwrap();
+        assert_eq!(env.destination(), "");
     }
 
     #[test]

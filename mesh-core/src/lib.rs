@@ -11,6 +11,7 @@
 pub mod decode;
 pub mod envelope;
 pub mod handler;
+pub mod headers;
 pub mod naming;
 pub mod outcome;
 pub mod route;

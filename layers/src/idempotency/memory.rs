@@ -1,0 +1,200 @@
+//! A bounded in-memory store with expiry, for single-process meshes and tests.
+//!
+//! Written here rather than taken from a cache crate because the layer needs an atomic
+//! claim (compare state and set it under one lock) with per-state lifetimes, which general
+//! caches do not offer without a second lock around them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use troupe_core::Publication;
+
+use super::store::{Claim, IdempotencyStore, StoreError};
+
+/// Settings of a [`MemoryStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStoreConfig {
+    /// Most hops remembered; the oldest are forgotten first.
+    pub max_entries: usize,
+    /// How long a finished hop is remembered.
+    pub ttl: Duration,
+}
+
+impl Default for MemoryStoreConfig {
+    /// 100,000 hops for 1 hour.
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+enum State {
+    InProgress,
+    Completed(Vec<Publication>),
+    Published,
+}
+
+struct Entry {
+    state: State,
+    expires: Instant,
+    /// Distinguishes this entry from an older one under the same key in `order`.
+    generation: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<String, Entry>,
+    /// Insertion order, for eviction; stale items are skipped by generation.
+    order: VecDeque<(String, u64)>,
+    generation: u64,
+}
+
+/// A bounded, expiring, in-process [`IdempotencyStore`].
+#[derive(Default)]
+pub struct MemoryStore {
+    config: MemoryStoreConfig,
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    /// A store with these bounds.
+    pub fn new(config: MemoryStoreConfig) -> Self {
+        Self {
+            config,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// Hops currently remembered.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Every mutation below is a single map operation; a poisoned lock holds valid data.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, key: &str, state: State, lifetime: Duration) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        let generation = inner.generation;
+        let expires = Instant::now() + lifetime;
+        inner.entries.insert(
+            key.to_owned(),
+            Entry {
+                state,
+                expires,
+                generation,
+            },
+        );
+        inner.order.push_back((key.to_owned(), generation));
+        while inner.entries.len() > self.config.max_entries.max(1) {
+            let Some((old, g)) = inner.order.pop_front() else { break };
+            if inner.entries.get(&old).is_some_and(|e| e.generation == g) {
+                inner.entries.remove(&old);
+            }
+        }
+        // Keep `order` from growing without bound when keys are rewritten often.
+        if inner.order.len() > 2 * self.config.max_entries.max(1) {
+            let Inner { entries, order, .. } = &mut *inner;
+            order.retain(|(k, g)| entries.get(k).is_some_and(|e| e.generation == *g));
+        }
+    }
+
+    fn update(&self, key: &str, state: State) {
+        let lifetime = self.config.ttl;
+        let mut inner = self.lock();
+        if let Some(entry) = inner.entries.get_mut(key) {
+            entry.state = state;
+            entry.expires = Instant::now() + lifetime;
+            return;
+        }
+        drop(inner);
+        self.set(key, state, lifetime);
+    }
+}
+
+impl IdempotencyStore for MemoryStore {
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<Claim, StoreError> {
+        {
+            let inner = self.lock();
+            if let Some(entry) = inner.entries.get(key).filter(|e| e.expires > Instant::now()) {
+                return Ok(match &entry.state {
+                    State::InProgress => Claim::InProgress,
+                    State::Completed(outputs) => Claim::Completed(outputs.clone()),
+                    State::Published => Claim::Published,
+                });
+            }
+        }
+        self.set(key, State::InProgress, ttl);
+        Ok(Claim::Acquired)
+    }
+
+    async fn complete(&self, key: &str, outputs: &[Publication]) -> Result<(), StoreError> {
+        self.update(key, State::Completed(outputs.to_vec()));
+        Ok(())
+    }
+
+    async fn mark_published(&self, key: &str) -> Result<(), StoreError> {
+        // The outputs are no longer needed once published: only the fact is kept.
+        self.update(key, State::Published);
+        Ok(())
+    }
+
+    async fn release(&self, key: &str) -> Result<(), StoreError> {
+        self.lock().entries.remove(key);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn claim_lifecycle() {
+        let s = MemoryStore::default();
+        assert_eq!(s.claim("k", Duration::from_secs(5)).await.unwrap(), Claim::Acquired);
+        assert_eq!(s.claim("k", Duration::from_secs(5)).await.unwrap(), Claim::InProgress);
+        s.complete("k", &[]).await.unwrap();
+        assert_eq!(s.claim("k", Duration::from_secs(5)).await.unwrap(), Claim::Completed(vec![]));
+        s.mark_published("k").await.unwrap();
+        assert_eq!(s.claim("k", Duration::from_secs(5)).await.unwrap(), Claim::Published);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn abandoned_claims_lapse_and_released_ones_free_at_once() {
+        let s = MemoryStore::default();
+        s.claim("k", Duration::from_secs(5)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(s.claim("k", Duration::from_secs(5)).await.unwrap(), Claim::Acquired);
+        s.release("k").await.unwrap();
+        assert_eq!(s.claim("k", Duration::from_secs(5)).await.unwrap(), Claim::Acquired);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_and_expiring() {
+        let s = MemoryStore::new(MemoryStoreConfig {
+            max_entries: 3,
+            ttl: Duration::from_secs(10),
+        });
+        for k in ["a", "b", "c", "d"] {
+            s.claim(k, Duration::from_secs(1)).await.unwrap();
+            s.mark_published(k).await.unwrap();
+        }
+        assert_eq!(s.len(), 3);
+        assert_eq!(s.claim("a", Duration::from_secs(1)).await.unwrap(), Claim::Acquired, "oldest evicted");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(s.claim("d", Duration::from_secs(1)).await.unwrap(), Claim::Acquired, "expired");
+    }
+}

@@ -1,0 +1,48 @@
+//! The store contract the idempotency layer relies on.
+
+use std::future::Future;
+use std::time::Duration;
+
+use troupe_core::Publication;
+
+/// What a store knows about a hop when it is claimed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Nobody has processed this hop: the caller now owns it.
+    Acquired,
+    /// Someone else is processing it right now (their claim has not expired).
+    InProgress,
+    /// It was processed and its outputs recorded, but they may not all have been published:
+    /// publish these again.
+    Completed(Vec<Publication>),
+    /// It was processed and every output was confirmed published: nothing left to do.
+    Published,
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+#[error("idempotency store {operation} failed: {detail}")]
+pub struct StoreError {
+    /// What was being done (claim, complete, ...).
+    pub operation: &'static str,
+    /// What went wrong.
+    pub detail: String,
+}
+
+/// Where hops are recorded. Shared stores (Redis, NATS KV) make the guarantee hold across
+/// replicas; the in-memory store only within one process.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims `key` for `ttl` (a crashed owner's claim lapses after it), or reports what is
+    /// already known about it.
+    fn claim(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Records the outputs of a claimed hop, before they are published.
+    fn complete(&self, key: &str, outputs: &[Publication])
+    -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Records that every output of the hop was confirmed published.
+    fn mark_published(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Gives a claim up without a result (the hop failed), so a redelivery may run it.
+    fn release(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

@@ -1,0 +1,334 @@
+//! The route layer: applies protocol §2 around a handler.
+//!
+//! Before the handler: an envelope whose `route.curr` is not this actor (nor mapped to it by
+//! `x-asya-route-override`) goes to `x-sump` as `RouteMismatch`; one whose
+//! `status.deadline_at` has passed goes to `x-sink` as failed with `Timeout`.
+//!
+//! After the handler:
+//! - [`Outcome::Forward`]: each output must keep `prev`/`curr` (only `next` is the handler's);
+//!   fan-out ids are assigned (§2.5); each route advances; a finished route goes to `x-sink`
+//!   as succeeded/`Completed`, others to their next actor (overrides applied);
+//! - [`Outcome::End`]: to `x-sink` as succeeded, route not advanced (§2.4);
+//! - a route defect by the handler (changed `prev`/`curr`, no outputs) is a handler failure
+//!   of type `RouteViolation` / `EmptyOutcome`, left to the retry policy.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use chrono::Utc;
+use futures_util::future::{self, BoxFuture, Either, FutureExt};
+use tower::{Layer, Service};
+use troupe_core::headers::FIRST_ATTEMPT;
+use troupe_core::{
+    Dispatch, Envelope, ErrorInfo, HandlerError, Outcome, Phase, Publication, Reason, Route, SINK, SUMP,
+    assign_fan_out_ids, validate_name,
+};
+
+/// Error type name of a handler that changed `route.prev` or `route.curr`.
+pub const ROUTE_VIOLATION: &str = "RouteViolation";
+/// Error type name of a handler that forwarded no envelope at all.
+pub const EMPTY_OUTCOME: &str = "EmptyOutcome";
+
+/// Applies the routing rules for actor `actor`. See the module docs.
+#[derive(Debug, Clone)]
+pub struct RouteLayer {
+    actor: Arc<str>,
+}
+
+impl RouteLayer {
+    /// Routing for the actor named `actor`.
+    pub fn new(actor: impl Into<Arc<str>>) -> Self {
+        Self { actor: actor.into() }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = RouteService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RouteService {
+            inner,
+            actor: self.actor.clone(),
+        }
+    }
+}
+
+/// See [`RouteLayer`].
+#[derive(Debug, Clone)]
+pub struct RouteService<S> {
+    inner: S,
+    actor: Arc<str>,
+}
+
+impl<S> Service<Envelope> for RouteService<S>
+where
+    S: Service<Envelope, Response = Outcome, Error = HandlerError>,
+    S::Future: Send + 'static,
+{
+    type Response = Dispatch;
+    type Error = HandlerError;
+    type Future = Either<future::Ready<Result<Dispatch, HandlerError>>, BoxFuture<'static, Result<Dispatch, HandlerError>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut env: Envelope) -> Self::Future {
+        let actor = self.actor.clone();
+        if env.destination() != &*actor || env.route.is_finished() {
+            let message = format!(
+                "route.curr is {:?} (resolved to {:?}) but this is actor {:?}",
+                env.route.curr(),
+                env.destination(),
+                actor
+            );
+            tracing::warn!(envelope.id = %env.id, actor = %actor, %message, "route mismatch; sending to x-sump");
+            fail(&mut env, &actor, Reason::RouteMismatch, "RouteMismatch", message);
+            return Either::Left(future::ready(Ok(Dispatch::one(Publication::to(SUMP, env)))));
+        }
+        if let Some(deadline) = env.status.as_ref().and_then(|s| s.deadline_at) {
+            if deadline <= Utc::now() {
+                let message = format!("deadline {deadline} passed before actor {actor:?} could run");
+                fail(&mut env, &actor, Reason::Timeout, HandlerError::TIMEOUT, message);
+                return Either::Left(future::ready(Ok(Dispatch::one(Publication::to(SINK, env)))));
+            }
+        }
+
+        let attempt = env.attempt_at(&actor);
+        let received = Received {
+            id: env.id.clone(),
+            parent_id: env.parent_id.clone(),
+            route: env.route.clone(),
+        };
+        let call = self.inner.call(env);
+        Either::Right(
+            async move {
+                match call.await? {
+                    Outcome::Forward(outputs) => forward(&actor, attempt, &received, outputs),
+                    Outcome::End(env) => end(&actor, attempt, &received, env),
+                }
+            }
+            .boxed(),
+        )
+    }
+}
+
+/// What the route layer remembers of the input while the handler runs.
+struct Received {
+    id: String,
+    parent_id: Option<String>,
+    route: Route,
+}
+
+fn forward(actor: &str, attempt: u32, input: &Received, mut outputs: Vec<Envelope>) -> Result<Dispatch, HandlerError> {
+    if outputs.is_empty() {
+        return Err(HandlerError::new(
+            EMPTY_OUTCOME,
+            "the handler forwarded no envelope; return Outcome::End to finish the pipeline early",
+        ));
+    }
+    for out in &outputs {
+        check_route(out, input)?;
+    }
+    assign_fan_out_ids(&input.id, input.parent_id.as_deref(), &mut outputs);
+    let publications = outputs
+        .into_iter()
+        .map(|mut env| {
+            // Cannot fail: check_route confirmed curr equals the (unfinished) input's curr.
+            let _ = env.route.advance();
+            env.headers.shift_remove(FIRST_ATTEMPT);
+            let finished = env.route.is_finished();
+            let status = env.status_mut();
+            status.attempt = Some(attempt);
+            status.error = None;
+            if finished {
+                status.mark(Phase::Succeeded, Some(Reason::Completed), actor);
+                return Publication::to(SINK, env);
+            }
+            status.mark(Phase::Pending, None, actor);
+            to_destination(actor, env)
+        })
+        .collect();
+    Ok(Dispatch::new(publications))
+}
+
+fn end(actor: &str, attempt: u32, input: &Received, mut env: Envelope) -> Result<Dispatch, HandlerError> {
+    check_route(&env, input)?;
+    env.id.clone_from(&input.id);
+    env.parent_id.clone_from(&input.parent_id);
+    env.headers.shift_remove(FIRST_ATTEMPT);
+    let status = env.status_mut();
+    status.attempt = Some(attempt);
+    status.error = None;
+    status.mark(Phase::Succeeded, Some(Reason::Completed), actor);
+    Ok(Dispatch::one(Publication::to(SINK, env)))
+}
+
+fn check_route(out: &Envelope, input: &Received) -> Result<(), HandlerError> {
+    out.route
+        .check_rewrite_of(&input.route)
+        .map_err(|e| HandlerError::new(ROUTE_VIOLATION, e.to_string()))
+}
+
+/// The publication of `env` to its current actor (overrides applied). A name that cannot be
+/// a queue is a route defect: the envelope goes to `x-sump` as `InvalidRoute`.
+pub fn to_destination(actor: &str, mut env: Envelope) -> Publication {
+    let dest = env.destination().to_owned();
+    match validate_name("actor", &dest) {
+        Ok(()) => Publication::to(dest, env),
+        Err(e) => {
+            fail(&mut env, actor, Reason::InvalidRoute, "InvalidRoute", e.to_string());
+            Publication::to(SUMP, env)
+        }
+    }
+}
+
+/// Marks `env` failed by `actor` with `reason` and an error of type `type_name`.
+fn fail(env: &mut Envelope, actor: &str, reason: Reason, type_name: &str, message: String) {
+    let status = env.status_mut();
+    status.error = Some(ErrorInfo {
+        message,
+        type_name: type_name.to_owned(),
+        mro: vec![type_name.to_owned()],
+        traceback: None,
+    });
+    status.mark(Phase::Failed, Some(reason), actor);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use tower::ServiceExt;
+    use troupe_core::handler_fn;
+    use troupe_core::headers::ROUTE_OVERRIDE;
+
+    fn env(route: Route) -> Envelope {
+        Envelope::new(route, json!({"n": 1}))
+    }
+
+    async fn run<H>(actor: &str, handler: H, input: Envelope) -> Result<Dispatch, HandlerError>
+    where
+        H: Service<Envelope, Response = Outcome, Error = HandlerError> + Send + 'static,
+        H::Future: Send + 'static,
+    {
+        RouteLayer::new(actor).layer(handler).oneshot(input).await
+    }
+
+    fn echo() -> impl Service<Envelope, Response = Outcome, Error = HandlerError, Future: Send> + Clone {
+        handler_fn(|e: Envelope| async move { Ok(Outcome::forward(e)) })
+    }
+
+    #[tokio::test]
+    async fn advances_to_next_actor() {
+        let input = env(Route::through(["a", "b", "c"]));
+        let d = run("a", echo(), input.clone()).await.unwrap();
+        let [p] = &d.publications[..] else { panic!("{d:?}") };
+        assert_eq!(p.actor, "b");
+        assert_eq!(p.envelope.id, input.id);
+        assert_eq!(p.envelope.route, Route::new(vec!["a".into()], "b", vec!["c".into()]));
+        assert_eq!(p.envelope.status.as_ref().unwrap().phase, Some(Phase::Pending));
+    }
+
+    #[tokio::test]
+    async fn finished_route_goes_to_sink_succeeded() {
+        let d = run("c", echo(), env(Route::new(vec!["a".into(), "b".into()], "c", vec![]))).await.unwrap();
+        let p = &d.publications[0];
+        assert_eq!(p.actor, SINK);
+        let s = p.envelope.status.as_ref().unwrap();
+        assert_eq!((s.phase, s.reason.clone()), (Some(Phase::Succeeded), Some(Reason::Completed)));
+        assert_eq!(p.envelope.route.prev(), ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn early_end_goes_to_sink_without_advancing() {
+        let h = handler_fn(|e: Envelope| async move { Ok(Outcome::End(e)) });
+        let input = env(Route::through(["a", "b"]));
+        let d = run("a", h, input.clone()).await.unwrap();
+        let p = &d.publications[0];
+        assert_eq!(p.actor, SINK);
+        assert_eq!(p.envelope.route, input.route);
+        assert_eq!(p.envelope.status.as_ref().unwrap().phase, Some(Phase::Succeeded));
+    }
+
+    #[tokio::test]
+    async fn fan_out_children_get_protocol_ids() {
+        let h = handler_fn(|e: Envelope| async move {
+            let kids = (0..3)
+                .map(|i| {
+                    let mut k = e.clone();
+                    k.payload = json!(i);
+                    k
+                })
+                .collect();
+            Ok(Outcome::Forward(kids))
+        });
+        let input = env(Route::through(["split", "next"]));
+        let d = run("split", h, input.clone()).await.unwrap();
+        assert_eq!(d.publications.len(), 3);
+        assert_eq!(d.publications[0].envelope.id, input.id);
+        assert_eq!(d.publications[0].envelope.parent_id, None);
+        for p in &d.publications[1..] {
+            assert_ne!(p.envelope.id, input.id);
+            assert_eq!(p.envelope.parent_id.as_deref(), Some(input.id.as_str()));
+            assert_eq!(p.actor, "next");
+        }
+    }
+
+    #[tokio::test]
+    async fn handler_may_rewrite_next_but_not_prev_or_curr() {
+        let add_refine = handler_fn(|mut e: Envelope| async move {
+            e.route.next_mut().push("refine".into());
+            Ok(Outcome::forward(e))
+        });
+        let d = run("judge", add_refine, env(Route::through(["judge"]))).await.unwrap();
+        assert_eq!(d.publications[0].actor, "refine");
+
+        let tamper = handler_fn(|mut e: Envelope| async move {
+            e.route = Route::through(["elsewhere"]);
+            Ok(Outcome::forward(e))
+        });
+        let err = run("judge", tamper, env(Route::through(["judge"]))).await.unwrap_err();
+        assert_eq!(err.type_name(), ROUTE_VIOLATION);
+    }
+
+    #[tokio::test]
+    async fn mismatch_goes_to_sump_and_override_is_honoured() {
+        let d = run("b", echo(), env(Route::through(["a", "b"]))).await.unwrap();
+        let p = &d.publications[0];
+        assert_eq!(p.actor, SUMP);
+        assert_eq!(p.envelope.status.as_ref().unwrap().reason, Some(Reason::RouteMismatch));
+
+        let mut input = env(Route::through(["model", "store"]));
+        input
+            .headers
+            .insert(ROUTE_OVERRIDE.into(), json!({"model": "model-v2", "store": "store-eu"}));
+        let d = run("model-v2", echo(), input).await.unwrap();
+        assert_eq!(d.publications[0].actor, "store-eu");
+    }
+
+    #[tokio::test]
+    async fn past_deadline_ends_as_timeout_without_running() {
+        let h = handler_fn(|_: Envelope| async move { panic!("must not run") });
+        let mut input = env(Route::through(["a"]));
+        input.status_mut().deadline_at = Some(Utc::now() - chrono::Duration::seconds(1));
+        let d = run("a", h, input).await.unwrap();
+        let s = d.publications[0].envelope.status.as_ref().unwrap();
+        assert_eq!(d.publications[0].actor, SINK);
+        assert_eq!((s.phase, s.reason.clone()), (Some(Phase::Failed), Some(Reason::Timeout)));
+    }
+
+    #[tokio::test]
+    async fn illegal_next_actor_goes_to_sump() {
+        let h = handler_fn(|mut e: Envelope| async move {
+            e.route.set_next(vec!["no spaces allowed".into()]);
+            Ok(Outcome::forward(e))
+        });
+        let d = run("a", h, env(Route::through(["a"]))).await.unwrap();
+        assert_eq!(d.publications[0].actor, SUMP);
+        assert_eq!(
+            d.publications[0].envelope.status.as_ref().unwrap().reason,
+            Some(Reason::InvalidRoute)
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The trace layer: one `tracing` span per envelope per hop, and W3C trace context carried
+//! across hops in the `traceparent` header.
+//!
+//! The incoming `traceparent` (if valid) names this hop's parent; the hop gets a fresh span
+//! id, and every output envelope carries `traceparent` with this hop as its parent, so a
+//! collector can stitch a pipeline together. `tracestate` passes through untouched.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{BoxFuture, FutureExt};
+use rand::Rng;
+use serde_json::Value;
+use tower::{Layer, Service};
+use tracing::Instrument;
+use troupe_core::headers::TRACEPARENT;
+use troupe_core::{Dispatch, Envelope};
+
+/// A W3C trace context (`traceparent`, version 00).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 16-byte trace id (never zero).
+    pub trace_id: u128,
+    /// 8-byte id of the span that is the parent of what follows (never zero).
+    pub span_id: u64,
+    /// Trace flags (bit 0: sampled).
+    pub flags: u8,
+}
+
+impl TraceContext {
+    /// Parses a `traceparent` header value; `None` if it is not a valid version-00 value.
+    ///
+    /// ```
+    /// use troupe_layers::trace::TraceContext;
+    /// let ctx = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+    /// assert_eq!(ctx.span_id, 0x00f067aa0ba902b7);
+    /// assert!(TraceContext::parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
+    /// ```
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.trim().split('-');
+        let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if parts.next().is_some() || version != "00" || !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
+            return None;
+        }
+        let ctx = Self {
+            trace_id: u128::from_str_radix(trace, 16).ok()?,
+            span_id: u64::from_str_radix(span, 16).ok()?,
+            flags: u8::from_str_radix(flags, 16).ok()?,
+        };
+        (ctx.trace_id != 0 && ctx.span_id != 0).then_some(ctx)
+    }
+
+    /// A new trace, sampled.
+    pub fn root() -> Self {
+        let mut rng = rand::rng();
+        Self {
+            trace_id: rng.random_range(1..=u128::MAX),
+            span_id: rng.random_range(1..=u64::MAX),
+            flags: 1,
+        }
+    }
+
+    /// A child in the same trace, with a fresh span id.
+    pub fn child(&self) -> Self {
+        Self {
+            span_id: rand::rng().random_range(1..=u64::MAX),
+            ..*self
+        }
+    }
+}
+
+impl fmt::Display for TraceContext {
+    /// The `traceparent` header value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags)
+    }
+}
+
+/// One span per hop and trace-context propagation for actor `actor`.
+#[derive(Debug, Clone)]
+pub struct TraceLayer {
+    actor: Arc<str>,
+}
+
+impl TraceLayer {
+    /// Tracing for the actor named `actor`.
+    pub fn new(actor: impl Into<Arc<str>>) -> Self {
+        Self { actor: actor.into() }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Trace {
+            inner,
+            actor: self.actor.clone(),
+        }
+    }
+}
+
+/// See [`TraceLayer`].
+#[derive(Debug, Clone)]
+pub struct Trace<S> {
+    inner: S,
+    actor: Arc<str>,
+}
+
+impl<S> Service<Envelope> for Trace<S>
+where
+    S: Service<Envelope, Response = Dispatch>,
+    S::Future: Send + 'static,
+{
+    type Response = Dispatch;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Dispatch, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, env: Envelope) -> Self::Future {
+        let parent = env.header_str(TRACEPARENT).and_then(TraceContext::parse);
+        let hop = parent.map_or_else(TraceContext::root, |p| p.child());
+        let span = tracing::info_span!(
+            "hop",
+            envelope.id = %env.id,
+            actor = %self.actor,
+            attempt = env.attempt_at(&self.actor),
+            trace_id = %format_args!("{:032x}", hop.trace_id),
+            span_id = %format_args!("{:016x}", hop.span_id),
+            parent_span_id = parent.map(|p| p.span_id),
+        );
+        let call = self.inner.call(env).instrument(span);
+        async move {
+            let mut dispatch = call.await?;
+            let header = Value::String(hop.to_string());
+            for p in &mut dispatch.publications {
+                p.envelope.headers.insert(TRACEPARENT.to_owned(), header.clone());
+            }
+            Ok(dispatch)
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{ServiceBuilder, ServiceExt};
+    use troupe_core::{Outcome, Route, handler_fn};
+
+    use crate::route::RouteLayer;
+
+    #[test]
+    fn parse_rejects_malformed_values() {
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{bad}");
+        }
+        let root = TraceContext::root();
+        assert_eq!(TraceContext::parse(&root.to_string()), Some(root));
+    }
+
+    #[tokio::test]
+    async fn outputs_continue_the_incoming_trace() {
+        let svc = ServiceBuilder::new()
+            .layer(TraceLayer::new("a"))
+            .layer(RouteLayer::new("a"))
+            .service(handler_fn(|e: Envelope| async move { Ok(Outcome::forward(e)) }));
+        let mut env = Envelope::new(Route::through(["a", "b"]), Value::Null);
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        env.headers.insert(TRACEPARENT.into(), incoming.into());
+        let d = svc.oneshot(env).await.unwrap();
+        let out = TraceContext::parse(d.publications[0].envelope.header_str(TRACEPARENT).unwrap()).unwrap();
+        assert_eq!(out.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
+        assert_ne!(out.span_id, 0x00f067aa0ba902b7);
+    }
+}
