@@ -1,0 +1,440 @@
+//! End-to-end behaviour of runner + layers on the in-memory transport.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::Mesh;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use troupe::layers::{RetryPolicies, RetryPolicy};
+use troupe::{
+    ConsumeOptions, Consumer, Delivery, Envelope, HandlerError, MemoryTransport, Outcome, Phase, QueueAdmin, Reason,
+    Route, SINK, Transport, handler_fn, payload_fn,
+};
+
+fn quick_retries(max_attempts: u32) -> RetryPolicies {
+    RetryPolicies::new(RetryPolicy::constant(max_attempts, Duration::from_millis(10)))
+}
+
+fn echo() -> impl tower::Service<Envelope, Response = Outcome, Error = HandlerError, Future: Send + 'static> + Clone + Send
+{
+    handler_fn(|e: Envelope| async move { Ok(Outcome::forward(e)) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expiry_redelivers_an_unacked_envelope() {
+    let mut mesh = Mesh::new();
+    let env = Envelope::new(Route::through(["a"]), json!("x"));
+    mesh.send(&env).await;
+    // A consumer takes the envelope and dies without settling it.
+    let mut crashed = mesh
+        .transport
+        .consume(
+            &mesh.queue("a"),
+            ConsumeOptions {
+                prefetch: 1,
+                lease: Duration::from_millis(200),
+            },
+        )
+        .await
+        .unwrap();
+    drop(crashed.next().await.unwrap().unwrap());
+    drop(crashed);
+    assert_eq!(mesh.transport.depth(&mesh.queue("a")).await.unwrap().in_flight, 1);
+
+    mesh.spawn("a", quick_retries(3), echo());
+    let out = mesh.collect(SINK, 1).await;
+    assert_eq!(out[0].id, env.id);
+    assert_eq!(out[0].status.as_ref().unwrap().phase, Some(Phase::Succeeded));
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_twice_then_succeeds_with_attempt_3() {
+    let mut mesh = Mesh::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    mesh.spawn(
+        "flaky",
+        quick_retries(5),
+        handler_fn(move |e: Envelope| {
+            let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n <= 2 {
+                    Err(HandlerError::new("ConnectionError", format!("transient failure #{n}")))
+                } else {
+                    Ok(Outcome::forward(e))
+                }
+            }
+        }),
+    );
+    let env = Envelope::new(Route::through(["flaky"]), json!({"k": 1}));
+    mesh.send(&env).await;
+    let out = mesh.collect(SINK, 1).await;
+    let status = out[0].status.as_ref().unwrap();
+    assert_eq!(status.phase, Some(Phase::Succeeded));
+    assert_eq!(status.reason, Some(Reason::Completed));
+    assert_eq!(status.attempt, Some(3));
+    assert_eq!(status.error, None);
+    assert_eq!(out[0].payload, json!({"k": 1}));
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert!(!out[0].headers.contains_key("x-asya-first-attempt"));
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhaustion_fails_into_sink_or_routes_on_exhausted() {
+    let mut mesh = Mesh::new();
+    let always_fails = handler_fn(|_: Envelope| async move {
+        Err::<Outcome, _>(
+            HandlerError::new("ValueError", "bad input").with_mro(["ValueError", "Exception"]),
+        )
+    });
+    mesh.spawn("strict", quick_retries(2), always_fails);
+    let routed = RetryPolicies::new(RetryPolicy::constant(2, Duration::from_millis(10)).on_exhausted(["dlq"]));
+    mesh.spawn("lenient", routed, always_fails);
+    mesh.spawn("dlq", quick_retries(1), echo());
+
+    let failed = Envelope::new(Route::through(["strict", "never"]), json!({"keep": "me"}));
+    mesh.send(&failed).await;
+    let rerouted = Envelope::new(Route::through(["lenient", "never"]), json!(7));
+    mesh.send(&rerouted).await;
+
+    let mut out = mesh.collect(SINK, 2).await;
+    out.sort_by_key(|e| e.id != failed.id);
+    let f = out[0].status.as_ref().unwrap();
+    assert_eq!(out[0].id, failed.id);
+    assert_eq!((f.phase, f.reason.clone()), (Some(Phase::Failed), Some(Reason::PolicyExhausted)));
+    assert_eq!((f.attempt, f.max_attempts), (Some(2), Some(2)));
+    let error = f.error.as_ref().unwrap();
+    assert_eq!((error.type_name.as_str(), error.message.as_str()), ("ValueError", "bad input"));
+    assert_eq!(out[0].payload, json!({"keep": "me"}), "payload unchanged on failure");
+    assert_eq!(out[0].route.curr(), "strict", "route not advanced");
+
+    // The rerouted one went through dlq, which completed it.
+    assert_eq!(out[1].id, rerouted.id);
+    assert_eq!(out[1].route.prev(), ["lenient", "dlq"]);
+    assert_eq!(out[1].status.as_ref().unwrap().phase, Some(Phase::Succeeded));
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_with_fan_out_and_route_rewrite() {
+    let mut mesh = Mesh::new();
+    // split: one envelope per word
+    mesh.spawn(
+        "split",
+        quick_retries(1),
+        handler_fn(|e: Envelope| async move {
+            let words: Vec<Envelope> = e.payload["text"]
+                .as_str()
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(|w| {
+                    let mut child = e.clone();
+                    child.payload = json!({ "word": w });
+                    child
+                })
+                .collect();
+            Ok(Outcome::Forward(words))
+        }),
+    );
+    // judge: short words get an extra "pad" step
+    mesh.spawn(
+        "judge",
+        quick_retries(1),
+        handler_fn(|mut e: Envelope| async move {
+            if e.payload["word"].as_str().is_some_and(|w| w.len() < 4) {
+                e.route.next_mut().insert(0, "pad".into());
+            }
+            Ok(Outcome::forward(e))
+        }),
+    );
+    mesh.spawn(
+        "pad",
+        quick_retries(1),
+        payload_fn(|p: Value| async move { Ok(json!({ "word": format!("{}....", p["word"].as_str().unwrap_or("")) })) }),
+    );
+    mesh.spawn("store", quick_retries(1), echo());
+
+    let input = Envelope::new(Route::through(["split", "judge", "store"]), json!({"text": "a mesh of actors"}));
+    mesh.send(&input).await;
+    let out = mesh.collect(SINK, 4).await;
+    mesh.assert_quiet(SINK, Duration::from_millis(200)).await;
+
+    let first: Vec<_> = out.iter().filter(|e| e.id == input.id).collect();
+    assert_eq!(first.len(), 1, "exactly one child keeps the input id");
+    assert_eq!(first[0].parent_id, None);
+    for child in out.iter().filter(|e| e.id != input.id) {
+        assert_eq!(child.parent_id.as_deref(), Some(input.id.as_str()));
+        assert!(uuid::Uuid::parse_str(&child.id).is_ok());
+    }
+    for e in &out {
+        let word = e.payload["word"].as_str().unwrap();
+        let expected: &[&str] = if word.ends_with("....") {
+            &["split", "judge", "pad", "store"]
+        } else {
+            &["split", "judge", "store"]
+        };
+        assert_eq!(e.route.prev(), expected, "{word}");
+        assert!(e.route.is_finished());
+    }
+    mesh.shutdown().await;
+}
+
+/// Processes one delivery of `actor` by hand up to the confirmed publish, then "crashes":
+/// the delivery is dropped unsettled.
+async fn process_then_crash<S>(mesh: &Mesh, actor: &str, mut stack: S, run_hooks: bool)
+where
+    S: tower::Service<Envelope, Response = troupe::Dispatch>,
+    S::Error: std::fmt::Debug,
+{
+    let mut consumer = mesh
+        .transport
+        .consume(
+            &mesh.queue(actor),
+            ConsumeOptions {
+                prefetch: 1,
+                lease: Duration::from_millis(300),
+            },
+        )
+        .await
+        .unwrap();
+    let delivery = consumer.next().await.unwrap().unwrap();
+    let env = Envelope::from_slice(delivery.body(), &troupe::DecodeLimits::default()).unwrap();
+    let mut dispatch = stack.ready().await.unwrap().call(env).await.unwrap();
+    for p in std::mem::take(&mut dispatch.publications) {
+        mesh.transport
+            .publish(&mesh.queue(&p.actor), Bytes::from(p.envelope.to_vec()), Default::default())
+            .await
+            .unwrap();
+    }
+    if run_hooks {
+        for hook in dispatch.take_hooks() {
+            hook().await;
+        }
+    }
+    drop(delivery); // killed before the ack
+}
+
+fn stack_for(mesh: &Mesh, actor: &str) -> impl tower::Service<Envelope, Response = troupe::Dispatch, Error = impl std::fmt::Debug> + Clone {
+    troupe::layers::actor_stack(
+        troupe::layers::StackConfig {
+            actor: actor.into(),
+            retry: quick_retries(3),
+            timeout: Duration::from_secs(5),
+            store: mesh.store.clone(),
+            metrics: mesh.metrics.actor(actor),
+        },
+        echo(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_publish_and_ack_yields_no_duplicate_output() {
+    let mut mesh = Mesh::new();
+    let env = Envelope::new(Route::through(["a", "b"]), json!(1));
+    mesh.send(&env).await;
+    process_then_crash(&mesh, "a", stack_for(&mesh, "a"), true).await;
+
+    // The redelivery comes to a live runner sharing the idempotency store.
+    mesh.spawn("a", quick_retries(3), echo());
+    let out = mesh.collect("b", 1).await;
+    assert_eq!(out[0].id, env.id);
+    // Wait until the redelivery has been settled, then check nothing more went out.
+    let q = mesh.queue("a");
+    let t = tokio::time::Instant::now();
+    while mesh.transport.depth(&q).await.unwrap().total() > 0 {
+        assert!(t.elapsed() < common::WAIT, "redelivery was never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    mesh.assert_quiet("b", Duration::from_millis(300)).await;
+    let reports = mesh.shutdown().await;
+    assert_eq!(reports[0].received, 1, "the redelivery reached the runner");
+    assert_eq!(reports[0].published, 0, "and it published nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_idempotency_the_same_crash_duplicates() {
+    // The control for the test above: it shows the crash really does cause a redelivery
+    // that a plain stack turns into a duplicate.
+    let mut mesh = Mesh::new();
+    let env = Envelope::new(Route::through(["a", "b"]), json!(1));
+    mesh.send(&env).await;
+    let plain = tower::ServiceBuilder::new()
+        .layer(troupe::layers::RouteLayer::new("a"))
+        .service(echo());
+    process_then_crash(&mesh, "a", plain, false).await;
+    mesh.spawn_plain("a");
+    let out = mesh.collect("b", 2).await;
+    assert_eq!(out[0].id, out[1].id);
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_publish_confirmed_re_emits_recorded_outputs() {
+    let mut mesh = Mesh::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let env = Envelope::new(Route::through(["a", "b"]), json!(1));
+    mesh.send(&env).await;
+    // Hooks not run: the hop is recorded as completed but never marked published.
+    process_then_crash(&mesh, "a", stack_for(&mesh, "a"), false).await;
+    let first = mesh.collect("b", 1).await;
+    let seen = calls.clone();
+    mesh.spawn(
+        "a",
+        quick_retries(3),
+        handler_fn(move |e: Envelope| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(Outcome::forward(e)) }
+        }),
+    );
+    let again = mesh.collect("b", 1).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 0, "the handler did not run again");
+    assert_eq!(again[0].id, first[0].id);
+    assert_eq!(again[0].payload, first[0].payload);
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_downstream_nacks_and_loses_nothing() {
+    let transport = MemoryTransport::new(troupe::transports::MemoryConfig {
+        capacity: 1,
+        publish_timeout: Duration::from_millis(50),
+        auto_create: true,
+    });
+    let mut mesh = Mesh::with_transport(transport);
+    // Fill b's queue so a's publish cannot be accepted.
+    mesh.send_raw("b", b"filler".to_vec()).await;
+    mesh.spawn("a", quick_retries(3), echo());
+    let env = Envelope::new(Route::through(["a", "b"]), json!(1));
+    mesh.send(&env).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let depth = mesh.transport.depth(&mesh.queue("a")).await.unwrap();
+    assert_eq!(depth.total(), 1, "the input is still held: {depth:?}");
+    // Drain b: the input goes through.
+    let raw = mesh.collect_raw("b", 2).await;
+    assert_eq!(&raw[0][..], b"filler");
+    let out = Envelope::from_slice(&raw[1], &troupe::DecodeLimits::default()).unwrap();
+    assert_eq!(out.id, env.id);
+    let reports = mesh.shutdown().await;
+    assert!(reports[0].nacked >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_bound_and_back_pressure() {
+    let mut mesh = Mesh::new();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = gate.clone();
+    let mut cfg = mesh.runner_config("slow");
+    cfg.concurrency = 3;
+    mesh.spawn_with(
+        cfg,
+        quick_retries(1),
+        handler_fn(move |e: Envelope| {
+            let held = held.clone();
+            async move {
+                let _permit = held.acquire().await.map_err(|_| HandlerError::new("Closed", "gate"))?;
+                Ok(Outcome::forward(e))
+            }
+        }),
+    );
+    for i in 0..10 {
+        mesh.send(&Envelope::new(Route::through(["slow"]), json!(i))).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let depth = mesh.transport.depth(&mesh.queue("slow")).await.unwrap();
+    assert_eq!((depth.in_flight, depth.ready), (3, 7), "only 3 pulled: {depth:?}");
+    gate.add_permits(100);
+    mesh.collect(SINK, 10).await;
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_returns_unfinished_work_after_grace() {
+    let mut mesh = Mesh::new();
+    let mut cfg = mesh.runner_config("stuck");
+    cfg.shutdown_grace = Duration::from_millis(100);
+    cfg.consume.lease = Duration::from_secs(60);
+    mesh.spawn_with(
+        cfg,
+        quick_retries(1),
+        handler_fn(|e: Envelope| async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(Outcome::forward(e))
+        }),
+    );
+    for i in 0..4 {
+        mesh.send(&Envelope::new(Route::through(["stuck"]), json!(i))).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let q = mesh.queue("stuck");
+    let transport = mesh.transport.clone();
+    let started = tokio::time::Instant::now();
+    let reports = mesh.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown is bounded by the grace period");
+    assert_eq!(reports[0].nacked, 4);
+    // Returned at once, not after the 60 s lease.
+    let depth = transport.depth(&q).await.unwrap();
+    assert_eq!((depth.ready, depth.in_flight), (4, 0), "{depth:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_in_flight_work_finish_within_grace() {
+    let mut mesh = Mesh::new();
+    mesh.spawn(
+        "steady",
+        quick_retries(1),
+        handler_fn(|e: Envelope| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(Outcome::forward(e))
+        }),
+    );
+    mesh.send(&Envelope::new(Route::through(["steady"]), json!(1))).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let transport = mesh.transport.clone();
+    let sink = mesh.queue(SINK);
+    let reports = mesh.shutdown().await;
+    assert_eq!((reports[0].acked, reports[0].nacked), (1, 0));
+    assert_eq!(transport.depth(&sink).await.unwrap().ready, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_handler_ends_in_sump_after_the_redelivery_limit() {
+    let mut mesh = Mesh::new();
+    let mut cfg = mesh.runner_config("boom");
+    cfg.max_redeliveries = Some(2);
+    mesh.spawn_with(
+        cfg,
+        quick_retries(1),
+        handler_fn(|_: Envelope| async move {
+            if true {
+                panic!("handler bug");
+            }
+            Ok(Outcome::End(Envelope::default()))
+        }),
+    );
+    let env = Envelope::new(Route::through(["boom"]), json!({"x": 1}));
+    mesh.send(&env).await;
+    let sump = mesh.collect(troupe::SUMP, 1).await;
+    assert_eq!(sump[0].id, env.id);
+    assert_eq!(sump[0].status.as_ref().unwrap().reason, Some(Reason::RedeliveryLimit));
+    let original = troupe::core::sump::original_bytes(&sump[0]).unwrap();
+    assert_eq!(Envelope::from_slice(&original, &Default::default()).unwrap(), env);
+    mesh.shutdown().await;
+}
+
+impl Mesh {
+    /// An actor with only the route layer (no idempotency), for control experiments.
+    fn spawn_plain(&mut self, actor: &str) {
+        let cfg = self.runner_config(actor);
+        let stack = tower::ServiceBuilder::new()
+            .layer(troupe::layers::RouteLayer::new(actor))
+            .service(echo());
+        self.spawn_stack(cfg, stack);
+    }
+}
