@@ -27,7 +27,7 @@ pub mod trace;
 
 pub use deadline::DeadlineLayer;
 pub use idempotency::{IdempotencyError, IdempotencyLayer, IdempotencyStore, MemoryStore};
-pub use metrics::{ActorMetrics, MeshMetrics};
+pub use metrics::{ActorMetrics, ActorSnapshot, MeshMetrics};
 pub use retry::{Backoff, RetryLayer, RetryPolicies, RetryPolicy, RetryRule};
 pub use route::RouteLayer;
 pub use stack::{StackConfig, actor_stack};

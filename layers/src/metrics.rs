@@ -181,7 +181,31 @@ pub struct ActorMetrics {
     inner: Arc<Handles>,
 }
 
+/// Current values of an actor's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ActorSnapshot {
+    /// Envelopes received.
+    pub received: u64,
+    /// Envelopes answered by the stack.
+    pub processed: u64,
+    /// Retries scheduled.
+    pub retries: u64,
+    /// Envelopes in progress now.
+    pub active: i64,
+}
+
 impl ActorMetrics {
+    /// The actor's counters now.
+    pub fn snapshot(&self) -> ActorSnapshot {
+        let h = &self.inner;
+        ActorSnapshot {
+            received: h.received.get(),
+            processed: h.processed.get(),
+            retries: h.retries.get(),
+            active: h.active.get(),
+        }
+    }
+
     /// The layer recording received/processed/sent/failed/retries, sizes and durations.
     pub fn layer(&self) -> MetricsLayer {
         MetricsLayer { metrics: self.clone() }
