@@ -7,6 +7,8 @@
 //! - `judge` rewrites `route.next` to add `refine` for low scores;
 //! - `refine` raises the score.
 
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -295,6 +297,7 @@ async fn collect_sink(
             .unwrap_or_else(|e| unreachable!("constant histogram bounds are valid: {e}")),
     };
     let mut received = 0;
+    let mut stdout_open = true;
     while received < expected {
         let next = tokio::time::timeout(args.stall_timeout, consumer.next()).await;
         let delivery = match next {
@@ -330,10 +333,10 @@ async fn collect_sink(
         if env.parent_id.is_some() {
             stats.children += 1;
         }
-        if !args.quiet {
+        if !args.quiet && stdout_open {
             // indicatif drops println output when the bar is hidden (stderr not a terminal).
             if bar.is_hidden() {
-                println!("{}", describe(&env));
+                stdout_open = emit(&describe(&env));
             } else {
                 bar.println(describe(&env));
             }
@@ -372,20 +375,21 @@ fn print_summary(
     let total = sink.finished + sink.failed;
     let retries: u64 = snapshots.iter().map(|(_, s)| s.retries).sum();
     let p = |q: f64| sink.latency_us.value_at_quantile(q) as f64 / 1000.0;
-    println!();
-    println!("troupe demo: {} documents, concurrency {} per actor, {:?} per handler call", args.count, args.concurrency, args.latency);
-    println!("  envelopes in (documents)       {:>8}", args.count);
-    println!("  envelopes out (x-sink)         {:>8}  ({} succeeded, {} failed)", total, sink.finished, sink.failed);
-    println!("  fan-out children               {:>8}", sink.children);
-    println!("  routed through refine          {:>8}", sink.refined);
-    println!("  retries                        {:>8}", retries);
-    println!("  undeliverable (x-sump)         {:>8}", sumped);
-    println!("  wall time                      {:>8.3} s  ({:.0} envelopes/s out)", secs, total as f64 / secs);
-    println!("  latency created -> x-sink      p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms", p(0.5), p(0.99), sink.latency_us.max() as f64 / 1000.0);
-    println!();
-    println!("  {:<10} {:>10} {:>10} {:>8} {:>12}", "actor", "received", "processed", "retries", "throughput");
+    let mut out = String::new();
+    out.push('\n');
+    let _ = writeln!(out, "troupe demo: {} documents, concurrency {} per actor, {:?} per handler call", args.count, args.concurrency, args.latency);
+    let _ = writeln!(out, "  envelopes in (documents)       {:>8}", args.count);
+    let _ = writeln!(out, "  envelopes out (x-sink)         {:>8}  ({} succeeded, {} failed)", total, sink.finished, sink.failed);
+    let _ = writeln!(out, "  fan-out children               {:>8}", sink.children);
+    let _ = writeln!(out, "  routed through refine          {:>8}", sink.refined);
+    let _ = writeln!(out, "  retries                        {:>8}", retries);
+    let _ = writeln!(out, "  undeliverable (x-sump)         {:>8}", sumped);
+    let _ = writeln!(out, "  wall time                      {:>8.3} s  ({:.0} envelopes/s out)", secs, total as f64 / secs);
+    let _ = writeln!(out, "  latency created -> x-sink      p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms", p(0.5), p(0.99), sink.latency_us.max() as f64 / 1000.0);
+    out.push('\n');
+    let _ = writeln!(out, "  {:<10} {:>10} {:>10} {:>8} {:>12}", "actor", "received", "processed", "retries", "throughput");
     for (actor, s) in snapshots {
-        println!(
+        let _ = writeln!(out, 
             "  {:<10} {:>10} {:>10} {:>8} {:>10.0}/s",
             actor,
             s.received,
@@ -394,4 +398,11 @@ fn print_summary(
             s.processed as f64 / secs
         );
     }
+    emit(out.trim_end());
+}
+
+/// Writes a line to stdout; false once stdout is closed (e.g. piped into `head`).
+fn emit(line: &str) -> bool {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_ok()
 }
