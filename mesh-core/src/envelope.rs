@@ -78,7 +78,10 @@ impl Envelope {
     pub fn to_vec(&self) -> Vec<u8> {
         // Serializing an in-memory Value tree to a Vec cannot fail: keys are strings and
         // there is no I/O; an error here would be a serde_json bug.
-        serde_json::to_vec(self).unwrap_or_else(|e| unreachable!("envelope encoding failed: {e}"))
+        // Re-encoding is usually about the size it was decoded from; start there.
+        let mut out = Vec::with_capacity(self.wire_len.max(256) + 64);
+        serde_json::to_writer(&mut out, self).unwrap_or_else(|e| unreachable!("envelope encoding failed: {e}"));
+        out
     }
 
     /// Size in bytes of the body this envelope was decoded from, or 0 if built in code.

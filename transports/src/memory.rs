@@ -143,11 +143,14 @@ impl QueueState {
     /// due, if any.
     fn promote(&mut self, now: Instant) -> Option<Instant> {
         while let Some(Reverse((until, tag))) = self.leases.peek().copied() {
-            if until > now {
+            let live = self.in_flight.get(&tag).is_some_and(|l| l.until == until);
+            if live && until > now {
                 break;
             }
+            // Settled or since extended: the entry is stale, whatever its time. Dropping it
+            // here keeps the heap near the in-flight count instead of rate x lease.
             self.leases.pop();
-            if self.in_flight.get(&tag).is_some_and(|l| l.until <= now) {
+            if live {
                 if let Some(expired) = self.in_flight.remove(&tag) {
                     // Redelivered first: it has waited longest.
                     self.ready.push_front(expired.message);
