@@ -124,6 +124,17 @@ pub(crate) fn decode(body: &[u8], limits: &DecodeLimits) -> Result<Envelope, Dec
             limit: limits.max_body_bytes,
         });
     }
+    // Well-formed envelopes take the one-pass path; anything it refuses is decoded again by
+    // the field-by-field path below, which alone decides what the error is.
+    match serde_json::from_slice::<fast::FastEnvelope>(body) {
+        Ok(fast::FastEnvelope(env)) => Ok(env),
+        Err(_) => decode_checked(body),
+    }
+}
+
+/// The reference decoder: builds the JSON tree, then checks every field in turn so the
+/// first defect is reported with its path.
+fn decode_checked(body: &[u8]) -> Result<Envelope, DecodeError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| DecodeError::NotJson {
         detail: e.to_string(),
     })?;
@@ -199,7 +210,7 @@ pub(crate) fn decode(body: &[u8], limits: &DecodeLimits) -> Result<Envelope, Dec
     })
 }
 
-fn decode_route(mut r: Map<String, Value>) -> Result<Route, DecodeError> {
+pub(crate) fn decode_route(mut r: Map<String, Value>) -> Result<Route, DecodeError> {
     let modern = ["prev", "curr", "next"].iter().any(|k| r.contains_key(*k));
     let legacy = ["actors", "current"].iter().any(|k| r.contains_key(*k));
     match (modern, legacy) {
@@ -259,6 +270,127 @@ fn decode_status(v: Value) -> Result<Status, DecodeError> {
     })
 }
 
+/// One pass from bytes to typed fields, with borrowed keys and no intermediate tree for the
+/// envelope itself. It applies the same checks as the reference decoder (sharing the route
+/// and status code) and refuses anything else, so it never accepts what that one rejects.
+mod fast {
+    use std::fmt;
+
+    use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+    use serde_json::{Map, Value};
+
+    use super::decode_route;
+    use crate::envelope::Envelope;
+    use crate::status::Status;
+
+    pub(super) struct FastEnvelope(pub(super) Envelope);
+
+    /// An object key, borrowed from the input when it has no escapes.
+    enum Key<'de> {
+        Borrowed(&'de str),
+        Owned(String),
+    }
+
+    impl Key<'_> {
+        fn as_str(&self) -> &str {
+            match self {
+                Key::Borrowed(s) => s,
+                Key::Owned(s) => s,
+            }
+        }
+
+        fn into_owned(self) -> String {
+            match self {
+                Key::Borrowed(s) => s.to_owned(),
+                Key::Owned(s) => s,
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Key<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct KeyVisitor;
+            impl<'de> Visitor<'de> for KeyVisitor {
+                type Value = Key<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an object key")
+                }
+                fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                    Ok(Key::Borrowed(v))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                    Ok(Key::Owned(v.to_owned()))
+                }
+                fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                    Ok(Key::Owned(v))
+                }
+            }
+            d.deserialize_str(KeyVisitor)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for FastEnvelope {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(EnvelopeVisitor)
+        }
+    }
+
+    struct EnvelopeVisitor;
+
+    fn refuse<E: de::Error>() -> E {
+        // The message is never shown: a refusal sends the body to the reference decoder.
+        E::custom("not decodable on the fast path")
+    }
+
+    impl<'de> Visitor<'de> for EnvelopeVisitor {
+        type Value = FastEnvelope;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an envelope object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FastEnvelope, A::Error> {
+            let mut id: Option<String> = None;
+            let mut parent_id: Option<Option<String>> = None;
+            let mut route: Option<Map<String, Value>> = None;
+            let mut headers: Option<Option<Map<String, Value>>> = None;
+            let mut status: Option<Option<Status>> = None;
+            let mut payload: Option<Value> = None;
+            let mut extra = Map::new();
+            while let Some(key) = map.next_key::<Key<'de>>()? {
+                match key.as_str() {
+                    "id" => id = Some(map.next_value()?),
+                    "parent_id" => parent_id = Some(map.next_value()?),
+                    "route" => route = Some(map.next_value()?),
+                    "headers" => headers = Some(map.next_value()?),
+                    "status" => status = Some(map.next_value()?),
+                    "payload" => payload = Some(map.next_value()?),
+                    _ => {
+                        let value: Value = map.next_value()?;
+                        extra.insert(key.into_owned(), value);
+                    }
+                }
+            }
+            let id = id.filter(|id| !id.is_empty()).ok_or_else(refuse)?;
+            let parent_id = parent_id.flatten();
+            if parent_id.as_deref() == Some("") {
+                return Err(refuse());
+            }
+            let route = decode_route(route.ok_or_else(refuse)?).map_err(|_| refuse())?;
+            Ok(FastEnvelope(Envelope {
+                id,
+                parent_id,
+                route,
+                headers: headers.flatten().unwrap_or_default(),
+                status: status.flatten(),
+                payload: payload.ok_or_else(refuse)?,
+                extra,
+                ..Envelope::default()
+            }))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +439,31 @@ mod tests {
             let err = dec(body).unwrap_err();
             assert_eq!(err.field(), field, "{body}: {err}");
             assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The fast path never accepts what the reference decoder rejects, and agrees with it
+        /// on what both accept: mutate valid envelopes and compare.
+        #[test]
+        fn fast_path_agrees_with_reference(
+            body in proptest::sample::select(vec![
+                r#"{"id":"1","route":{"curr":"a","next":["b"]},"payload":{"k":[1,2]},"x":1}"#,
+                r#"{"id":"1","parent_id":null,"route":{"actors":["a","b"],"current":1},"headers":{"h":1},"payload":null}"#,
+                r#"{"id":"1","route":{"prev":["z"],"curr":"a"},"status":{"phase":"retrying","attempt":2,"more":true},"payload":"p"}"#,
+            ]),
+            cut in 0usize..200,
+            replace in proptest::sample::select(vec!["", "null", "1", "\"\"", "[]", "{}", "-1", "\"a\"", ",", "[\"\"]"]),
+        ) {
+            // Replace one token-ish span with something else.
+            let cut = cut.min(body.len());
+            let end = body[cut..].find([',', '}', ']']).map_or(body.len(), |i| cut + i);
+            let mutated = format!("{}{}{}", &body[..cut], replace, &body[end..]);
+            let fast = serde_json::from_slice::<fast::FastEnvelope>(mutated.as_bytes()).ok().map(|f| f.0);
+            let reference = decode_checked(mutated.as_bytes()).ok();
+            if let Some(f) = fast {
+                proptest::prop_assert_eq!(Some(f), reference, "{}", mutated);
+            }
         }
     }
 

@@ -21,7 +21,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower::{BoxError, Service, ServiceExt};
 
@@ -170,7 +169,7 @@ where
                 queue: queue.clone(),
                 source,
             })?;
-        let concurrency = self.config.concurrency.max(1);
+        let concurrency = self.config.concurrency.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let grace = self.config.shutdown_grace;
         let shared = Arc::new(Shared {
             transport: self.transport,
@@ -180,9 +179,10 @@ where
         });
         tracing::info!(actor = %shared.config.actor, queue = %shared.queue, concurrency, "runner started");
 
+        // Each in-flight envelope holds one permit; its task releases it however it ends
+        // (`process` catches panics). Draining is taking every permit back.
         let slots = Arc::new(Semaphore::new(concurrency));
         let abandon = CancellationToken::new();
-        let mut tasks = JoinSet::new();
         let mut consecutive_errors = 0u32;
         loop {
             let permit = tokio::select! {
@@ -217,45 +217,31 @@ where
                     let shared = shared.clone();
                     let service = self.service.clone();
                     let abandon = abandon.clone();
-                    tasks.spawn(async move {
+                    tokio::spawn(async move {
                         process(&shared, service, delivery, &abandon).await;
                         drop(permit);
                     });
                 }
             }
-            while let Some(done) = tasks.try_join_next() {
-                log_task_end(done);
-            }
         }
 
         drop(consumer);
-        let in_flight = tasks.len();
+        let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
+        let in_flight = concurrency - slots.available_permits();
         if in_flight > 0 {
             tracing::info!(queue = %shared.queue, in_flight, ?grace, "draining in-flight work");
         }
-        let drained = tokio::time::timeout(grace, async {
-            while let Some(done) = tasks.join_next().await {
-                log_task_end(done);
-            }
-        })
-        .await;
+        let drained = tokio::time::timeout(grace, slots.acquire_many(all)).await;
         if drained.is_err() {
-            tracing::warn!(queue = %shared.queue, left = tasks.len(), "grace period over; returning unfinished work to the queue");
+            let left = concurrency - slots.available_permits();
+            tracing::warn!(queue = %shared.queue, left, "grace period over; returning unfinished work to the queue");
             abandon.cancel();
-            while let Some(done) = tasks.join_next().await {
-                log_task_end(done);
-            }
+            // Abandoned tasks nack and finish promptly.
+            let _ = slots.acquire_many(all).await;
         }
         let report = shared.counters.report();
         tracing::info!(queue = %shared.queue, ?report, "runner stopped");
         Ok(report)
-    }
-}
-
-fn log_task_end(done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
-        // `process` catches handler panics itself; this is a bug in the runner.
-        tracing::error!(error = %e, "runner task ended abnormally");
     }
 }
 
