@@ -40,7 +40,7 @@ pub use troupe_transports as transports;
 pub use troupe_core::{
     CancellationToken, ConsumeOptions, Consumer, DecodeError, DecodeLimits, Delivery, Dispatch, Envelope,
     HandlerError, Outcome, Phase, Publication, PublishOptions, QueueAdmin, QueueDepth, QueueNaming, Reason,
-    Route, RunReport, Runner, RunnerConfig, RunnerError, SINK, SUMP, Status, Transport, TransportError, handler_fn,
-    payload_fn,
+    Route, RunReport, Runner, RunnerConfig, RunnerError, SINK, SUMP, Status, Transport, TransportError,
+    handler_fn, payload_fn,
 };
 pub use troupe_transports::MemoryTransport;

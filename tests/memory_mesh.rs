@@ -1,5 +1,7 @@
 //! End-to-end behaviour of runner + layers on the in-memory transport.
 
+#![allow(clippy::unwrap_used)] // test helpers unwrap: a failure is a test failure
+
 mod common;
 
 use std::sync::Arc;
@@ -12,15 +14,16 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use troupe::layers::{RetryPolicies, RetryPolicy};
 use troupe::{
-    ConsumeOptions, Consumer, Delivery, Envelope, HandlerError, MemoryTransport, Outcome, Phase, QueueAdmin, Reason,
-    Route, SINK, Transport, handler_fn, payload_fn,
+    ConsumeOptions, Consumer, Delivery, Envelope, HandlerError, MemoryTransport, Outcome, Phase, QueueAdmin,
+    Reason, Route, SINK, Transport, handler_fn, payload_fn,
 };
 
 fn quick_retries(max_attempts: u32) -> RetryPolicies {
     RetryPolicies::new(RetryPolicy::constant(max_attempts, Duration::from_millis(10)))
 }
 
-fn echo() -> impl tower::Service<Envelope, Response = Outcome, Error = HandlerError, Future: Send + 'static> + Clone + Send
+fn echo()
+-> impl tower::Service<Envelope, Response = Outcome, Error = HandlerError, Future: Send + 'static> + Clone + Send
 {
     handler_fn(|e: Envelope| async move { Ok(Outcome::forward(e)) })
 }
@@ -65,7 +68,10 @@ async fn fails_twice_then_succeeds_with_attempt_3() {
             let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
             async move {
                 if n <= 2 {
-                    Err(HandlerError::new("ConnectionError", format!("transient failure #{n}")))
+                    Err(HandlerError::new(
+                        "ConnectionError",
+                        format!("transient failure #{n}"),
+                    ))
                 } else {
                     Ok(Outcome::forward(e))
                 }
@@ -90,12 +96,11 @@ async fn fails_twice_then_succeeds_with_attempt_3() {
 async fn exhaustion_fails_into_sink_or_routes_on_exhausted() {
     let mut mesh = Mesh::new();
     let always_fails = handler_fn(|_: Envelope| async move {
-        Err::<Outcome, _>(
-            HandlerError::new("ValueError", "bad input").with_mro(["ValueError", "Exception"]),
-        )
+        Err::<Outcome, _>(HandlerError::new("ValueError", "bad input").with_mro(["ValueError", "Exception"]))
     });
     mesh.spawn("strict", quick_retries(2), always_fails);
-    let routed = RetryPolicies::new(RetryPolicy::constant(2, Duration::from_millis(10)).on_exhausted(["dlq"]));
+    let routed =
+        RetryPolicies::new(RetryPolicy::constant(2, Duration::from_millis(10)).on_exhausted(["dlq"]));
     mesh.spawn("lenient", routed, always_fails);
     mesh.spawn("dlq", quick_retries(1), echo());
 
@@ -108,11 +113,21 @@ async fn exhaustion_fails_into_sink_or_routes_on_exhausted() {
     out.sort_by_key(|e| e.id != failed.id);
     let f = out[0].status.as_ref().unwrap();
     assert_eq!(out[0].id, failed.id);
-    assert_eq!((f.phase, f.reason.clone()), (Some(Phase::Failed), Some(Reason::PolicyExhausted)));
+    assert_eq!(
+        (f.phase, f.reason.clone()),
+        (Some(Phase::Failed), Some(Reason::PolicyExhausted))
+    );
     assert_eq!((f.attempt, f.max_attempts), (Some(2), Some(2)));
     let error = f.error.as_ref().unwrap();
-    assert_eq!((error.type_name.as_str(), error.message.as_str()), ("ValueError", "bad input"));
-    assert_eq!(out[0].payload, json!({"keep": "me"}), "payload unchanged on failure");
+    assert_eq!(
+        (error.type_name.as_str(), error.message.as_str()),
+        ("ValueError", "bad input")
+    );
+    assert_eq!(
+        out[0].payload,
+        json!({"keep": "me"}),
+        "payload unchanged on failure"
+    );
     assert_eq!(out[0].route.curr(), "strict", "route not advanced");
 
     // The rerouted one went through dlq, which completed it.
@@ -157,11 +172,16 @@ async fn pipeline_with_fan_out_and_route_rewrite() {
     mesh.spawn(
         "pad",
         quick_retries(1),
-        payload_fn(|p: Value| async move { Ok(json!({ "word": format!("{}....", p["word"].as_str().unwrap_or("")) })) }),
+        payload_fn(|p: Value| async move {
+            Ok(json!({ "word": format!("{}....", p["word"].as_str().unwrap_or("")) }))
+        }),
     );
     mesh.spawn("store", quick_retries(1), echo());
 
-    let input = Envelope::new(Route::through(["split", "judge", "store"]), json!({"text": "a mesh of actors"}));
+    let input = Envelope::new(
+        Route::through(["split", "judge", "store"]),
+        json!({"text": "a mesh of actors"}),
+    );
     mesh.send(&input).await;
     let out = mesh.collect(SINK, 4).await;
     mesh.assert_quiet(SINK, Duration::from_millis(200)).await;
@@ -209,7 +229,11 @@ where
     let mut dispatch = stack.ready().await.unwrap().call(env).await.unwrap();
     for p in std::mem::take(&mut dispatch.publications) {
         mesh.transport
-            .publish(&mesh.queue(&p.actor), Bytes::from(p.envelope.to_vec()), Default::default())
+            .publish(
+                &mesh.queue(&p.actor),
+                Bytes::from(p.envelope.to_vec()),
+                Default::default(),
+            )
             .await
             .unwrap();
     }
@@ -221,7 +245,10 @@ where
     drop(delivery); // killed before the ack
 }
 
-fn stack_for(mesh: &Mesh, actor: &str) -> impl tower::Service<Envelope, Response = troupe::Dispatch, Error = impl std::fmt::Debug> + Clone {
+fn stack_for(
+    mesh: &Mesh,
+    actor: &str,
+) -> impl tower::Service<Envelope, Response = troupe::Dispatch, Error = impl std::fmt::Debug> + Clone {
     troupe::layers::actor_stack(
         troupe::layers::StackConfig {
             actor: actor.into(),
@@ -338,13 +365,17 @@ async fn concurrency_bound_and_back_pressure() {
         handler_fn(move |e: Envelope| {
             let held = held.clone();
             async move {
-                let _permit = held.acquire().await.map_err(|_| HandlerError::new("Closed", "gate"))?;
+                let _permit = held
+                    .acquire()
+                    .await
+                    .map_err(|_| HandlerError::new("Closed", "gate"))?;
                 Ok(Outcome::forward(e))
             }
         }),
     );
     for i in 0..10 {
-        mesh.send(&Envelope::new(Route::through(["slow"]), json!(i))).await;
+        mesh.send(&Envelope::new(Route::through(["slow"]), json!(i)))
+            .await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let depth = mesh.transport.depth(&mesh.queue("slow")).await.unwrap();
@@ -369,14 +400,18 @@ async fn shutdown_returns_unfinished_work_after_grace() {
         }),
     );
     for i in 0..4 {
-        mesh.send(&Envelope::new(Route::through(["stuck"]), json!(i))).await;
+        mesh.send(&Envelope::new(Route::through(["stuck"]), json!(i)))
+            .await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let q = mesh.queue("stuck");
     let transport = mesh.transport.clone();
     let started = tokio::time::Instant::now();
     let reports = mesh.shutdown().await;
-    assert!(started.elapsed() < Duration::from_secs(5), "shutdown is bounded by the grace period");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown is bounded by the grace period"
+    );
     assert_eq!(reports[0].nacked, 4);
     // Returned at once, not after the 60 s lease.
     let depth = transport.depth(&q).await.unwrap();
@@ -394,7 +429,8 @@ async fn shutdown_lets_in_flight_work_finish_within_grace() {
             Ok(Outcome::forward(e))
         }),
     );
-    mesh.send(&Envelope::new(Route::through(["steady"]), json!(1))).await;
+    mesh.send(&Envelope::new(Route::through(["steady"]), json!(1)))
+        .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let transport = mesh.transport.clone();
     let sink = mesh.queue(SINK);
@@ -415,14 +451,17 @@ async fn panicking_handler_ends_in_sump_after_the_redelivery_limit() {
             if true {
                 panic!("handler bug");
             }
-            Ok(Outcome::End(Envelope::default()))
+            Ok(Outcome::end(Envelope::default()))
         }),
     );
     let env = Envelope::new(Route::through(["boom"]), json!({"x": 1}));
     mesh.send(&env).await;
     let sump = mesh.collect(troupe::SUMP, 1).await;
     assert_eq!(sump[0].id, env.id);
-    assert_eq!(sump[0].status.as_ref().unwrap().reason, Some(Reason::RedeliveryLimit));
+    assert_eq!(
+        sump[0].status.as_ref().unwrap().reason,
+        Some(Reason::RedeliveryLimit)
+    );
     let original = troupe::core::sump::original_bytes(&sump[0]).unwrap();
     assert_eq!(Envelope::from_slice(&original, &Default::default()).unwrap(), env);
     mesh.shutdown().await;

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use troupe::layers::{MemoryStore, MeshMetrics};
 use troupe::{
-    CancellationToken, ConsumeOptions, Consumer, Delivery, MemoryTransport, PublishOptions, QueueNaming, Runner,
-    RunnerConfig, SINK, Transport,
+    CancellationToken, ConsumeOptions, Consumer, Delivery, MemoryTransport, PublishOptions, QueueNaming,
+    Runner, RunnerConfig, SINK, Transport,
 };
 use troupe_bench::{envelope_of, noop_stack};
 
@@ -45,7 +45,9 @@ async fn run_pipeline(n: usize, bodies: &[Bytes]) -> Duration {
     let bodies = bodies[..n].to_vec();
     tokio::spawn(async move {
         for body in bodies {
-            t.publish(&queue_a, body, PublishOptions::default()).await.expect("publish");
+            t.publish(&queue_a, body, PublishOptions::default())
+                .await
+                .expect("publish");
         }
     });
     for _ in 0..n {
@@ -67,7 +69,9 @@ fn pipeline(c: &mut Criterion) {
         .build()
         .expect("runtime");
     // Unique ids, so that every hop is new work for the idempotency layer.
-    let bodies: Vec<Bytes> = (0..ENVELOPES).map(|_| Bytes::from(envelope_of(256).to_vec())).collect();
+    let bodies: Vec<Bytes> = (0..ENVELOPES)
+        .map(|_| Bytes::from(envelope_of(256).to_vec()))
+        .collect();
     let mut g = c.benchmark_group("pipeline");
     g.sample_size(10);
     g.throughput(Throughput::Elements(ENVELOPES as u64));

@@ -19,10 +19,12 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
-use troupe::layers::{ActorSnapshot, MemoryStore, MeshMetrics, RetryPolicies, RetryPolicy, StackConfig, actor_stack};
+use troupe::layers::{
+    ActorSnapshot, MemoryStore, MeshMetrics, RetryPolicies, RetryPolicy, StackConfig, actor_stack,
+};
 use troupe::{
-    CancellationToken, ConsumeOptions, Consumer, Delivery, Envelope, HandlerError, MemoryTransport, Outcome, Phase,
-    PublishOptions, QueueAdmin, QueueNaming, Route, Runner, RunnerConfig, RunnerError, SINK, SUMP,
+    CancellationToken, ConsumeOptions, Consumer, Delivery, Envelope, HandlerError, MemoryTransport, Outcome,
+    Phase, PublishOptions, QueueAdmin, QueueNaming, Route, Runner, RunnerConfig, RunnerError, SINK, SUMP,
     Transport, TransportError, handler_fn,
 };
 
@@ -70,7 +72,9 @@ pub enum DemoError {
     #[error(transparent)]
     Serve(#[from] crate::http::ServeError),
     /// The pipeline stopped making progress.
-    #[error("the pipeline stalled: {received} of {expected} envelopes reached x-sink, then nothing for {idle:?}")]
+    #[error(
+        "the pipeline stalled: {received} of {expected} envelopes reached x-sink, then nothing for {idle:?}"
+    )]
     Stalled {
         /// Envelopes that arrived.
         received: usize,
@@ -98,14 +102,17 @@ const CORPUS: [&str; 12] = [
 
 fn document(i: usize) -> (Value, usize) {
     let sentences = 1 + i % 3;
-    let text: Vec<&str> = (0..sentences).map(|k| CORPUS[(i * 7 + k * 5) % CORPUS.len()]).collect();
+    let text: Vec<&str> = (0..sentences)
+        .map(|k| CORPUS[(i * 7 + k * 5) % CORPUS.len()])
+        .collect();
     (json!({ "doc": i, "text": text.join(". ") }), sentences)
 }
 
 /// FNV-1a: a stable, dependency-free hash, so the demo is reproducible run to run.
 fn fnv(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 async fn work(latency: Duration) {
@@ -117,7 +124,9 @@ async fn work(latency: Duration) {
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     if args.count == 0 || args.concurrency == 0 {
-        return Err(DemoError::InvalidArgument("--count and --concurrency must be at least 1".into()));
+        return Err(DemoError::InvalidArgument(
+            "--count and --concurrency must be at least 1".into(),
+        ));
     }
     if !(0.0..1.0).contains(&args.fail_rate) {
         return Err(DemoError::InvalidArgument(format!(
@@ -181,8 +190,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
                     let h = fnv(sentence);
                     let flaky = ((h >> 32) % 1000) as f64 / 1000.0 < fail_rate;
                     if flaky && e.attempt_at("score") == 1 {
-                        return Err(HandlerError::new("ConnectionError", "model server reset the connection")
-                            .with_mro(["ConnectionError", "OSError", "Exception"]));
+                        return Err(HandlerError::new(
+                            "ConnectionError",
+                            "model server reset the connection",
+                        )
+                        .with_mro(["ConnectionError", "OSError", "Exception"]));
                     }
                     e.payload["score"] = json!((h % 1000) as f64 / 1000.0);
                     Ok(Outcome::forward(e))
@@ -225,7 +237,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         status.phase = Some(Phase::Pending);
         status.created_at = Some(Utc::now());
         transport
-            .publish(&tokenize_queue, Bytes::from(env.to_vec()), PublishOptions::default())
+            .publish(
+                &tokenize_queue,
+                Bytes::from(env.to_vec()),
+                PublishOptions::default(),
+            )
             .await?;
     }
 
@@ -245,7 +261,8 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         .depth(&naming.queue_for(SUMP).map_err(RunnerError::from)?)
         .await?
         .total();
-    let snapshots: Vec<(&str, ActorSnapshot)> = ACTORS.iter().map(|a| (*a, metrics.actor(a).snapshot())).collect();
+    let snapshots: Vec<(&str, ActorSnapshot)> =
+        ACTORS.iter().map(|a| (*a, metrics.actor(a).snapshot())).collect();
     print_summary(&args, &sink, sumped, elapsed, &snapshots);
     Ok(())
 }
@@ -283,9 +300,11 @@ async fn collect_sink(
     let mut consumer = transport.consume(&queue, ConsumeOptions::default()).await?;
     let bar = ProgressBar::new(expected as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:40}] {pos}/{len} envelopes at x-sink ({per_sec}) {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} [{bar:40}] {pos}/{len} envelopes at x-sink ({per_sec}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     let mut stats = SinkStats {
         finished: 0,
@@ -356,8 +375,14 @@ fn describe(env: &Envelope) -> String {
         .unwrap_or_default();
     format!(
         "{} {id} doc {:>5}  {:<38} score {:.2}  {}{parent}",
-        if status.phase == Some(Phase::Succeeded) { "ok  " } else { "FAIL" },
-        env.payload["doc"].as_u64().map_or_else(|| "?".to_owned(), |d| d.to_string()),
+        if status.phase == Some(Phase::Succeeded) {
+            "ok  "
+        } else {
+            "FAIL"
+        },
+        env.payload["doc"]
+            .as_u64()
+            .map_or_else(|| "?".to_owned(), |d| d.to_string()),
         env.route.prev().join(" -> "),
         env.payload["score"].as_f64().unwrap_or(f64::NAN),
         status.phase.map_or("?", |p| p.as_str()),
@@ -377,19 +402,43 @@ fn print_summary(
     let p = |q: f64| sink.latency_us.value_at_quantile(q) as f64 / 1000.0;
     let mut out = String::new();
     out.push('\n');
-    let _ = writeln!(out, "troupe demo: {} documents, concurrency {} per actor, {:?} per handler call", args.count, args.concurrency, args.latency);
+    let _ = writeln!(
+        out,
+        "troupe demo: {} documents, concurrency {} per actor, {:?} per handler call",
+        args.count, args.concurrency, args.latency
+    );
     let _ = writeln!(out, "  envelopes in (documents)       {:>8}", args.count);
-    let _ = writeln!(out, "  envelopes out (x-sink)         {:>8}  ({} succeeded, {} failed)", total, sink.finished, sink.failed);
+    let _ = writeln!(
+        out,
+        "  envelopes out (x-sink)         {:>8}  ({} succeeded, {} failed)",
+        total, sink.finished, sink.failed
+    );
     let _ = writeln!(out, "  fan-out children               {:>8}", sink.children);
     let _ = writeln!(out, "  routed through refine          {:>8}", sink.refined);
     let _ = writeln!(out, "  retries                        {:>8}", retries);
     let _ = writeln!(out, "  undeliverable (x-sump)         {:>8}", sumped);
-    let _ = writeln!(out, "  wall time                      {:>8.3} s  ({:.0} envelopes/s out)", secs, total as f64 / secs);
-    let _ = writeln!(out, "  latency created -> x-sink      p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms", p(0.5), p(0.99), sink.latency_us.max() as f64 / 1000.0);
+    let _ = writeln!(
+        out,
+        "  wall time                      {:>8.3} s  ({:.0} envelopes/s out)",
+        secs,
+        total as f64 / secs
+    );
+    let _ = writeln!(
+        out,
+        "  latency created -> x-sink      p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+        p(0.5),
+        p(0.99),
+        sink.latency_us.max() as f64 / 1000.0
+    );
     out.push('\n');
-    let _ = writeln!(out, "  {:<10} {:>10} {:>10} {:>8} {:>12}", "actor", "received", "processed", "retries", "throughput");
+    let _ = writeln!(
+        out,
+        "  {:<10} {:>10} {:>10} {:>8} {:>12}",
+        "actor", "received", "processed", "retries", "throughput"
+    );
     for (actor, s) in snapshots {
-        let _ = writeln!(out, 
+        let _ = writeln!(
+            out,
             "  {:<10} {:>10} {:>10} {:>8} {:>10.0}/s",
             actor,
             s.received,

@@ -28,7 +28,9 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError { addr, source })?;
-    let bound = listener.local_addr().map_err(|source| ServeError { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError { addr, source })?;
     let app = Router::new()
         .route(
             "/metrics",
@@ -36,7 +38,10 @@ pub async fn serve(
                 let registry = registry.clone();
                 async move {
                     (
-                        [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        [(
+                            CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         troupe::layers::metrics::render(&registry),
                     )
                         .into_response()

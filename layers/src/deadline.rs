@@ -128,14 +128,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn slow_handler_times_out() {
         let svc = DeadlineLayer::new(Duration::from_millis(100)).layer(sleeper(Duration::from_secs(1)));
-        let err = svc.oneshot(Envelope::new(Route::through(["a"]), Value::Null)).await.unwrap_err();
+        let err = svc
+            .oneshot(Envelope::new(Route::through(["a"]), Value::Null))
+            .await
+            .unwrap_err();
         assert_eq!(err.type_name(), HandlerError::TIMEOUT);
     }
 
     #[tokio::test(start_paused = true)]
     async fn fast_handler_passes() {
         let svc = DeadlineLayer::new(Duration::from_secs(1)).layer(sleeper(Duration::from_millis(10)));
-        assert!(svc.oneshot(Envelope::new(Route::through(["a"]), Value::Null)).await.is_ok());
+        assert!(
+            svc.oneshot(Envelope::new(Route::through(["a"]), Value::Null))
+                .await
+                .is_ok()
+        );
     }
 
     #[test]

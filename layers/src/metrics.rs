@@ -91,26 +91,62 @@ impl MeshMetrics {
             size: Family::new_with_constructor(size_histogram),
         };
         let r = registry;
-        r.register("asya_actor_messages_received", "Envelopes received by the actor", f.received.clone());
-        r.register("asya_actor_messages_processed", "Envelopes the actor's stack answered", f.processed.clone());
-        r.register("asya_actor_messages_sent", "Envelopes published, after broker confirmation", f.sent.clone());
-        r.register("asya_actor_messages_failed", "Envelopes that failed, by reason", f.failed.clone());
-        r.register("asya_actor_retries", "Retries scheduled by the retry policy", f.retries.clone());
-        r.register("asya_actor_active_messages", "Envelopes being processed now", f.active.clone());
+        r.register(
+            "asya_actor_messages_received",
+            "Envelopes received by the actor",
+            f.received.clone(),
+        );
+        r.register(
+            "asya_actor_messages_processed",
+            "Envelopes the actor's stack answered",
+            f.processed.clone(),
+        );
+        r.register(
+            "asya_actor_messages_sent",
+            "Envelopes published, after broker confirmation",
+            f.sent.clone(),
+        );
+        r.register(
+            "asya_actor_messages_failed",
+            "Envelopes that failed, by reason",
+            f.failed.clone(),
+        );
+        r.register(
+            "asya_actor_retries",
+            "Retries scheduled by the retry policy",
+            f.retries.clone(),
+        );
+        r.register(
+            "asya_actor_active_messages",
+            "Envelopes being processed now",
+            f.active.clone(),
+        );
         r.register(
             "asya_actor_processing_duration_seconds",
             "Time from receipt to answer, layers included",
             f.processing.clone(),
         );
-        r.register("asya_actor_handler_duration_seconds", "Time in the handler", f.handler.clone());
-        r.register("asya_actor_envelope_size_bytes", "Size of received envelopes", f.size.clone());
-        Self { families: Arc::new(f) }
+        r.register(
+            "asya_actor_handler_duration_seconds",
+            "Time in the handler",
+            f.handler.clone(),
+        );
+        r.register(
+            "asya_actor_envelope_size_bytes",
+            "Size of received envelopes",
+            f.size.clone(),
+        );
+        Self {
+            families: Arc::new(f),
+        }
     }
 
     /// The handles of actor `actor`.
     pub fn actor(&self, actor: &str) -> ActorMetrics {
         let f = &self.families;
-        let label = ActorLabel { actor: actor.to_owned() };
+        let label = ActorLabel {
+            actor: actor.to_owned(),
+        };
         ActorMetrics {
             inner: Arc::new(Handles {
                 actor: actor.to_owned(),
@@ -165,7 +201,11 @@ impl Handles {
         for p in &dispatch.publications {
             let status = p.envelope.status.as_ref();
             let phase = status.and_then(|s| s.phase);
-            let reason = || status.and_then(|s| s.reason.as_ref()).map_or("unknown", |r| r.as_str());
+            let reason = || {
+                status
+                    .and_then(|s| s.reason.as_ref())
+                    .map_or("unknown", |r| r.as_str())
+            };
             if p.actor == SUMP || (p.actor == SINK && phase == Some(Phase::Failed)) {
                 self.failed(reason());
             } else if phase == Some(Phase::Retrying) && p.actor == self.actor {
@@ -208,12 +248,16 @@ impl ActorMetrics {
 
     /// The layer recording received/processed/sent/failed/retries, sizes and durations.
     pub fn layer(&self) -> MetricsLayer {
-        MetricsLayer { metrics: self.clone() }
+        MetricsLayer {
+            metrics: self.clone(),
+        }
     }
 
     /// The layer timing the handler alone; place it right above the handler.
     pub fn handler_layer(&self) -> HandlerTimingLayer {
-        HandlerTimingLayer { metrics: self.clone() }
+        HandlerTimingLayer {
+            metrics: self.clone(),
+        }
     }
 }
 

@@ -202,7 +202,9 @@ impl RetryPolicies {
         named: HashMap<String, RetryPolicy>,
         rules: Vec<RetryRule>,
     ) -> Result<Self, RetryConfigError> {
-        for (name, p) in std::iter::once(("default", &default)).chain(named.iter().map(|(k, v)| (k.as_str(), v))) {
+        for (name, p) in
+            std::iter::once(("default", &default)).chain(named.iter().map(|(k, v)| (k.as_str(), v)))
+        {
             if p.max_attempts == 0 {
                 return Err(RetryConfigError::ZeroAttempts { policy: name.into() });
             }
@@ -224,7 +226,11 @@ impl RetryPolicies {
                 });
             }
         }
-        Ok(Self { default, named, rules })
+        Ok(Self {
+            default,
+            named,
+            rules,
+        })
     }
 
     /// Adds a named policy and a rule sending `errors` to it.
@@ -367,10 +373,12 @@ fn on_failure(
     status.attempt = Some(attempt);
     env.headers.shift_remove(FIRST_ATTEMPT);
     if !policy.on_exhausted.is_empty() && env.route.divert(&policy.on_exhausted).is_ok() {
-        env.status_mut().mark(Phase::Pending, Some(Reason::PolicyRouted), actor);
+        env.status_mut()
+            .mark(Phase::Pending, Some(Reason::PolicyRouted), actor);
         return Dispatch::one(to_destination(actor, env));
     }
-    env.status_mut().mark(Phase::Failed, Some(Reason::PolicyExhausted), actor);
+    env.status_mut()
+        .mark(Phase::Failed, Some(Reason::PolicyExhausted), actor);
     Dispatch::one(Publication::to(SINK, env))
 }
 
@@ -409,7 +417,11 @@ mod tests {
         assert_eq!(e.delay_after(1), Duration::from_millis(100));
         assert_eq!(e.delay_after(3), Duration::from_millis(400));
         assert_eq!(e.delay_after(10), Duration::from_millis(1000), "capped");
-        assert_eq!(e.delay_after(u32::MAX), Duration::from_millis(1000), "no overflow");
+        assert_eq!(
+            e.delay_after(u32::MAX),
+            Duration::from_millis(1000),
+            "no overflow"
+        );
     }
 
     #[test]
@@ -420,7 +432,10 @@ mod tests {
         };
         for _ in 0..200 {
             let d = p.delay_after(1);
-            assert!(d >= Duration::from_millis(500) && d <= Duration::from_millis(1000), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(500) && d <= Duration::from_millis(1000),
+                "{d:?}"
+            );
         }
     }
 
@@ -433,7 +448,12 @@ mod tests {
         );
         let conn = HandlerError::new("ConnectionError", "x").with_mro(["ConnectionError", "OSError"]);
         assert_eq!(policies.policy_for(&conn).max_attempts, 7);
-        assert_eq!(policies.policy_for(&HandlerError::new("ValueError", "x")).max_attempts, 1);
+        assert_eq!(
+            policies
+                .policy_for(&HandlerError::new("ValueError", "x"))
+                .max_attempts,
+            1
+        );
     }
 
     #[test]
@@ -450,7 +470,8 @@ mod tests {
         }];
         let err = RetryPolicies::from_parts(RetryPolicy::default(), named, rules).unwrap_err();
         assert!(err.to_string().contains("\"missing\""), "{err}");
-        let zero = RetryPolicies::from_parts(RetryPolicy::constant(0, Duration::ZERO), HashMap::new(), vec![]);
+        let zero =
+            RetryPolicies::from_parts(RetryPolicy::constant(0, Duration::ZERO), HashMap::new(), vec![]);
         assert!(matches!(zero, Err(RetryConfigError::ZeroAttempts { .. })));
     }
 }

@@ -67,7 +67,10 @@ where
 {
     type Response = Dispatch;
     type Error = HandlerError;
-    type Future = Either<future::Ready<Result<Dispatch, HandlerError>>, BoxFuture<'static, Result<Dispatch, HandlerError>>>;
+    type Future = Either<
+        future::Ready<Result<Dispatch, HandlerError>>,
+        BoxFuture<'static, Result<Dispatch, HandlerError>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
         self.inner.poll_ready(cx)
@@ -105,7 +108,7 @@ where
             async move {
                 match call.await? {
                     Outcome::Forward(outputs) => forward(&actor, attempt, &received, outputs),
-                    Outcome::End(env) => end(&actor, attempt, &received, env),
+                    Outcome::End(env) => end(&actor, attempt, &received, *env),
                 }
             }
             .boxed(),
@@ -120,7 +123,12 @@ struct Received {
     route: Route,
 }
 
-fn forward(actor: &str, attempt: u32, input: &Received, mut outputs: Vec<Envelope>) -> Result<Dispatch, HandlerError> {
+fn forward(
+    actor: &str,
+    attempt: u32,
+    input: &Received,
+    mut outputs: Vec<Envelope>,
+) -> Result<Dispatch, HandlerError> {
     if outputs.is_empty() {
         return Err(HandlerError::new(
             EMPTY_OUTCOME,
@@ -177,7 +185,13 @@ pub fn to_destination(actor: &str, mut env: Envelope) -> Publication {
     match validate_name("actor", &dest) {
         Ok(()) => Publication::to(dest, env),
         Err(e) => {
-            fail(&mut env, actor, Reason::InvalidRoute, "InvalidRoute", e.to_string());
+            fail(
+                &mut env,
+                actor,
+                Reason::InvalidRoute,
+                "InvalidRoute",
+                e.to_string(),
+            );
             Publication::to(SUMP, env)
         }
     }
@@ -226,23 +240,35 @@ mod tests {
         let [p] = &d.publications[..] else { panic!("{d:?}") };
         assert_eq!(p.actor, "b");
         assert_eq!(p.envelope.id, input.id);
-        assert_eq!(p.envelope.route, Route::new(vec!["a".into()], "b", vec!["c".into()]));
+        assert_eq!(
+            p.envelope.route,
+            Route::new(vec!["a".into()], "b", vec!["c".into()])
+        );
         assert_eq!(p.envelope.status.as_ref().unwrap().phase, Some(Phase::Pending));
     }
 
     #[tokio::test]
     async fn finished_route_goes_to_sink_succeeded() {
-        let d = run("c", echo(), env(Route::new(vec!["a".into(), "b".into()], "c", vec![]))).await.unwrap();
+        let d = run(
+            "c",
+            echo(),
+            env(Route::new(vec!["a".into(), "b".into()], "c", vec![])),
+        )
+        .await
+        .unwrap();
         let p = &d.publications[0];
         assert_eq!(p.actor, SINK);
         let s = p.envelope.status.as_ref().unwrap();
-        assert_eq!((s.phase, s.reason.clone()), (Some(Phase::Succeeded), Some(Reason::Completed)));
+        assert_eq!(
+            (s.phase, s.reason.clone()),
+            (Some(Phase::Succeeded), Some(Reason::Completed))
+        );
         assert_eq!(p.envelope.route.prev(), ["a", "b", "c"]);
     }
 
     #[tokio::test]
     async fn early_end_goes_to_sink_without_advancing() {
-        let h = handler_fn(|e: Envelope| async move { Ok(Outcome::End(e)) });
+        let h = handler_fn(|e: Envelope| async move { Ok(Outcome::end(e)) });
         let input = env(Route::through(["a", "b"]));
         let d = run("a", h, input.clone()).await.unwrap();
         let p = &d.publications[0];
@@ -281,14 +307,18 @@ mod tests {
             e.route.next_mut().push("refine".into());
             Ok(Outcome::forward(e))
         });
-        let d = run("judge", add_refine, env(Route::through(["judge"]))).await.unwrap();
+        let d = run("judge", add_refine, env(Route::through(["judge"])))
+            .await
+            .unwrap();
         assert_eq!(d.publications[0].actor, "refine");
 
         let tamper = handler_fn(|mut e: Envelope| async move {
             e.route = Route::through(["elsewhere"]);
             Ok(Outcome::forward(e))
         });
-        let err = run("judge", tamper, env(Route::through(["judge"]))).await.unwrap_err();
+        let err = run("judge", tamper, env(Route::through(["judge"])))
+            .await
+            .unwrap_err();
         assert_eq!(err.type_name(), ROUTE_VIOLATION);
     }
 
@@ -297,12 +327,16 @@ mod tests {
         let d = run("b", echo(), env(Route::through(["a", "b"]))).await.unwrap();
         let p = &d.publications[0];
         assert_eq!(p.actor, SUMP);
-        assert_eq!(p.envelope.status.as_ref().unwrap().reason, Some(Reason::RouteMismatch));
+        assert_eq!(
+            p.envelope.status.as_ref().unwrap().reason,
+            Some(Reason::RouteMismatch)
+        );
 
         let mut input = env(Route::through(["model", "store"]));
-        input
-            .headers
-            .insert(ROUTE_OVERRIDE.into(), json!({"model": "model-v2", "store": "store-eu"}));
+        input.headers.insert(
+            ROUTE_OVERRIDE.into(),
+            json!({"model": "model-v2", "store": "store-eu"}),
+        );
         let d = run("model-v2", echo(), input).await.unwrap();
         assert_eq!(d.publications[0].actor, "store-eu");
     }
@@ -315,7 +349,10 @@ mod tests {
         let d = run("a", h, input).await.unwrap();
         let s = d.publications[0].envelope.status.as_ref().unwrap();
         assert_eq!(d.publications[0].actor, SINK);
-        assert_eq!((s.phase, s.reason.clone()), (Some(Phase::Failed), Some(Reason::Timeout)));
+        assert_eq!(
+            (s.phase, s.reason.clone()),
+            (Some(Phase::Failed), Some(Reason::Timeout))
+        );
     }
 
     #[tokio::test]

@@ -41,7 +41,10 @@ pub struct StackConfig<St> {
 pub fn actor_stack<H, St>(
     config: StackConfig<St>,
     handler: H,
-) -> impl Service<Envelope, Response = Dispatch, Error = IdempotencyError, Future: Send + 'static> + Clone + Send + 'static
+) -> impl Service<Envelope, Response = Dispatch, Error = IdempotencyError, Future: Send + 'static>
++ Clone
++ Send
++ 'static
 where
     H: Service<Envelope, Response = Outcome, Error = HandlerError> + Clone + Send + 'static,
     H::Future: Send + 'static,

@@ -26,7 +26,9 @@ impl Default for DecodeLimits {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// The body exceeds [`DecodeLimits::max_body_bytes`].
-    #[error("body is {size} bytes, over the {limit}-byte limit (raise the decode limit or send smaller payloads)")]
+    #[error(
+        "body is {size} bytes, over the {limit}-byte limit (raise the decode limit or send smaller payloads)"
+    )]
     TooLarge {
         /// Size of the body.
         size: usize,
@@ -87,9 +89,9 @@ impl DecodeError {
     /// The dotted path of the field at fault, or `""` when the body as a whole is at fault.
     pub fn field(&self) -> String {
         match self {
-            DecodeError::TooLarge { .. }
-            | DecodeError::NotJson { .. }
-            | DecodeError::NotAnObject { .. } => String::new(),
+            DecodeError::TooLarge { .. } | DecodeError::NotJson { .. } | DecodeError::NotAnObject { .. } => {
+                String::new()
+            }
             DecodeError::Missing { field } => (*field).to_owned(),
             DecodeError::WrongType { field, .. } | DecodeError::Empty { field } => field.clone(),
             DecodeError::Route(_) | DecodeError::AmbiguousRoute => "route".to_owned(),
@@ -193,7 +195,7 @@ fn decode_checked(body: &[u8]) -> Result<Envelope, DecodeError> {
     };
     let status = match status {
         None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) => Some(decode_status(v)?),
+        Some(v @ Value::Object(_)) => Some(Box::new(decode_status(v)?)),
         Some(other) => return Err(wrong("status", "an object", &other)),
     };
     let payload = payload.ok_or(DecodeError::Missing { field: "payload" })?;
@@ -218,7 +220,11 @@ pub(crate) fn decode_route(mut r: Map<String, Value>) -> Result<Route, DecodeErr
         (false, true) => {
             let actors = names(r.remove("actors"), "route.actors", false)?;
             let current = match r.remove("current") {
-                None => return Err(DecodeError::Missing { field: "route.current" }),
+                None => {
+                    return Err(DecodeError::Missing {
+                        field: "route.current",
+                    });
+                }
                 Some(Value::Number(n)) => n
                     .as_u64()
                     .ok_or_else(|| wrong("route.current", "a non-negative integer", &Value::Number(n)))?,
@@ -354,7 +360,7 @@ mod fast {
             let mut parent_id: Option<Option<String>> = None;
             let mut route: Option<Map<String, Value>> = None;
             let mut headers: Option<Option<Map<String, Value>>> = None;
-            let mut status: Option<Option<Status>> = None;
+            let mut status: Option<Option<Box<Status>>> = None;
             let mut payload: Option<Value> = None;
             let mut extra = Map::new();
             while let Some(key) = map.next_key::<Key<'de>>()? {
@@ -413,7 +419,10 @@ mod tests {
         let e = dec(r#"{"id":"1","route":{"actors":["a","b","c"],"current":1},"payload":{}}"#).unwrap();
         assert_eq!(e.route, Route::new(vec!["a".into()], "b", vec!["c".into()]));
         let out: Value = serde_json::from_slice(&e.to_vec()).unwrap();
-        assert_eq!(out["route"], serde_json::json!({"prev":["a"],"curr":"b","next":["c"]}));
+        assert_eq!(
+            out["route"],
+            serde_json::json!({"prev":["a"],"curr":"b","next":["c"]})
+        );
     }
 
     #[test]
@@ -431,9 +440,18 @@ mod tests {
     fn errors_name_their_field() {
         let cases = [
             (r#"{"route":{"curr":"a"},"payload":1}"#, "id"),
-            (r#"{"id":"1","route":{"curr":"a","next":["b",3]},"payload":1}"#, "route.next[1]"),
-            (r#"{"id":"1","route":{"curr":"a"},"payload":1,"status":{"attempt":"x"}}"#, "status.attempt"),
-            (r#"{"id":"1","route":{"actors":["a"],"current":-1},"payload":1}"#, "route.current"),
+            (
+                r#"{"id":"1","route":{"curr":"a","next":["b",3]},"payload":1}"#,
+                "route.next[1]",
+            ),
+            (
+                r#"{"id":"1","route":{"curr":"a"},"payload":1,"status":{"attempt":"x"}}"#,
+                "status.attempt",
+            ),
+            (
+                r#"{"id":"1","route":{"actors":["a"],"current":-1},"payload":1}"#,
+                "route.current",
+            ),
         ];
         for (body, field) in cases {
             let err = dec(body).unwrap_err();

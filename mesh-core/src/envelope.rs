@@ -5,8 +5,8 @@ use serde_json::{Map, Value};
 
 use crate::decode::{self, DecodeError, DecodeLimits};
 use crate::headers;
-use crate::status::Phase;
 use crate::route::Route;
+use crate::status::Phase;
 use crate::status::Status;
 
 /// One message travelling through the mesh.
@@ -33,8 +33,8 @@ pub struct Envelope {
     pub route: Route,
     /// Free-form headers; `x-asya-*`, `traceparent` and `tracestate` are reserved for the mesh.
     pub headers: Map<String, Value>,
-    /// Lifecycle block.
-    pub status: Option<Status>,
+    /// Lifecycle block (boxed: it is large, and absent on fresh envelopes).
+    pub status: Option<Box<Status>>,
     /// The handler's data (any JSON, `null` included).
     pub payload: Value,
     /// Top-level fields this build does not know, passed on unchanged.
@@ -80,7 +80,8 @@ impl Envelope {
         // there is no I/O; an error here would be a serde_json bug.
         // Re-encoding is usually about the size it was decoded from; start there.
         let mut out = Vec::with_capacity(self.wire_len.max(256) + 64);
-        serde_json::to_writer(&mut out, self).unwrap_or_else(|e| unreachable!("envelope encoding failed: {e}"));
+        serde_json::to_writer(&mut out, self)
+            .unwrap_or_else(|e| unreachable!("envelope encoding failed: {e}"));
         out
     }
 
@@ -91,7 +92,7 @@ impl Envelope {
 
     /// The status block, created empty if absent.
     pub fn status_mut(&mut self) -> &mut Status {
-        self.status.get_or_insert_with(Status::default)
+        self.status.get_or_insert_with(Box::default)
     }
 
     /// A header value as a string, if present and a string.
@@ -112,7 +113,11 @@ impl Envelope {
     /// The actor that must process the envelope now, overrides applied (`""` if finished).
     pub fn destination(&self) -> &str {
         let curr = self.route.curr();
-        if curr.is_empty() { curr } else { self.resolve_actor(curr) }
+        if curr.is_empty() {
+            curr
+        } else {
+            self.resolve_actor(curr)
+        }
     }
 
     /// The 1-based attempt number of this envelope at `actor`: the recorded attempt when it
@@ -250,7 +255,8 @@ mod tests {
     fn destination_applies_overrides_and_attempts_follow_status() {
         let mut env = Envelope::new(Route::through(["model", "store"]), Value::Null);
         assert_eq!(env.destination(), "model");
-        env.headers.insert(headers::ROUTE_OVERRIDE.into(), json!({"model": "model-v2"}));
+        env.headers
+            .insert(headers::ROUTE_OVERRIDE.into(), json!({"model": "model-v2"}));
         assert_eq!(env.destination(), "model-v2");
         assert_eq!(env.attempt_at("model-v2"), 1);
         let status = env.status_mut();

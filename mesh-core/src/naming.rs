@@ -115,8 +115,14 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(validate_name("actor", "model-v2.1_a").is_ok());
-        assert_eq!(validate_name("actor", ""), Err(NameError::Empty { what: "actor" }));
-        assert!(matches!(validate_name("actor", "a/b"), Err(NameError::BadChar { bad: '/', .. })));
+        assert_eq!(
+            validate_name("actor", ""),
+            Err(NameError::Empty { what: "actor" })
+        );
+        assert!(matches!(
+            validate_name("actor", "a/b"),
+            Err(NameError::BadChar { bad: '/', .. })
+        ));
         assert!(matches!(
             validate_name("actor", &"a".repeat(64)),
             Err(NameError::TooLong { len: 64, .. })

@@ -15,14 +15,19 @@ pub enum Outcome {
     /// may have its own rewrite of `route.next`; `prev` and `curr` must stay as received.
     Forward(Vec<Envelope>),
     /// End the pipeline here: the envelope goes to `x-sink` as succeeded, its route not
-    /// advanced (§2.4).
-    End(Envelope),
+    /// advanced (§2.4). Boxed to keep `Outcome` small; build it with [`Outcome::end`].
+    End(Box<Envelope>),
 }
 
 impl Outcome {
     /// Pass one envelope on.
     pub fn forward(envelope: Envelope) -> Self {
         Outcome::Forward(vec![envelope])
+    }
+
+    /// End the pipeline with this envelope.
+    pub fn end(envelope: Envelope) -> Self {
+        Outcome::End(Box::new(envelope))
     }
 }
 

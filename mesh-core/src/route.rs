@@ -10,7 +10,9 @@ pub enum RouteError {
     #[error("the route is already finished (route.curr is empty); nothing to advance")]
     AlreadyFinished,
     /// A handler changed `route.prev`, which records history and is read-only.
-    #[error("route.prev is read-only: a handler may rewrite route.next only (was {expected:?}, got {found:?})")]
+    #[error(
+        "route.prev is read-only: a handler may rewrite route.next only (was {expected:?}, got {found:?})"
+    )]
     PrevChanged {
         /// The `prev` the handler received.
         expected: Vec<String>,
@@ -18,7 +20,9 @@ pub enum RouteError {
         found: Vec<String>,
     },
     /// A handler changed `route.curr`, which names the actor running now.
-    #[error("route.curr is read-only: a handler may rewrite route.next only (was {expected:?}, got {found:?})")]
+    #[error(
+        "route.curr is read-only: a handler may rewrite route.next only (was {expected:?}, got {found:?})"
+    )]
     CurrChanged {
         /// The `curr` the handler received.
         expected: String,
@@ -191,7 +195,10 @@ mod tests {
     fn advance_walks_the_route_and_stops() {
         let mut r = Route::through(["a", "b"]);
         r.advance().unwrap();
-        assert_eq!((r.prev(), r.curr(), r.next()), (&["a".to_string()][..], "b", &[][..]));
+        assert_eq!(
+            (r.prev(), r.curr(), r.next()),
+            (&["a".to_string()][..], "b", &[][..])
+        );
         r.advance().unwrap();
         assert!(r.is_finished());
         assert_eq!(r.advance(), Err(RouteError::AlreadyFinished));

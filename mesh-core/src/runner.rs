@@ -169,7 +169,10 @@ where
                 queue: queue.clone(),
                 source,
             })?;
-        let concurrency = self.config.concurrency.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let concurrency = self
+            .config
+            .concurrency
+            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let grace = self.config.shutdown_grace;
         let shared = Arc::new(Shared {
             transport: self.transport,
@@ -245,8 +248,12 @@ where
     }
 }
 
-async fn process<T, S>(shared: &Shared<T>, service: S, delivery: <T::Consumer as Consumer>::Delivery, abandon: &CancellationToken)
-where
+async fn process<T, S>(
+    shared: &Shared<T>,
+    service: S,
+    delivery: <T::Consumer as Consumer>::Delivery,
+    abandon: &CancellationToken,
+) where
     T: Transport,
     S: Service<Envelope, Response = Dispatch> + Send,
     S::Error: Into<BoxError> + Send,
@@ -310,7 +317,10 @@ where
 
     if let Some(max) = shared.config.max_redeliveries {
         if delivery.redeliveries() > max {
-            let message = format!("delivered {} times, over the limit of {max}", delivery.redeliveries() + 1);
+            let message = format!(
+                "delivered {} times, over the limit of {max}",
+                delivery.redeliveries() + 1
+            );
             tracing::error!(queue = %shared.queue, %message, "giving up on a poison message");
             let env = sump::wrap_body(body, Reason::RedeliveryLimit, "RedeliveryLimit", &message, actor);
             return publish_to_sump(shared, env).await;
@@ -402,7 +412,11 @@ fn prepare<T>(shared: &Shared<T>, p: Publication) -> (String, Bytes, PublishOpti
                 traceback: None,
             });
             status.mark(Phase::Failed, Some(Reason::InvalidRoute), &shared.config.actor);
-            let sump = shared.config.naming.queue_for(SUMP).unwrap_or_else(|_| SUMP.to_owned());
+            let sump = shared
+                .config
+                .naming
+                .queue_for(SUMP)
+                .unwrap_or_else(|_| SUMP.to_owned());
             (sump, Bytes::from(env.to_vec()), PublishOptions::default())
         }
     }

@@ -41,7 +41,7 @@ pub fn wrap_body(body: &[u8], reason: Reason, error_type: &str, message: &str, a
     if let Some(id) = readable_id(body) {
         env.id = id;
     }
-    env.status = Some(status);
+    env.status = Some(Box::new(status));
     env
 }
 

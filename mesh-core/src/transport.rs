@@ -52,7 +52,9 @@ pub enum TransportError {
     },
     /// The delivery's lease ended before it was settled; the broker has given (or will give)
     /// the message out again, so this settlement no longer counts.
-    #[error("the lease on this delivery from {queue:?} expired before it was settled; it will be redelivered")]
+    #[error(
+        "the lease on this delivery from {queue:?} expired before it was settled; it will be redelivered"
+    )]
     LeaseExpired {
         /// The queue name.
         queue: String,

@@ -9,8 +9,8 @@ use tokio::task::JoinHandle;
 use tower::Service;
 use troupe::layers::{MemoryStore, MeshMetrics, RetryPolicies, StackConfig, actor_stack};
 use troupe::{
-    CancellationToken, ConsumeOptions, Consumer, Delivery, DecodeLimits, Envelope, HandlerError, MemoryTransport,
-    Outcome, PublishOptions, QueueNaming, RunReport, Runner, RunnerConfig, Transport,
+    CancellationToken, ConsumeOptions, Consumer, DecodeLimits, Delivery, Envelope, HandlerError,
+    MemoryTransport, Outcome, PublishOptions, QueueNaming, RunReport, Runner, RunnerConfig, Transport,
 };
 
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -137,7 +137,10 @@ impl Mesh {
         while out.len() < n {
             let next = tokio::time::timeout_at(deadline, consumer.next()).await;
             let Ok(Some(Ok(d))) = next else {
-                panic!("only {} of {n} envelopes reached {actor} within {WAIT:?}", out.len());
+                panic!(
+                    "only {} of {n} envelopes reached {actor} within {WAIT:?}",
+                    out.len()
+                );
             };
             out.push(d.body().clone());
             d.ack().await.expect("ack");

@@ -254,7 +254,9 @@ impl MemoryTransport {
         }
         check_queue_name(name)?;
         if !create {
-            return Err(TransportError::NoSuchQueue { queue: name.to_owned() });
+            return Err(TransportError::NoSuchQueue {
+                queue: name.to_owned(),
+            });
         }
         let mut queues = self.broker.queues.write().unwrap_or_else(|p| p.into_inner());
         Ok(queues
@@ -451,11 +453,25 @@ mod tests {
         for b in ["1", "2", "3"] {
             publish(&t, "q", b).await;
         }
-        assert_eq!(t.depth("q").await.unwrap(), QueueDepth { ready: 3, in_flight: 0, delayed: 0 });
+        assert_eq!(
+            t.depth("q").await.unwrap(),
+            QueueDepth {
+                ready: 3,
+                in_flight: 0,
+                delayed: 0
+            }
+        );
         let mut c = t.consume("q", opts(1000)).await.unwrap();
         let d1 = c.next().await.unwrap().unwrap();
         assert_eq!(&d1.body()[..], b"1");
-        assert_eq!(t.depth("q").await.unwrap(), QueueDepth { ready: 2, in_flight: 1, delayed: 0 });
+        assert_eq!(
+            t.depth("q").await.unwrap(),
+            QueueDepth {
+                ready: 2,
+                in_flight: 1,
+                delayed: 0
+            }
+        );
         d1.ack().await.unwrap();
         let d2 = c.next().await.unwrap().unwrap();
         assert_eq!(&d2.body()[..], b"2");
@@ -486,7 +502,10 @@ mod tests {
         let stale = c.next().await.unwrap().unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
         let fresh = c.next().await.unwrap().unwrap();
-        assert!(matches!(stale.ack().await, Err(TransportError::LeaseExpired { .. })));
+        assert!(matches!(
+            stale.ack().await,
+            Err(TransportError::LeaseExpired { .. })
+        ));
         fresh.ack().await.unwrap();
     }
 
@@ -530,22 +549,37 @@ mod tests {
         publish(&t, "q", "1").await;
         publish(&t, "q", "2").await;
         let t2 = t.clone();
-        let blocked = tokio::spawn(async move { t2.publish("q", Bytes::from_static(b"3"), PublishOptions::default()).await });
+        let blocked = tokio::spawn(async move {
+            t2.publish("q", Bytes::from_static(b"3"), PublishOptions::default())
+                .await
+        });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!blocked.is_finished());
         let mut c = t.consume("q", opts(1000)).await.unwrap();
         c.next().await.unwrap().unwrap().ack().await.unwrap();
         blocked.await.unwrap().unwrap();
-        let err = t.publish("q", Bytes::from_static(b"4"), PublishOptions::default()).await.unwrap_err();
-        assert!(matches!(err, TransportError::QueueFull { capacity: 2, .. }), "{err}");
+        let err = t
+            .publish("q", Bytes::from_static(b"4"), PublishOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, TransportError::QueueFull { capacity: 2, .. }),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn bad_queue_names_are_rejected_clearly() {
         let t = MemoryTransport::default();
-        let err = t.publish("has space", Bytes::new(), PublishOptions::default()).await.unwrap_err();
+        let err = t
+            .publish("has space", Bytes::new(), PublishOptions::default())
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("whitespace"), "{err}");
-        let strict = MemoryTransport::new(MemoryConfig { auto_create: false, ..MemoryConfig::default() });
+        let strict = MemoryTransport::new(MemoryConfig {
+            auto_create: false,
+            ..MemoryConfig::default()
+        });
         assert!(matches!(
             strict.consume("missing", ConsumeOptions::default()).await,
             Err(TransportError::NoSuchQueue { .. })

@@ -99,7 +99,9 @@ impl MemoryStore {
         );
         inner.order.push_back((key.to_owned(), generation));
         while inner.entries.len() > self.config.max_entries.max(1) {
-            let Some((old, g)) = inner.order.pop_front() else { break };
+            let Some((old, g)) = inner.order.pop_front() else {
+                break;
+            };
             if inner.entries.get(&old).is_some_and(|e| e.generation == g) {
                 inner.entries.remove(&old);
             }
@@ -164,12 +166,24 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn claim_lifecycle() {
         let s = MemoryStore::default();
-        assert_eq!(s.claim("k", Duration::from_secs(5)).await.unwrap(), Claim::Acquired);
-        assert_eq!(s.claim("k", Duration::from_secs(5)).await.unwrap(), Claim::InProgress);
+        assert_eq!(
+            s.claim("k", Duration::from_secs(5)).await.unwrap(),
+            Claim::Acquired
+        );
+        assert_eq!(
+            s.claim("k", Duration::from_secs(5)).await.unwrap(),
+            Claim::InProgress
+        );
         s.complete("k", &[]).await.unwrap();
-        assert_eq!(s.claim("k", Duration::from_secs(5)).await.unwrap(), Claim::Completed(vec![]));
+        assert_eq!(
+            s.claim("k", Duration::from_secs(5)).await.unwrap(),
+            Claim::Completed(vec![])
+        );
         s.mark_published("k").await.unwrap();
-        assert_eq!(s.claim("k", Duration::from_secs(5)).await.unwrap(), Claim::Published);
+        assert_eq!(
+            s.claim("k", Duration::from_secs(5)).await.unwrap(),
+            Claim::Published
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -177,9 +191,15 @@ mod tests {
         let s = MemoryStore::default();
         s.claim("k", Duration::from_secs(5)).await.unwrap();
         tokio::time::advance(Duration::from_secs(6)).await;
-        assert_eq!(s.claim("k", Duration::from_secs(5)).await.unwrap(), Claim::Acquired);
+        assert_eq!(
+            s.claim("k", Duration::from_secs(5)).await.unwrap(),
+            Claim::Acquired
+        );
         s.release("k").await.unwrap();
-        assert_eq!(s.claim("k", Duration::from_secs(5)).await.unwrap(), Claim::Acquired);
+        assert_eq!(
+            s.claim("k", Duration::from_secs(5)).await.unwrap(),
+            Claim::Acquired
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -193,8 +213,16 @@ mod tests {
             s.mark_published(k).await.unwrap();
         }
         assert_eq!(s.len(), 3);
-        assert_eq!(s.claim("a", Duration::from_secs(1)).await.unwrap(), Claim::Acquired, "oldest evicted");
+        assert_eq!(
+            s.claim("a", Duration::from_secs(1)).await.unwrap(),
+            Claim::Acquired,
+            "oldest evicted"
+        );
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(s.claim("d", Duration::from_secs(1)).await.unwrap(), Claim::Acquired, "expired");
+        assert_eq!(
+            s.claim("d", Duration::from_secs(1)).await.unwrap(),
+            Claim::Acquired,
+            "expired"
+        );
     }
 }

@@ -262,8 +262,14 @@ mod tests {
     async fn concurrent_duplicate_is_told_to_come_back() {
         let store = Arc::new(MemoryStore::default());
         let env = Envelope::new(Route::through(["a"]), serde_json::Value::Null);
-        store.claim(&hop_key(&env, "a"), Duration::from_secs(60)).await.unwrap();
+        store
+            .claim(&hop_key(&env, "a"), Duration::from_secs(60))
+            .await
+            .unwrap();
         let svc = counting_stack(Arc::new(AtomicUsize::new(0)), store);
-        assert!(matches!(svc.oneshot(env).await, Err(IdempotencyError::InProgress { .. })));
+        assert!(matches!(
+            svc.oneshot(env).await,
+            Err(IdempotencyError::InProgress { .. })
+        ));
     }
 }

@@ -37,8 +37,11 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     fn claim(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
     /// Records the outputs of a claimed hop, before they are published.
-    fn complete(&self, key: &str, outputs: &[Publication])
-    -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn complete(
+        &self,
+        key: &str,
+        outputs: &[Publication],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Records that every output of the hop was confirmed published.
     fn mark_published(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
