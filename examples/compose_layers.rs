@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let input = Envelope::new(Route::through(["enrich", "store"]), json!({"text": "hello"}));
     let first = stack.clone().oneshot(input).await?;
-    let retry = &first.publications[0];
+    let retry = &first.publications()[0];
     println!(
         "attempt 1 -> publish to {:?} after {:?}, status {:?}",
         retry.actor,
@@ -53,7 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let second = stack.oneshot(retry.envelope.clone()).await?;
-    let next = &second.publications[0];
+    let next = &second.publications()[0];
     println!(
         "attempt 2 -> publish to {:?}: route {:?} -> {:?}, payload {}",
         next.actor,

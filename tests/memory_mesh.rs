@@ -227,7 +227,7 @@ where
     let delivery = consumer.next().await.unwrap().unwrap();
     let env = Envelope::from_slice(delivery.body(), &troupe::DecodeLimits::default()).unwrap();
     let mut dispatch = stack.ready().await.unwrap().call(env).await.unwrap();
-    for p in std::mem::take(&mut dispatch.publications) {
+    for p in dispatch.publications() {
         mesh.transport
             .publish(
                 &mesh.queue(&p.actor),

@@ -198,7 +198,7 @@ impl Handles {
 
     /// Counts what a dispatch means: failures by reason, scheduled retries.
     fn classify(&self, dispatch: &Dispatch) {
-        for p in &dispatch.publications {
+        for p in dispatch.publications() {
             let status = p.envelope.status.as_ref();
             let phase = status.and_then(|s| s.phase);
             let reason = || {
@@ -323,13 +323,12 @@ where
                 Ok(mut dispatch) => {
                     h.processed.inc();
                     h.classify(&dispatch);
-                    if !dispatch.publications.is_empty() {
-                        let destinations: Vec<String> =
-                            dispatch.publications.iter().map(|p| p.actor.clone()).collect();
+                    if !dispatch.publications().is_empty() {
+                        let sent = dispatch.share_publications();
                         dispatch.on_published(Box::new(move || {
                             async move {
-                                for d in &destinations {
-                                    h.sent(d);
+                                for p in sent.iter() {
+                                    h.sent(&p.actor);
                                 }
                             }
                             .boxed()
@@ -445,7 +444,7 @@ mod tests {
         }
         let failing = Envelope::new(Route::through(["a"]), "fail".into());
         let retry = svc.clone().oneshot(failing).await.unwrap();
-        let again = retry.publications[0].envelope.clone();
+        let again = retry.publications()[0].envelope.clone();
         svc.oneshot(again).await.unwrap();
 
         let text = render(&registry);

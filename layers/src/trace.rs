@@ -2,8 +2,11 @@
 //! across hops in the `traceparent` header.
 //!
 //! The incoming `traceparent` (if valid) names this hop's parent; the hop gets a fresh span
-//! id, and every output envelope carries `traceparent` with this hop as its parent, so a
-//! collector can stitch a pipeline together. `tracestate` passes through untouched.
+//! id and writes it into the envelope's `traceparent` before the handler runs. The handler
+//! thus sees its own context, and every envelope derived from the input (outputs, retries,
+//! sink and sump envelopes) carries this hop as its parent, so a collector can stitch a
+//! pipeline together. An envelope a handler builds from nothing starts a new trace.
+//! `tracestate` passes through untouched.
 
 use std::fmt;
 use std::sync::Arc;
@@ -142,16 +145,12 @@ where
             span_id = %format_args!("{:016x}", hop.span_id),
             parent_span_id = parent.map(|p| p.span_id),
         );
-        let call = self.inner.call(env).instrument(span);
-        async move {
-            let mut dispatch = call.await?;
-            let header = Value::String(hop.to_string());
-            for p in &mut dispatch.publications {
-                p.envelope.headers.insert(TRACEPARENT.to_owned(), header.clone());
-            }
-            Ok(dispatch)
-        }
-        .boxed()
+        // The handler sees this hop's context (to pass on in its own calls), and every
+        // envelope derived from its input (outputs, retries, sink) carries it onward.
+        let mut env = env;
+        env.headers
+            .insert(TRACEPARENT.to_owned(), Value::String(hop.to_string()));
+        self.inner.call(env).instrument(span).boxed()
     }
 }
 
@@ -189,7 +188,7 @@ mod tests {
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         env.headers.insert(TRACEPARENT.into(), incoming.into());
         let d = svc.oneshot(env).await.unwrap();
-        let out = TraceContext::parse(d.publications[0].envelope.header_str(TRACEPARENT).unwrap()).unwrap();
+        let out = TraceContext::parse(d.publications()[0].envelope.header_str(TRACEPARENT).unwrap()).unwrap();
         assert_eq!(out.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_ne!(out.span_id, 0x00f067aa0ba902b7);
     }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::envelope::Envelope;
@@ -134,11 +135,18 @@ pub type PublishedHook = Box<dyn FnOnce() -> BoxFuture + Send>;
 /// What the layer stack answers for one input: publish all of these, then run the hooks,
 /// then acknowledge the input. An empty dispatch acknowledges without publishing (a duplicate
 /// whose outputs were already published).
-#[derive(Default)]
+///
+/// The publications are immutable once answered and shared by reference count, so a layer
+/// that must keep them (the idempotency record) does not copy them.
 pub struct Dispatch {
-    /// Messages to publish.
-    pub publications: Vec<Publication>,
+    publications: Arc<[Publication]>,
     hooks: Vec<PublishedHook>,
+}
+
+impl Default for Dispatch {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
 }
 
 impl std::fmt::Debug for Dispatch {
@@ -153,6 +161,11 @@ impl std::fmt::Debug for Dispatch {
 impl Dispatch {
     /// A dispatch of these publications.
     pub fn new(publications: Vec<Publication>) -> Self {
+        Self::shared(publications.into())
+    }
+
+    /// A dispatch of publications already shared (e.g. recorded earlier).
+    pub fn shared(publications: Arc<[Publication]>) -> Self {
         Self {
             publications,
             hooks: Vec::new(),
@@ -162,6 +175,16 @@ impl Dispatch {
     /// A dispatch of one publication.
     pub fn one(publication: Publication) -> Self {
         Self::new(vec![publication])
+    }
+
+    /// The messages to publish.
+    pub fn publications(&self) -> &[Publication] {
+        &self.publications
+    }
+
+    /// Another handle on the same publications (a reference count, not a copy).
+    pub fn share_publications(&self) -> Arc<[Publication]> {
+        self.publications.clone()
     }
 
     /// Adds work to run after every publication is confirmed.

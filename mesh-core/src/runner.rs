@@ -6,12 +6,18 @@
 //!   [`Dispatch`] is confirmed and the dispatch's hooks have run; any publish failure nacks it
 //!   (with [`RunnerConfig::redelivery_delay`]) so nothing is lost;
 //! - **bounded concurrency and back-pressure**: at most [`RunnerConfig::concurrency`]
-//!   envelopes in flight; the runner pulls the next delivery only when a slot is free;
+//!   envelopes in flight; a worker pulls the next delivery only when it has a free slot;
 //! - **leases**: while an envelope is being worked on, its lease is extended every half lease;
 //! - **graceful shutdown**: on cancel it stops pulling, lets in-flight work finish for
 //!   [`RunnerConfig::shutdown_grace`], then nacks what is left so it is redelivered at once;
 //! - **poison protection**: a message delivered more than
 //!   [`RunnerConfig::max_redeliveries`] times (a crash or panic loop) goes to `x-sump`.
+//!
+//! Structure: [`RunnerConfig::workers`] tasks, each with its own consumer (competing
+//! consumers of the actor's queue) and a bounded set of in-flight envelopes polled inside the
+//! worker task. Envelopes are not spawned as tasks of their own: a spawn per message (task
+//! allocation, cross-thread scheduling, waking idle workers) costs more than the relay itself
+//! (benches: 169k msg/s with a spawn per message vs 737k msg/s without, memory broker).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -19,8 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
-use tokio::sync::Semaphore;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tower::{BoxError, Service, ServiceExt};
 
@@ -39,8 +45,11 @@ pub struct RunnerConfig {
     pub actor: String,
     /// Actor-to-queue naming.
     pub naming: QueueNaming,
-    /// Most envelopes in flight at once (at least 1).
+    /// Most envelopes in flight at once, over all workers (at least 1).
     pub concurrency: usize,
+    /// Worker tasks, each with its own consumer, sharing `concurrency` between them
+    /// (at least 1, at most `concurrency`). More workers spread one actor over more cores.
+    pub workers: usize,
     /// Prefetch and lease for the consumer.
     pub consume: ConsumeOptions,
     /// How long in-flight work may finish after shutdown is asked for.
@@ -54,13 +63,14 @@ pub struct RunnerConfig {
 }
 
 impl RunnerConfig {
-    /// Defaults for `actor`: 16 in flight, prefetch 32, 30 s lease and grace, 16 MiB
-    /// bodies, 1 s redelivery delay, 25 redeliveries.
+    /// Defaults for `actor`: 16 in flight over one worker per core, prefetch 32, 30 s lease
+    /// and grace, 16 MiB bodies, 1 s redelivery delay, 25 redeliveries.
     pub fn new(actor: impl Into<String>) -> Self {
         Self {
             actor: actor.into(),
             naming: QueueNaming::default(),
             concurrency: 16,
+            workers: std::thread::available_parallelism().map_or(1, usize::from),
             consume: ConsumeOptions::default(),
             shutdown_grace: Duration::from_secs(30),
             limits: DecodeLimits::default(),
@@ -161,18 +171,20 @@ where
     /// Runs until `shutdown` is cancelled or the transport closes, then drains.
     pub async fn run(self, shutdown: CancellationToken) -> Result<RunReport, RunnerError> {
         let queue = self.config.naming.queue_for(&self.config.actor)?;
-        let mut consumer = self
-            .transport
-            .consume(&queue, self.config.consume)
-            .await
-            .map_err(|source| RunnerError::Consume {
-                queue: queue.clone(),
-                source,
-            })?;
-        let concurrency = self
-            .config
-            .concurrency
-            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let concurrency = self.config.concurrency.max(1);
+        let workers = self.config.workers.clamp(1, concurrency);
+        let mut consumers = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let consumer = self
+                .transport
+                .consume(&queue, self.config.consume)
+                .await
+                .map_err(|source| RunnerError::Consume {
+                    queue: queue.clone(),
+                    source,
+                })?;
+            consumers.push(consumer);
+        }
         let grace = self.config.shutdown_grace;
         let shared = Arc::new(Shared {
             transport: self.transport,
@@ -180,71 +192,105 @@ where
             config: self.config,
             counters: Counters::default(),
         });
-        tracing::info!(actor = %shared.config.actor, queue = %shared.queue, concurrency, "runner started");
+        tracing::info!(actor = %shared.config.actor, queue = %shared.queue, concurrency, workers, "runner started");
 
-        // Each in-flight envelope holds one permit; its task releases it however it ends
-        // (`process` catches panics). Draining is taking every permit back.
-        let slots = Arc::new(Semaphore::new(concurrency));
         let abandon = CancellationToken::new();
-        let mut consecutive_errors = 0u32;
-        loop {
-            let permit = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                p = slots.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break, // never closed; treat as shutdown
-                },
-            };
-            let next = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break,
-                d = consumer.next() => d,
-            };
-            match next {
-                None => {
-                    tracing::info!(queue = %shared.queue, "transport closed the consumer");
-                    break;
+        let mut tasks: Vec<_> = consumers
+            .into_iter()
+            .enumerate()
+            .map(|(i, consumer)| {
+                // Split `concurrency` exactly: the first `concurrency % workers` get one more.
+                let slots = concurrency / workers + usize::from(i < concurrency % workers);
+                let worker = Worker {
+                    shared: shared.clone(),
+                    service: self.service.clone(),
+                    slots,
+                };
+                tokio::spawn(worker.run(consumer, shutdown.clone(), abandon.clone()))
+            })
+            .collect();
+        let all_done = futures_util::future::join_all(tasks.iter_mut());
+        tokio::pin!(all_done);
+        let finished = tokio::select! {
+            done = &mut all_done => Some(done),
+            () = shutdown.cancelled() => None,
+        };
+        let results = match finished {
+            Some(done) => done,
+            None => match tokio::time::timeout(grace, &mut all_done).await {
+                Ok(done) => done,
+                Err(_) => {
+                    tracing::warn!(queue = %shared.queue, "grace period over; returning unfinished work to the queue");
+                    abandon.cancel();
+                    all_done.await
                 }
-                Some(Err(error)) => {
-                    consecutive_errors += 1;
-                    let backoff = Duration::from_millis(100 << consecutive_errors.min(6));
-                    tracing::warn!(queue = %shared.queue, %error, ?backoff, "receive failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                }
-                Some(Ok(delivery)) => {
-                    consecutive_errors = 0;
-                    let shared = shared.clone();
-                    let service = self.service.clone();
-                    let abandon = abandon.clone();
-                    tokio::spawn(async move {
-                        process(&shared, service, delivery, &abandon).await;
-                        drop(permit);
-                    });
-                }
+            },
+        };
+        for r in results {
+            if let Err(e) = r {
+                // `process` catches handler panics itself; this is a bug in the runner.
+                tracing::error!(error = %e, "runner worker ended abnormally");
             }
-        }
-
-        drop(consumer);
-        let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
-        let in_flight = concurrency - slots.available_permits();
-        if in_flight > 0 {
-            tracing::info!(queue = %shared.queue, in_flight, ?grace, "draining in-flight work");
-        }
-        let drained = tokio::time::timeout(grace, slots.acquire_many(all)).await;
-        if drained.is_err() {
-            let left = concurrency - slots.available_permits();
-            tracing::warn!(queue = %shared.queue, left, "grace period over; returning unfinished work to the queue");
-            abandon.cancel();
-            // Abandoned tasks nack and finish promptly.
-            let _ = slots.acquire_many(all).await;
         }
         let report = shared.counters.report();
         tracing::info!(queue = %shared.queue, ?report, "runner stopped");
         Ok(report)
+    }
+}
+
+/// One worker: a consumer and up to `slots` envelopes in flight.
+struct Worker<T, S> {
+    shared: Arc<Shared<T>>,
+    service: S,
+    slots: usize,
+}
+
+impl<T, S> Worker<T, S>
+where
+    T: Transport,
+    S: Service<Envelope, Response = Dispatch> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send,
+{
+    async fn run(self, mut consumer: T::Consumer, shutdown: CancellationToken, abandon: CancellationToken) {
+        let shared = &*self.shared;
+        let mut in_flight = FuturesUnordered::new();
+        let mut consecutive_errors = 0u32;
+        // Registered once, not per loop turn: the token's waiter list is behind a mutex.
+        let stop = shutdown.cancelled();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stop => break,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                // `Consumer::next` is cancel-safe, so losing this race loses no delivery.
+                next = consumer.next(), if in_flight.len() < self.slots => match next {
+                    None => {
+                        tracing::info!(queue = %shared.queue, "transport closed the consumer");
+                        break;
+                    }
+                    Some(Err(error)) => {
+                        consecutive_errors += 1;
+                        let backoff = Duration::from_millis(100 << consecutive_errors.min(6));
+                        tracing::warn!(queue = %shared.queue, %error, ?backoff, "receive failed");
+                        tokio::select! {
+                            () = &mut stop => break,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                    }
+                    Some(Ok(delivery)) => {
+                        consecutive_errors = 0;
+                        in_flight.push(process(shared, self.service.clone(), delivery, &abandon));
+                    }
+                },
+            }
+        }
+        drop(consumer);
+        if !in_flight.is_empty() {
+            tracing::info!(queue = %shared.queue, in_flight = in_flight.len(), "draining in-flight work");
+        }
+        while in_flight.next().await.is_some() {}
     }
 }
 
@@ -271,14 +317,16 @@ async fn process<T, S>(
         }
     };
     let work = AssertUnwindSafe(handle(shared, service, &delivery)).catch_unwind();
+    // Work is polled first: most envelopes finish in one poll, and then neither the shared
+    // cancellation token (a mutex-guarded waiter list) nor the heartbeat timer is touched.
     let settle = tokio::select! {
         biased;
-        () = abandon.cancelled() => Settle::Nack(None),
         r = work => r.unwrap_or_else(|panic| {
             let msg = panic_message(&panic);
             tracing::error!(queue = %shared.queue, panic = %msg, "handler stack panicked; the message will be redelivered");
             Settle::Nack(Some(shared.config.redelivery_delay))
         }),
+        () = abandon.cancelled() => Settle::Nack(None),
         () = heartbeat => unreachable!("the heartbeat never ends"),
     };
     let result = match settle {
@@ -372,23 +420,25 @@ async fn publish_to_sump<T: Transport>(shared: &Shared<T>, env: Envelope) -> Set
 /// Publishes every publication concurrently; runs the hooks once all are confirmed.
 async fn publish<T: Transport>(shared: &Shared<T>, mut dispatch: Dispatch) -> Result<(), TransportError> {
     let hooks = dispatch.take_hooks();
-    let count = dispatch.publications.len() as u64;
-    match dispatch.publications.len() {
-        0 => {}
-        1 => {
-            let p = dispatch.publications.pop().ok_or(TransportError::Closed)?;
+    let publications = dispatch.publications();
+    match publications {
+        [] => {}
+        [p] => {
             let (queue, body, options) = prepare(shared, p);
             shared.transport.publish(&queue, body, options).await?;
         }
-        _ => {
-            let sends = dispatch.publications.into_iter().map(|p| {
+        many => {
+            let sends = many.iter().map(|p| {
                 let (queue, body, options) = prepare(shared, p);
                 async move { shared.transport.publish(&queue, body, options).await }
             });
             futures_util::future::try_join_all(sends).await?;
         }
     }
-    shared.counters.published.fetch_add(count, Ordering::Relaxed);
+    shared
+        .counters
+        .published
+        .fetch_add(publications.len() as u64, Ordering::Relaxed);
     for hook in hooks {
         hook().await;
     }
@@ -397,12 +447,12 @@ async fn publish<T: Transport>(shared: &Shared<T>, mut dispatch: Dispatch) -> Re
 
 /// Resolves the destination queue and encodes. A destination with no possible queue is a
 /// route defect: the envelope goes to `x-sump` with `InvalidRoute` rather than looping.
-fn prepare<T>(shared: &Shared<T>, p: Publication) -> (String, Bytes, PublishOptions) {
+fn prepare<T>(shared: &Shared<T>, p: &Publication) -> (String, Bytes, PublishOptions) {
     let options = PublishOptions { delay: p.delay };
     match shared.config.naming.queue_for(&p.actor) {
         Ok(queue) => (queue, Bytes::from(p.envelope.to_vec()), options),
         Err(error) => {
-            let mut env = p.envelope;
+            let mut env = p.envelope.clone();
             tracing::warn!(envelope.id = %env.id, %error, "destination has no queue; sending to x-sump");
             let status = env.status_mut();
             status.error = Some(crate::status::ErrorInfo {

@@ -135,7 +135,7 @@ pub struct ErrorInfo {
 
 /// The lifecycle block of an envelope. Every field is optional on the wire; unknown fields
 /// are kept in [`Status::extra`] and written back unchanged.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Status {
     /// Lifecycle phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,6 +167,46 @@ pub struct Status {
     /// Fields this build does not know, passed on unchanged.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// Read by hand rather than derived: a derived `#[serde(flatten)]` buffers every field
+/// through serde's generic content tree first, on every hop of every envelope.
+impl<'de> Deserialize<'de> for Status {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(StatusVisitor)
+    }
+}
+
+struct StatusVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StatusVisitor {
+    type Value = Status;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a status object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Status, A::Error> {
+        let mut s = Status::default();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "phase" => s.phase = map.next_value()?,
+                "reason" => s.reason = map.next_value()?,
+                "actor" => s.actor = map.next_value()?,
+                "attempt" => s.attempt = map.next_value()?,
+                "max_attempts" => s.max_attempts = map.next_value()?,
+                "created_at" => s.created_at = map.next_value()?,
+                "updated_at" => s.updated_at = map.next_value()?,
+                "deadline_at" => s.deadline_at = map.next_value()?,
+                "error" => s.error = map.next_value()?,
+                _ => {
+                    let value: Value = map.next_value()?;
+                    s.extra.insert(key.into_owned(), value);
+                }
+            }
+        }
+        Ok(s)
+    }
 }
 
 impl Status {

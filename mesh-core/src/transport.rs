@@ -140,6 +140,9 @@ pub trait Consumer: Send + 'static {
     type Delivery: Delivery;
 
     /// The next delivery; waits while the queue is empty. `None` once the transport closed.
+    ///
+    /// Must be cancel-safe: if the returned future is dropped before it completes, no
+    /// delivery is lost (the runner races it against shutdown and in-flight work).
     fn next(&mut self) -> impl Future<Output = Option<Result<Self::Delivery, TransportError>>> + Send;
 }
 

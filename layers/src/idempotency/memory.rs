@@ -5,7 +5,7 @@
 //! caches do not offer without a second lock around them.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -34,7 +34,7 @@ impl Default for MemoryStoreConfig {
 
 enum State {
     InProgress,
-    Completed(Vec<Publication>),
+    Completed(Arc<[Publication]>),
     Published,
 }
 
@@ -47,9 +47,10 @@ struct Entry {
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<String, Entry>,
-    /// Insertion order, for eviction; stale items are skipped by generation.
-    order: VecDeque<(String, u64)>,
+    entries: HashMap<Arc<str>, Entry>,
+    /// Insertion order, for eviction; stale items are skipped by generation. Shares the
+    /// key allocation with `entries`.
+    order: VecDeque<(Arc<str>, u64)>,
     generation: u64,
 }
 
@@ -89,15 +90,16 @@ impl MemoryStore {
         inner.generation += 1;
         let generation = inner.generation;
         let expires = Instant::now() + lifetime;
+        let key: Arc<str> = key.into();
         inner.entries.insert(
-            key.to_owned(),
+            key.clone(),
             Entry {
                 state,
                 expires,
                 generation,
             },
         );
-        inner.order.push_back((key.to_owned(), generation));
+        inner.order.push_back((key, generation));
         while inner.entries.len() > self.config.max_entries.max(1) {
             let Some((old, g)) = inner.order.pop_front() else {
                 break;
@@ -142,8 +144,8 @@ impl IdempotencyStore for MemoryStore {
         Ok(Claim::Acquired)
     }
 
-    async fn complete(&self, key: &str, outputs: &[Publication]) -> Result<(), StoreError> {
-        self.update(key, State::Completed(outputs.to_vec()));
+    async fn complete(&self, key: &str, outputs: &Arc<[Publication]>) -> Result<(), StoreError> {
+        self.update(key, State::Completed(outputs.clone()));
         Ok(())
     }
 
@@ -174,10 +176,10 @@ mod tests {
             s.claim("k", Duration::from_secs(5)).await.unwrap(),
             Claim::InProgress
         );
-        s.complete("k", &[]).await.unwrap();
+        s.complete("k", &Arc::from([])).await.unwrap();
         assert_eq!(
             s.claim("k", Duration::from_secs(5)).await.unwrap(),
-            Claim::Completed(vec![])
+            Claim::Completed(Arc::from([]))
         );
         s.mark_published("k").await.unwrap();
         assert_eq!(

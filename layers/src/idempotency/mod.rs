@@ -154,7 +154,7 @@ where
                 }
                 Claim::Completed(outputs) => {
                     tracing::info!(envelope.id = %env.id, hop = %key, outputs = outputs.len(), "duplicate of a completed hop; re-emitting its recorded outputs");
-                    let mut dispatch = Dispatch::new(outputs);
+                    let mut dispatch = Dispatch::shared(outputs);
                     dispatch.on_published(mark_published(store, key));
                     return Ok(dispatch);
                 }
@@ -169,7 +169,7 @@ where
                     return Err(IdempotencyError::Inner(e));
                 }
             };
-            store.complete(&key, &dispatch.publications).await?;
+            store.complete(&key, &dispatch.share_publications()).await?;
             dispatch.on_published(mark_published(store, key));
             Ok(dispatch)
         }
@@ -228,16 +228,16 @@ mod tests {
 
         // First delivery: processed, but "crash" before the publish is confirmed.
         let first = svc.clone().oneshot(env.clone()).await.unwrap();
-        assert_eq!(first.publications.len(), 1);
+        assert_eq!(first.publications().len(), 1);
         // Redelivery: the recorded output again, handler not run.
         let mut second = svc.clone().oneshot(env.clone()).await.unwrap();
-        assert_eq!(second.publications, first.publications);
+        assert_eq!(second.publications(), first.publications());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         // This time the publish is confirmed...
         run_hooks(&mut second).await;
         // ...so a further redelivery emits nothing.
         let third = svc.oneshot(env).await.unwrap();
-        assert!(third.publications.is_empty());
+        assert!(third.publications().is_empty());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 

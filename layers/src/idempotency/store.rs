@@ -1,6 +1,7 @@
 //! The store contract the idempotency layer relies on.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use troupe_core::Publication;
@@ -14,7 +15,7 @@ pub enum Claim {
     InProgress,
     /// It was processed and its outputs recorded, but they may not all have been published:
     /// publish these again.
-    Completed(Vec<Publication>),
+    Completed(Arc<[Publication]>),
     /// It was processed and every output was confirmed published: nothing left to do.
     Published,
 }
@@ -36,11 +37,12 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// already known about it.
     fn claim(&self, key: &str, ttl: Duration) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
-    /// Records the outputs of a claimed hop, before they are published.
+    /// Records the outputs of a claimed hop, before they are published. The handle is
+    /// shared with the runner; a store that keeps them in memory keeps the handle.
     fn complete(
         &self,
         key: &str,
-        outputs: &[Publication],
+        outputs: &Arc<[Publication]>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Records that every output of the hop was confirmed published.
