@@ -238,9 +238,7 @@ mod tests {
     async fn advances_to_next_actor() {
         let input = env(Route::through(["a", "b", "c"]));
         let d = run("a", echo(), input.clone()).await.unwrap();
-        let [p] = &d.publications()[..] else {
-            panic!("{d:?}")
-        };
+        let [p] = d.publications() else { panic!("{d:?}") };
         assert_eq!(p.actor, "b");
         assert_eq!(p.envelope.id, input.id);
         assert_eq!(
