@@ -23,7 +23,12 @@ pub fn payload_of(bytes: usize) -> Value {
 
 /// An envelope at the start of `a -> b -> c` with a payload of about `bytes`.
 pub fn envelope_of(bytes: usize) -> Envelope {
-    let mut env = Envelope::new(Route::through(["a", "b", "c"]), payload_of(bytes));
+    envelope_through(&["a", "b", "c"], bytes)
+}
+
+/// An envelope at the start of a route through `actors` with a payload of about `bytes`.
+pub fn envelope_through(actors: &[&str], bytes: usize) -> Envelope {
+    let mut env = Envelope::new(Route::through(actors.iter().copied()), payload_of(bytes));
     env.headers.insert(
         "traceparent".into(),
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
