@@ -485,6 +485,31 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// No byte sequence panics the decoder; a rejection always names what is wrong.
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            if let Err(e) = Envelope::from_slice(&body, &DecodeLimits::default()) {
+                proptest::prop_assert!(!e.to_string().is_empty());
+            }
+        }
+
+        /// Nor does any JSON value, object or not, whatever its fields hold.
+        #[test]
+        fn arbitrary_json_never_panics(
+            keys in proptest::collection::vec(proptest::sample::select(vec![
+                "id", "parent_id", "route", "headers", "status", "payload", "curr", "x"]), 0..7),
+            values in proptest::collection::vec(proptest::sample::select(vec![
+                "null", "1", "-3", "0.5", "\"\"", "\"a\"", "[]", "[\"a\", 1]", "{}",
+                "{\"curr\": \"a\"}", "{\"actors\": [\"a\"], \"current\": 9}",
+                "{\"phase\": \"nope\"}", "{\"attempt\": 4294967296}"]), 0..7),
+        ) {
+            let fields: Vec<String> = keys.iter().zip(&values).map(|(k, v)| format!("\"{k}\": {v}")).collect();
+            let body = format!("{{{}}}", fields.join(","));
+            let _ = Envelope::from_slice(body.as_bytes(), &DecodeLimits::default());
+        }
+    }
+
     #[test]
     fn size_limit_is_enforced_before_parsing() {
         let limits = DecodeLimits { max_body_bytes: 8 };
