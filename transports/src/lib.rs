@@ -1,8 +1,12 @@
 //! Troupe transports. The in-memory broker ([`memory`]) is always compiled and is the
-//! embedded default; real brokers come behind Cargo features.
+//! embedded default; real brokers come behind Cargo features. The `conformance` feature
+//! exposes the transport contract as a test suite ([`conformance_suite!`]) that every
+//! transport runs.
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod memory;
 
 pub use memory::{MemoryConfig, MemoryConsumer, MemoryDelivery, MemoryTransport};
