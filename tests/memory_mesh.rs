@@ -467,6 +467,34 @@ async fn panicking_handler_ends_in_sump_after_the_redelivery_limit() {
     mesh.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicked_hop_releases_its_claim_so_the_redelivery_runs() {
+    let mut mesh = Mesh::new();
+    let mut cfg = mesh.runner_config("once");
+    // Few redeliveries allowed: a claim left behind would exhaust them on `InProgress`.
+    cfg.max_redeliveries = Some(3);
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = calls.clone();
+    mesh.spawn_with(
+        cfg,
+        quick_retries(1),
+        handler_fn(move |e: Envelope| {
+            let first = seen.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                assert!(!first, "crash on the first call");
+                Ok(Outcome::forward(e))
+            }
+        }),
+    );
+    let env = Envelope::new(Route::through(["once"]), json!(1));
+    mesh.send(&env).await;
+    let out = mesh.collect(SINK, 1).await;
+    assert_eq!(out[0].id, env.id);
+    assert_eq!(out[0].status.as_ref().unwrap().phase, Some(Phase::Succeeded));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    mesh.shutdown().await;
+}
+
 impl Mesh {
     /// An actor with only the route layer (no idempotency), for control experiments.
     fn spawn_plain(&mut self, actor: &str) {

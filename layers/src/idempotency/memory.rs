@@ -85,11 +85,16 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set(&self, key: &str, state: State, lifetime: Duration) {
-        let mut inner = self.lock();
+    /// Writes `key` under the held lock, then evicts the oldest entries over the bound.
+    fn put(&self, inner: &mut Inner, key: &str, state: State, lifetime: Duration) {
+        let expires = Instant::now() + lifetime;
+        if let Some(entry) = inner.entries.get_mut(key) {
+            entry.state = state;
+            entry.expires = expires;
+            return;
+        }
         inner.generation += 1;
         let generation = inner.generation;
-        let expires = Instant::now() + lifetime;
         let key: Arc<str> = key.into();
         inner.entries.insert(
             key.clone(),
@@ -100,7 +105,8 @@ impl MemoryStore {
             },
         );
         inner.order.push_back((key, generation));
-        while inner.entries.len() > self.config.max_entries.max(1) {
+        let bound = self.config.max_entries.max(1);
+        while inner.entries.len() > bound {
             let Some((old, g)) = inner.order.pop_front() else {
                 break;
             };
@@ -108,50 +114,44 @@ impl MemoryStore {
                 inner.entries.remove(&old);
             }
         }
-        // Keep `order` from growing without bound when keys are rewritten often.
-        if inner.order.len() > 2 * self.config.max_entries.max(1) {
-            let Inner { entries, order, .. } = &mut *inner;
+        // Keep `order` from growing without bound when keys are removed and re-added often.
+        if inner.order.len() > 2 * bound {
+            let Inner { entries, order, .. } = inner;
             order.retain(|(k, g)| entries.get(k).is_some_and(|e| e.generation == *g));
         }
-    }
-
-    fn update(&self, key: &str, state: State) {
-        let lifetime = self.config.ttl;
-        let mut inner = self.lock();
-        if let Some(entry) = inner.entries.get_mut(key) {
-            entry.state = state;
-            entry.expires = Instant::now() + lifetime;
-            return;
-        }
-        drop(inner);
-        self.set(key, state, lifetime);
     }
 }
 
 impl IdempotencyStore for MemoryStore {
     async fn claim(&self, key: &str, ttl: Duration) -> Result<Claim, StoreError> {
-        {
-            let inner = self.lock();
-            if let Some(entry) = inner.entries.get(key).filter(|e| e.expires > Instant::now()) {
-                return Ok(match &entry.state {
-                    State::InProgress => Claim::InProgress,
-                    State::Completed(outputs) => Claim::Completed(outputs.clone()),
-                    State::Published => Claim::Published,
-                });
-            }
+        // Look and claim under one lock: two duplicates racing must not both acquire.
+        let mut inner = self.lock();
+        if let Some(entry) = inner.entries.get(key).filter(|e| e.expires > Instant::now()) {
+            return Ok(match &entry.state {
+                State::InProgress => Claim::InProgress,
+                State::Completed(outputs) => Claim::Completed(outputs.clone()),
+                State::Published => Claim::Published,
+            });
         }
-        self.set(key, State::InProgress, ttl);
+        self.put(&mut inner, key, State::InProgress, ttl);
         Ok(Claim::Acquired)
     }
 
     async fn complete(&self, key: &str, outputs: &Arc<[Publication]>) -> Result<(), StoreError> {
-        self.update(key, State::Completed(outputs.clone()));
+        let mut inner = self.lock();
+        self.put(
+            &mut inner,
+            key,
+            State::Completed(outputs.clone()),
+            self.config.ttl,
+        );
         Ok(())
     }
 
     async fn mark_published(&self, key: &str) -> Result<(), StoreError> {
         // The outputs are no longer needed once published: only the fact is kept.
-        self.update(key, State::Published);
+        let mut inner = self.lock();
+        self.put(&mut inner, key, State::Published, self.config.ttl);
         Ok(())
     }
 
@@ -186,6 +186,42 @@ mod tests {
             s.claim("k", Duration::from_secs(5)).await.unwrap(),
             Claim::Published
         );
+    }
+
+    /// Two threads claiming the same keys at the same moment: exactly one wins each key.
+    #[test]
+    fn claims_are_atomic_across_threads() {
+        use futures_util::FutureExt;
+        const KEYS: usize = 20_000;
+        let store = Arc::new(MemoryStore::new(MemoryStoreConfig {
+            max_entries: KEYS * 2,
+            ttl: Duration::from_secs(60),
+        }));
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let racers: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    // The store never awaits; each call completes on its first poll.
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .unwrap();
+                    let _guard = rt.enter();
+                    barrier.wait();
+                    (0..KEYS)
+                        .filter(|k| {
+                            let claim = store
+                                .claim(&k.to_string(), Duration::from_secs(60))
+                                .now_or_never();
+                            matches!(claim, Some(Ok(Claim::Acquired)))
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let won: usize = racers.into_iter().map(|r| r.join().unwrap()).sum();
+        assert_eq!(won, KEYS, "every key claimed exactly once");
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
 use tower::{BoxError, Layer, Service};
-use troupe_core::{Dispatch, Envelope};
+use troupe_core::{Dispatch, Envelope, Publication};
 
 pub use memory::{MemoryStore, MemoryStoreConfig};
 pub use store::{Claim, IdempotencyStore, StoreError};
@@ -159,21 +159,50 @@ where
                     return Ok(dispatch);
                 }
             }
-            let result = inner.call(env).await.map_err(Into::into);
-            let mut dispatch = match result {
-                Ok(d) => d,
-                Err(e) => {
-                    if let Err(release) = store.release(&key).await {
-                        tracing::warn!(hop = %key, error = %release, "could not release a failed hop's claim; it lapses with its ttl");
-                    }
-                    return Err(IdempotencyError::Inner(e));
-                }
+            // Until the outputs are recorded, any way out of this hop (an error, a panic
+            // unwinding through here, the runner dropping the work at shutdown, a failed
+            // record) gives the claim back, so the redelivery can run the hop.
+            let claim = ClaimGuard {
+                store: store.clone(),
+                key: Some(key),
             };
-            store.complete(&key, &dispatch.share_publications()).await?;
+            let mut dispatch = inner.call(env).await.map_err(|e| IdempotencyError::Inner(e.into()))?;
+            let key = claim.recorded(dispatch.share_publications()).await?;
             dispatch.on_published(mark_published(store, key));
             Ok(dispatch)
         }
         .boxed()
+    }
+}
+
+/// Releases a claim when dropped before the hop's outputs were recorded.
+struct ClaimGuard<St: IdempotencyStore> {
+    store: Arc<St>,
+    key: Option<String>,
+}
+
+impl<St: IdempotencyStore> ClaimGuard<St> {
+    /// Records the outputs; from then on the claim is the record and is kept.
+    async fn recorded(mut self, outputs: Arc<[Publication]>) -> Result<String, StoreError> {
+        let key = self.key.as_deref().unwrap_or_default();
+        self.store.complete(key, &outputs).await?;
+        Ok(self.key.take().unwrap_or_default())
+    }
+}
+
+impl<St: IdempotencyStore> Drop for ClaimGuard<St> {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else { return };
+        let store = self.store.clone();
+        // Drop cannot await; the release runs as its own small task. Outside a runtime
+        // (nothing to run it on) the claim simply lapses with its ttl.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = store.release(&key).await {
+                    tracing::warn!(hop = %key, %error, "could not release an unfinished hop's claim; it lapses with its ttl");
+                }
+            });
+        }
     }
 }
 
