@@ -495,6 +495,93 @@ async fn a_panicked_hop_releases_its_claim_so_the_redelivery_runs() {
     mesh.shutdown().await;
 }
 
+/// A transport whose consumers fail every receive after their first delivery.
+#[derive(Clone)]
+struct FailingReceives(MemoryTransport);
+
+struct FailingConsumer {
+    inner: troupe::transports::MemoryConsumer,
+    delivered: bool,
+}
+
+impl Consumer for FailingConsumer {
+    type Delivery = troupe::transports::MemoryDelivery;
+
+    async fn next(&mut self) -> Option<Result<Self::Delivery, troupe::TransportError>> {
+        if self.delivered {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            return Some(Err(troupe::TransportError::Disconnected {
+                detail: "test: receive fails".into(),
+            }));
+        }
+        self.delivered = true;
+        self.inner.next().await
+    }
+}
+
+impl Transport for FailingReceives {
+    type Consumer = FailingConsumer;
+
+    async fn publish(
+        &self,
+        queue: &str,
+        body: Bytes,
+        options: troupe::PublishOptions,
+    ) -> Result<(), troupe::TransportError> {
+        self.0.publish(queue, body, options).await
+    }
+
+    async fn consume(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+    ) -> Result<FailingConsumer, troupe::TransportError> {
+        Ok(FailingConsumer {
+            inner: self.0.consume(queue, options).await?,
+            delivered: false,
+        })
+    }
+}
+
+/// Regression: the receive-error backoff slept inside the worker loop, so in-flight
+/// envelopes (and their lease heartbeats) stopped being polled for up to 6.4 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_errors_do_not_stall_in_flight_work() {
+    let memory = MemoryTransport::default();
+    let mesh = Mesh::with_transport(memory.clone());
+    let mut cfg = mesh.runner_config("steps");
+    cfg.workers = 1;
+    let progress = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = progress.clone();
+    let handler = handler_fn(move |e: Envelope| {
+        let seen = seen.clone();
+        async move {
+            for _ in 0..40 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                seen.lock().unwrap().push(tokio::time::Instant::now());
+            }
+            Ok(Outcome::forward(e))
+        }
+    });
+    let stack = tower::ServiceBuilder::new()
+        .layer(troupe::layers::RouteLayer::new("steps"))
+        .service(handler);
+    let token = troupe::CancellationToken::new();
+    let runner = troupe::Runner::new(FailingReceives(memory), stack, cfg);
+    let running = tokio::spawn(runner.run(token.clone()));
+    mesh.send(&Envelope::new(Route::through(["steps"]), json!(1)))
+        .await;
+    mesh.collect(SINK, 1).await;
+    token.cancel();
+    running.await.unwrap().unwrap();
+    let steps = progress.lock().unwrap().clone();
+    let worst = steps.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        worst < Duration::from_millis(500),
+        "in-flight work stalled for {worst:?}"
+    );
+}
+
 impl Mesh {
     /// An actor with only the route layer (no idempotency), for control experiments.
     fn spawn_plain(&mut self, actor: &str) {

@@ -58,7 +58,40 @@ fn size_histogram() -> Histogram {
     Histogram::new(exponential_buckets(64.0, 4.0, 11))
 }
 
+/// Most distinct values a label taken from envelope content (destination actor, failure
+/// reason) may have; later newcomers are counted as `other`. Routes and reasons come from
+/// messages, so without a bound a stream of made-up names would grow the metric set forever.
+pub const MAX_LABEL_VALUES: usize = 256;
+
+/// The values admitted so far for one content-derived label.
+#[derive(Default)]
+struct LabelBudget {
+    admitted: std::sync::RwLock<std::collections::HashSet<String>>,
+}
+
+impl LabelBudget {
+    fn admit<'a>(&self, value: &'a str) -> &'a str {
+        let known = |set: &std::collections::HashSet<String>| set.contains(value);
+        if self.admitted.read().is_ok_and(|set| known(&set)) {
+            return value;
+        }
+        // A poisoned lock still holds a valid set: every write below is a single insert.
+        let mut set = self.admitted.write().unwrap_or_else(|p| p.into_inner());
+        if known(&set) {
+            return value;
+        }
+        if set.len() < MAX_LABEL_VALUES {
+            set.insert(value.to_owned());
+            value
+        } else {
+            "other"
+        }
+    }
+}
+
 struct Families {
+    destinations: LabelBudget,
+    reasons: LabelBudget,
     received: Family<ActorLabel, Counter>,
     processed: Family<ActorLabel, Counter>,
     sent: Family<SentLabels, Counter>,
@@ -80,6 +113,8 @@ impl MeshMetrics {
     /// Registers the `asya_actor_*` families in `registry`.
     pub fn new(registry: &mut Registry) -> Self {
         let f = Families {
+            destinations: LabelBudget::default(),
+            reasons: LabelBudget::default(),
             received: Family::default(),
             processed: Family::default(),
             sent: Family::default(),
@@ -181,7 +216,7 @@ impl Handles {
             .failed
             .get_or_create(&FailedLabels {
                 actor: self.actor.clone(),
-                reason: reason.to_owned(),
+                reason: self.families.reasons.admit(reason).to_owned(),
             })
             .inc();
     }
@@ -191,7 +226,7 @@ impl Handles {
             .sent
             .get_or_create(&SentLabels {
                 actor: self.actor.clone(),
-                destination: destination.to_owned(),
+                destination: self.families.destinations.admit(destination).to_owned(),
             })
             .inc();
     }
@@ -412,6 +447,16 @@ mod tests {
 
     use crate::retry::{RetryLayer, RetryPolicies, RetryPolicy};
     use crate::route::RouteLayer;
+
+    #[test]
+    fn content_derived_labels_are_bounded() {
+        let budget = LabelBudget::default();
+        for i in 0..MAX_LABEL_VALUES {
+            assert_eq!(budget.admit(&format!("actor-{i}")), format!("actor-{i}"));
+        }
+        assert_eq!(budget.admit("one-too-many"), "other");
+        assert_eq!(budget.admit("actor-7"), "actor-7", "admitted values stay");
+    }
 
     #[tokio::test]
     async fn counts_processed_sent_retries_and_failures() {

@@ -336,10 +336,11 @@ fn on_failure(
 ) -> Dispatch {
     let policy = policies.policy_for(&error);
     let attempt = env.attempt_at(actor);
-    let first_attempt = env
+    let recorded = env
         .header_str(FIRST_ATTEMPT)
         .and_then(|h| DateTime::parse_from_rfc3339(h).ok())
-        .map_or(started, |t| t.with_timezone(&Utc));
+        .map(|t| t.with_timezone(&Utc));
+    let first_attempt = recorded.unwrap_or(started);
     let out_of_time = policy
         .max_duration
         .is_some_and(|max| (Utc::now() - first_attempt).to_std().unwrap_or_default() >= max);
@@ -360,9 +361,11 @@ fn on_failure(
     if !exhausted {
         status.attempt = Some(attempt + 1);
         status.mark(Phase::Retrying, Some(reason), actor);
-        env.headers
-            .entry(FIRST_ATTEMPT)
-            .or_insert_with(|| first_attempt.to_rfc3339().into());
+        // Written when missing or unreadable, so `maxDuration` counts from a real time.
+        if recorded.is_none() {
+            env.headers
+                .insert(FIRST_ATTEMPT.to_owned(), first_attempt.to_rfc3339().into());
+        }
         return Dispatch::one(Publication {
             actor: actor.to_owned(),
             envelope: env,
@@ -454,6 +457,20 @@ mod tests {
                 .max_attempts,
             1
         );
+    }
+
+    #[test]
+    fn an_unreadable_first_attempt_header_is_replaced() {
+        let mut env = Envelope::new(troupe_core::Route::through(["a"]), serde_json::Value::Null);
+        env.headers.insert(FIRST_ATTEMPT.into(), "yesterday-ish".into());
+        let policies = RetryPolicies::new(RetryPolicy::constant(5, Duration::ZERO));
+        let d = on_failure("a", &policies, env, HandlerError::new("E", "x"), Utc::now());
+        let header = d.publications()[0]
+            .envelope
+            .header_str(FIRST_ATTEMPT)
+            .unwrap()
+            .to_owned();
+        assert!(DateTime::parse_from_rfc3339(&header).is_ok(), "{header}");
     }
 
     #[test]

@@ -56,9 +56,14 @@ pub struct RunnerConfig {
     pub shutdown_grace: Duration,
     /// Decoding bounds for message bodies.
     pub limits: DecodeLimits,
-    /// Delay before an input is redelivered after an infrastructure failure.
+    /// Delay before an input is redelivered after an infrastructure failure (publish not
+    /// confirmed, store down, panic). It doubles with each redelivery of the same message,
+    /// up to 64 times this value, so a sustained outage or back-pressure does not spend
+    /// `max_redeliveries` in seconds.
     pub redelivery_delay: Duration,
     /// A message delivered more often than this goes to `x-sump`; `None` never gives up.
+    /// Every redelivery counts, whatever its cause: with the defaults (1 s doubling to 64 s,
+    /// 25 redeliveries) a message survives about 20 minutes of failures before it is set aside.
     pub max_redeliveries: Option<u32>,
 }
 
@@ -259,13 +264,19 @@ where
         // Registered once, not per loop turn: the token's waiter list is behind a mutex.
         let stop = shutdown.cancelled();
         tokio::pin!(stop);
+        // After a receive error, receiving pauses until this timer fires; in-flight work
+        // (and its lease heartbeats) keeps being polled meanwhile.
+        let resume = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(resume);
+        let mut paused = false;
         loop {
             tokio::select! {
                 biased;
                 () = &mut stop => break,
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                () = &mut resume, if paused => paused = false,
                 // `Consumer::next` is cancel-safe, so losing this race loses no delivery.
-                next = consumer.next(), if in_flight.len() < self.slots => match next {
+                next = consumer.next(), if !paused && in_flight.len() < self.slots => match next {
                     None => {
                         tracing::info!(queue = %shared.queue, "transport closed the consumer");
                         break;
@@ -274,10 +285,8 @@ where
                         consecutive_errors += 1;
                         let backoff = Duration::from_millis(100 << consecutive_errors.min(6));
                         tracing::warn!(queue = %shared.queue, %error, ?backoff, "receive failed");
-                        tokio::select! {
-                            () = &mut stop => break,
-                            () = tokio::time::sleep(backoff) => {}
-                        }
+                        resume.as_mut().reset(tokio::time::Instant::now() + backoff);
+                        paused = true;
                     }
                     Some(Ok(delivery)) => {
                         consecutive_errors = 0;
@@ -324,7 +333,7 @@ async fn process<T, S>(
         r = work => r.unwrap_or_else(|panic| {
             let msg = panic_message(&panic);
             tracing::error!(queue = %shared.queue, panic = %msg, "handler stack panicked; the message will be redelivered");
-            Settle::Nack(Some(shared.config.redelivery_delay))
+            Settle::Nack(Some(infra_delay(&shared.config, delivery.redeliveries())))
         }),
         () = abandon.cancelled() => Settle::Nack(None),
         () = heartbeat => unreachable!("the heartbeat never ends"),
@@ -361,7 +370,7 @@ where
 {
     let body = delivery.body();
     let actor = shared.config.actor.as_str();
-    let infra_delay = Some(shared.config.redelivery_delay);
+    let infra_delay = Some(infra_delay(&shared.config, delivery.redeliveries()));
 
     if let Some(max) = shared.config.max_redeliveries {
         if delivery.redeliveries() > max {
@@ -371,7 +380,7 @@ where
             );
             tracing::error!(queue = %shared.queue, %message, "giving up on a poison message");
             let env = sump::wrap_body(body, Reason::RedeliveryLimit, "RedeliveryLimit", &message, actor);
-            return publish_to_sump(shared, env).await;
+            return publish_to_sump(shared, env, delivery.redeliveries()).await;
         }
     }
 
@@ -380,7 +389,7 @@ where
         Err(error) => {
             tracing::warn!(queue = %shared.queue, %error, "undecodable message goes to x-sump");
             let env = sump::wrap_body(body, Reason::ParseError, "DecodeError", &error.to_string(), actor);
-            return publish_to_sump(shared, env).await;
+            return publish_to_sump(shared, env, delivery.redeliveries()).await;
         }
     };
     let id = envelope.id.clone();
@@ -404,7 +413,7 @@ where
     }
 }
 
-async fn publish_to_sump<T: Transport>(shared: &Shared<T>, env: Envelope) -> Settle {
+async fn publish_to_sump<T: Transport>(shared: &Shared<T>, env: Envelope, redeliveries: u32) -> Settle {
     match publish(shared, Dispatch::one(Publication::to(SUMP, env))).await {
         Ok(()) => {
             shared.counters.sumped.fetch_add(1, Ordering::Relaxed);
@@ -412,9 +421,14 @@ async fn publish_to_sump<T: Transport>(shared: &Shared<T>, env: Envelope) -> Set
         }
         Err(error) => {
             tracing::warn!(queue = %shared.queue, %error, "publish to x-sump failed; input will be redelivered");
-            Settle::Nack(Some(shared.config.redelivery_delay))
+            Settle::Nack(Some(infra_delay(&shared.config, redeliveries)))
         }
     }
+}
+
+/// The redelivery delay after an infrastructure failure: doubling per redelivery, capped.
+fn infra_delay(config: &RunnerConfig, redeliveries: u32) -> Duration {
+    config.redelivery_delay.saturating_mul(1 << redeliveries.min(6))
 }
 
 /// Publishes every publication concurrently; runs the hooks once all are confirmed.
@@ -469,5 +483,21 @@ fn prepare<T>(shared: &Shared<T>, p: &Publication) -> (String, Bytes, PublishOpt
                 .unwrap_or_else(|_| SUMP.to_owned());
             (sump, Bytes::from(env.to_vec()), PublishOptions::default())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infrastructure_delay_doubles_and_is_capped() {
+        let mut c = RunnerConfig::new("a");
+        c.redelivery_delay = Duration::from_millis(100);
+        let delays: Vec<u64> = [0, 1, 2, 6, 7, 1000]
+            .iter()
+            .map(|&r| infra_delay(&c, r).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 6400, 6400, 6400]);
     }
 }

@@ -359,12 +359,18 @@ impl Consumer for MemoryConsumer {
                         redeliveries: message.deliveries - 1,
                         lease,
                     };
+                    // Sleeping consumers computed their wake-up from the earliest deadline
+                    // they saw; if this lease ends sooner, they must look again, or nobody
+                    // would be awake to redeliver it should its holder hang.
+                    let sooner = state.leases.peek().is_none_or(|r| until < r.0.0);
                     state.leases.push(Reverse((until, tag)));
                     state.in_flight.insert(tag, Leased { message, until });
                     let more = !state.ready.is_empty();
                     drop(state);
                     q.writable.notify_one();
-                    if more {
+                    if sooner {
+                        q.readable.notify_waiters();
+                    } else if more {
                         // Keep other idle consumers going.
                         q.readable.notify_one();
                     }
@@ -492,6 +498,41 @@ mod tests {
         assert_eq!(again.redeliveries(), 1);
         assert_eq!(&again.body()[..], b"x");
         again.ack().await.unwrap();
+    }
+
+    /// Regression: a consumer asleep before a lease existed must still notice it expire.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_consumer_takes_over_an_expired_lease() {
+        let t = MemoryTransport::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for who in ["first", "second"] {
+            let t = t.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut c = t.consume("q", opts(300)).await.unwrap();
+                while let Some(Ok(d)) = c.next().await {
+                    let redelivered = d.redeliveries() > 0;
+                    let _ = tx.send((who, redelivered));
+                    if redelivered {
+                        d.ack().await.unwrap();
+                    } else {
+                        // A hung worker: it holds the delivery, never extends the lease and
+                        // never asks for more.
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // both consumers are asleep now
+        publish(&t, "q", "x").await;
+        let (taker, redelivered) = rx.recv().await.unwrap();
+        assert!(!redelivered);
+        // Nothing else is published: only the lease's expiry can wake the other consumer.
+        let got = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await;
+        let Ok(Some((other, true))) = got else {
+            panic!("expired lease taken by {taker} was never redelivered: {got:?}")
+        };
+        assert_ne!(other, taker);
     }
 
     #[tokio::test(start_paused = true)]
