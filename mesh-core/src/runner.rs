@@ -16,8 +16,9 @@
 //! Structure: [`RunnerConfig::workers`] tasks, each with its own consumer (competing
 //! consumers of the actor's queue) and a bounded set of in-flight envelopes polled inside the
 //! worker task. Envelopes are not spawned as tasks of their own: a spawn per message (task
-//! allocation, cross-thread scheduling, waking idle workers) costs more than the relay itself
-//! (benches: 169k msg/s with a spawn per message vs 737k msg/s without, memory broker).
+//! allocation, cross-thread scheduling, waking idle workers) costs more than the relay itself:
+//! on the memory broker a relay does about half as many messages per second with a spawn per
+//! message (`cargo run --release -p troupe-bench`, figures in `docs/benchmarks.md`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
