@@ -2,7 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
 fn troupe() -> Command {
@@ -58,4 +59,50 @@ fn demo_rejects_bad_flags_with_a_clear_message() {
     let out = troupe().args(["demo", "--fail-rate", "1.5"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--fail-rate must be in [0, 1)"));
+}
+
+/// A plain HTTP/1.0 GET, enough to read a small local endpoint.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn demo_serves_metrics_while_it_runs() {
+    let mut child = troupe()
+        .args(["demo", "--count", "3000", "--latency", "20ms", "--quiet"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("metrics at http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("no metrics address announced: {line:?}"))
+        .to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let metrics = http_get(&addr, "/metrics");
+    let health = http_get(&addr, "/healthz");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        metrics.starts_with("HTTP/1.0 200") || metrics.starts_with("HTTP/1.1 200"),
+        "{metrics}"
+    );
+    for family in [
+        "asya_actor_messages_received_total{actor=\"tokenize\"}",
+        "asya_actor_processing_duration_seconds_bucket",
+        "asya_actor_active_messages",
+    ] {
+        assert!(metrics.contains(family), "missing {family} in:\n{metrics}");
+    }
+    assert!(health.contains("200") && health.ends_with("ok"), "{health}");
 }
