@@ -1,7 +1,7 @@
 //! The transport contract, written once, run against every transport.
 //!
 //! Each check takes a fresh transport and a queue name no other check uses, and is bounded
-//! in time. A transport's test file runs them all with [`conformance_suite!`]:
+//! in time. A transport's test file runs them all with [`conformance_suite!`](crate::conformance_suite):
 //!
 //! ```ignore
 //! troupe_transports::conformance_suite!(memory, async { troupe_transports::MemoryTransport::default() });

@@ -1,6 +1,6 @@
 //! Troupe transports. The in-memory broker ([`memory`]) is always compiled and is the
 //! embedded default; real brokers come behind Cargo features. The `conformance` feature
-//! exposes the transport contract as a test suite ([`conformance_suite!`]) that every
+//! exposes the transport contract as a test suite (`conformance_suite!`) that every
 //! transport runs.
 
 #![forbid(unsafe_code)]
