@@ -495,6 +495,26 @@ async fn a_panicked_hop_releases_its_claim_so_the_redelivery_runs() {
     mesh.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_run_future_stops_its_workers() {
+    let mesh = Mesh::new();
+    let runner = troupe::Runner::new(
+        mesh.transport.clone(),
+        tower::Layer::layer(&troupe::layers::RouteLayer::new("a"), echo()),
+        mesh.runner_config("a"),
+    );
+    let running = tokio::spawn(runner.run(troupe::CancellationToken::new()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    running.abort(); // the caller goes away without cancelling the token
+    let _ = running.await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // With its workers gone, nothing consumes: the envelope stays ready in the queue.
+    mesh.send(&Envelope::new(Route::through(["a"]), json!(1))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let depth = mesh.transport.depth(&mesh.queue("a")).await.unwrap();
+    assert_eq!((depth.ready, depth.in_flight), (1, 0), "{depth:?}");
+}
+
 /// A transport whose consumers fail every receive after their first delivery.
 #[derive(Clone)]
 struct FailingReceives(MemoryTransport);

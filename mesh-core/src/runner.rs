@@ -201,6 +201,10 @@ where
         tracing::info!(actor = %shared.config.actor, queue = %shared.queue, concurrency, workers, "runner started");
 
         let abandon = CancellationToken::new();
+        // Workers stop on `shutdown`, and also if this future is dropped rather than
+        // awaited to the end: they are spawned tasks and would otherwise outlive it.
+        let stop = shutdown.child_token();
+        let _stop_when_dropped = stop.clone().drop_guard();
         let mut tasks: Vec<_> = consumers
             .into_iter()
             .enumerate()
@@ -212,7 +216,7 @@ where
                     service: self.service.clone(),
                     slots,
                 };
-                tokio::spawn(worker.run(consumer, shutdown.clone(), abandon.clone()))
+                tokio::spawn(worker.run(consumer, stop.clone(), abandon.clone()))
             })
             .collect();
         let all_done = futures_util::future::join_all(tasks.iter_mut());
