@@ -143,6 +143,32 @@ pub async fn nack_with_delay_waits<T: Conformant>(t: T, queue: &str) {
     again.ack().await.expect("ack");
 }
 
+/// A delayed publish is not delivered before its delay, counts as delayed meanwhile, and
+/// arrives as a first delivery (retries are delayed publishes; their count must not drift).
+pub async fn delayed_publish_waits<T: Conformant>(t: T, queue: &str) {
+    let delay = Duration::from_millis(1500);
+    t.ensure_queue(queue).await.expect("ensure_queue");
+    let published_at = Instant::now();
+    t.publish(
+        queue,
+        Bytes::from_static(b"retry me"),
+        PublishOptions { delay: Some(delay) },
+    )
+    .await
+    .expect("delayed publish");
+    depth_until(&t, queue, "1 counted", |d| d.total() == 1).await;
+    let mut c = t.consume(queue, opts(4)).await.expect("consume");
+    let d = next(&mut c).await;
+    assert!(
+        published_at.elapsed() >= delay,
+        "delivered after {:?}, before its {delay:?} delay",
+        published_at.elapsed()
+    );
+    assert_eq!(&d.body()[..], b"retry me");
+    assert_eq!(d.redeliveries(), 0, "a delayed message is not a redelivery");
+    d.ack().await.expect("ack");
+}
+
 /// An unsettled delivery comes back once its lease ends.
 pub async fn unsettled_comes_back_after_lease<T: Conformant>(t: T, queue: &str) {
     t.ensure_queue(queue).await.expect("ensure_queue");
@@ -357,6 +383,10 @@ macro_rules! conformance_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn nack_with_delay_waits() {
                 c::bounded(c::nack_with_delay_waits($make.await, &queue("delay"))).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn delayed_publish_waits() {
+                c::bounded(c::delayed_publish_waits($make.await, &queue("later"))).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn unsettled_comes_back_after_lease() {
