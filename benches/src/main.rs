@@ -45,6 +45,9 @@ struct Args {
     /// Approximate payload size in bytes.
     #[arg(long, default_value_t = 256)]
     payload_bytes: usize,
+    /// Worker tasks per actor (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -87,8 +90,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     println!(
-        "memory broker, {} envelopes of ~{} B payload, {} in flight per actor, median of {} runs\n",
-        args.envelopes, args.payload_bytes, args.concurrency, args.runs
+        "memory broker, {} envelopes of ~{} B payload, {} in flight per actor over {} workers, median of {} runs\n",
+        args.envelopes,
+        args.payload_bytes,
+        args.concurrency,
+        args.workers
+            .map_or_else(|| "per-core".to_owned(), |w| w.to_string()),
+        args.runs
     );
     println!("{:<34} {:>12} {:>22}", "scenario", "envelopes/s", "min .. max");
     for scenario in [
@@ -105,9 +113,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .collect();
             let elapsed = rt
                 // The timer is created inside the runtime, which `timeout` needs.
-                .block_on(async {
-                    tokio::time::timeout(RUN_LIMIT, run(scenario, &bodies, args.concurrency)).await
-                })
+                .block_on(async { tokio::time::timeout(RUN_LIMIT, run(scenario, &bodies, &args)).await })
                 .map_err(|_| format!("{} stalled: not done within {RUN_LIMIT:?}", scenario.label()))??;
             rates.push(bodies.len() as f64 / elapsed.as_secs_f64());
         }
@@ -124,7 +130,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// One repetition: the time from the first publish until every envelope reached the end.
-async fn run(scenario: Scenario, bodies: &[Bytes], concurrency: usize) -> Result<Duration, TransportError> {
+async fn run(scenario: Scenario, bodies: &[Bytes], args: &Args) -> Result<Duration, TransportError> {
     let transport = MemoryTransport::default();
     let naming = QueueNaming::default();
     let token = CancellationToken::new();
@@ -150,7 +156,10 @@ async fn run(scenario: Scenario, bodies: &[Bytes], concurrency: usize) -> Result
             let store = Arc::new(MemoryStore::default());
             for actor in actors {
                 let mut cfg = RunnerConfig::new(*actor);
-                cfg.concurrency = concurrency;
+                cfg.concurrency = args.concurrency;
+                if let Some(workers) = args.workers {
+                    cfg.workers = workers;
+                }
                 let runner = Runner::new(transport.clone(), noop_stack(actor, &metrics, store.clone()), cfg);
                 let token = token.clone();
                 tasks.push(tokio::spawn(async move {
