@@ -354,81 +354,41 @@ pub async fn bounded<F: Future<Output = ()>>(check: F) {
 #[macro_export]
 macro_rules! conformance_suite {
     ($name:ident, $make:expr) => {
+        $crate::conformance_suite!(@checks $name, $make;
+            round_trip,
+            ack_removes,
+            nack_redelivers,
+            nack_with_delay_waits,
+            delayed_publish_waits,
+            unsettled_comes_back_after_lease,
+            lease_extension_keeps_it,
+            depth_counts_in_flight,
+            competing_consumers_share_work,
+            dropped_consumer_loses_nothing
+        );
+    };
+    (@checks $name:ident, $make:expr; $($check:ident),+) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
             use $crate::conformance as c;
 
             fn queue(check: &str) -> String {
-                format!(
-                    "conf-{}-{}-{}",
-                    stringify!($name),
-                    check,
-                    std::process::id()
-                )
+                format!("conf-{}-{}-{}", stringify!($name), check, std::process::id())
             }
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn round_trip() {
-                c::bounded(c::round_trip($make.await, &queue("rt"))).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn ack_removes() {
-                c::bounded(c::ack_removes($make.await, &queue("ack"))).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn nack_redelivers() {
-                c::bounded(c::nack_redelivers($make.await, &queue("nack"))).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn nack_with_delay_waits() {
-                c::bounded(c::nack_with_delay_waits($make.await, &queue("delay"))).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn delayed_publish_waits() {
-                c::bounded(c::delayed_publish_waits($make.await, &queue("later"))).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn unsettled_comes_back_after_lease() {
-                c::bounded(c::unsettled_comes_back_after_lease(
-                    $make.await,
-                    &queue("lease"),
-                ))
-                .await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn lease_extension_keeps_it() {
-                c::bounded(c::lease_extension_keeps_it($make.await, &queue("extend"))).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn depth_counts_in_flight() {
-                c::bounded(c::depth_counts_in_flight($make.await, &queue("depth"))).await
-            }
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    c::bounded(c::$check($make.await, &queue(stringify!($check)))).await
+                }
+            )+
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn ten_thousand_through_concurrent_consumers() {
-                c::bounded(c::many_through_concurrent_consumers(
-                    $make.await,
-                    &queue("10k"),
-                    10_000,
-                ))
-                .await
+                c::bounded(c::many_through_concurrent_consumers($make.await, &queue("10k"), 10_000)).await
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn competing_consumers_share_work() {
-                c::bounded(c::competing_consumers_share_work(
-                    $make.await,
-                    &queue("compete"),
-                ))
-                .await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn dropped_consumer_loses_nothing() {
-                c::bounded(c::dropped_consumer_loses_nothing(
-                    $make.await,
-                    &queue("drop"),
-                ))
-                .await
-            }
+
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn bad_queue_name_is_a_clear_error() {
                 c::bounded(c::bad_queue_name_is_a_clear_error($make.await)).await
