@@ -8,5 +8,9 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 
 pub use memory::{MemoryConfig, MemoryConsumer, MemoryDelivery, MemoryTransport};
+#[cfg(feature = "nats")]
+pub use nats::{NatsConfig, NatsTransport};

@@ -1,0 +1,111 @@
+//! A 3-actor pipeline over a real NATS JetStream server: runners, full layer stacks,
+//! delayed retries through the delay stream. Address from `TROUPE_NATS_URL`.
+#![cfg(feature = "nats")]
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use troupe::layers::{MemoryStore, MeshMetrics, RetryPolicies, RetryPolicy, StackConfig, actor_stack};
+use troupe::transports::{NatsConfig, NatsTransport};
+use troupe::{
+    CancellationToken, ConsumeOptions, Consumer, Delivery, Envelope, HandlerError, Outcome, Phase,
+    PublishOptions, QueueNaming, Route, Runner, RunnerConfig, SINK, Transport, handler_fn,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_over_nats_delivers_every_envelope_once() {
+    let url = std::env::var("TROUPE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let transport = NatsTransport::connect(NatsConfig {
+        url,
+        stream: "TROUPE_E2E".to_owned(),
+        subject_prefix: "troupe-e2e".to_owned(),
+        consumer_inactive_threshold: Some(Duration::from_secs(300)),
+        ..NatsConfig::default()
+    })
+    .await
+    .expect("NATS with JetStream must be running (bash .ci/run starts it)");
+    // A namespace of its own per run: queues (and so durable consumers) are fresh.
+    let naming = QueueNaming::new("asya", &format!("e2e{}", std::process::id())).unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = MeshMetrics::new(&mut registry);
+    let store = Arc::new(MemoryStore::default());
+    let token = CancellationToken::new();
+    let flaky_seen = Arc::new(std::sync::Mutex::new(HashSet::new()));
+
+    let mut runners = Vec::new();
+    for actor in ["a", "b", "c"] {
+        let seen = flaky_seen.clone();
+        // `b` fails the first attempt of every fifth envelope: a delayed retry over NATS.
+        let handler = handler_fn(move |e: Envelope| {
+            let fail = actor == "b"
+                && e.payload.as_u64().is_some_and(|n| n % 5 == 0)
+                && seen.lock().unwrap().insert(e.id.clone());
+            async move {
+                if fail {
+                    return Err(HandlerError::new("ConnectionError", "transient"));
+                }
+                Ok(Outcome::forward(e))
+            }
+        });
+        let stack = actor_stack(
+            StackConfig {
+                actor: actor.into(),
+                retry: RetryPolicies::new(RetryPolicy::constant(3, Duration::from_millis(300))),
+                timeout: Duration::from_secs(10),
+                store: store.clone(),
+                metrics: metrics.actor(actor),
+            },
+            handler,
+        );
+        let mut cfg = RunnerConfig::new(actor);
+        cfg.naming = naming.clone();
+        cfg.consume.lease = Duration::from_secs(5);
+        runners.push(tokio::spawn(
+            Runner::new(transport.clone(), stack, cfg).run(token.clone()),
+        ));
+    }
+
+    let count = 300;
+    let first = naming.queue_for("a").unwrap();
+    let mut sent = HashSet::new();
+    for i in 0..count {
+        let env = Envelope::new(Route::through(["a", "b", "c"]), json!(i));
+        sent.insert(env.id.clone());
+        transport
+            .publish(&first, Bytes::from(env.to_vec()), PublishOptions::default())
+            .await
+            .unwrap();
+    }
+
+    let mut sink = transport
+        .consume(&naming.queue_for(SINK).unwrap(), ConsumeOptions::default())
+        .await
+        .unwrap();
+    let mut arrived = HashSet::new();
+    while arrived.len() < count {
+        let d = tokio::time::timeout(Duration::from_secs(30), sink.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} reached x-sink", arrived.len()))
+            .unwrap()
+            .unwrap();
+        let env = Envelope::from_slice(d.body(), &Default::default()).unwrap();
+        d.ack().await.unwrap();
+        assert_eq!(env.status.as_ref().unwrap().phase, Some(Phase::Succeeded));
+        assert_eq!(env.route.prev(), ["a", "b", "c"]);
+        assert!(arrived.insert(env.id), "each envelope reaches x-sink once");
+    }
+    assert_eq!(arrived, sent);
+    assert_eq!(
+        flaky_seen.lock().unwrap().len(),
+        count / 5,
+        "the retried ones came back through the delay stream"
+    );
+    token.cancel();
+    for r in runners {
+        r.await.unwrap().unwrap();
+    }
+}

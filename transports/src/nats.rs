@@ -1,0 +1,449 @@
+//! NATS JetStream transport (feature `nats`).
+//!
+//! Mapping (facts verified on nats-server 2.9, see `docs/transports-notes.md`):
+//! - one work-queue stream (`NatsConfig::stream`, e.g. one per namespace) holding subject
+//!   `{subject_prefix}.{queue}` for every queue;
+//! - one durable pull consumer per queue, named after it, shared by every worker of the
+//!   actor (a work-queue stream allows one consumer per subject); explicit acks;
+//!   `ack_wait` = the consumer's lease, `max_ack_pending` covers the prefetch;
+//! - `nack(delay)` = `Nak(delay)`, `in_progress` = `Progress`, redeliveries =
+//!   `delivered - 1`;
+//! - depth = `num_pending + num_ack_pending` (nak-delayed messages count as ack-pending)
+//!   plus messages waiting in the delay stream;
+//! - delayed publish (retries): JetStream 2.9 cannot schedule a message, so delayed
+//!   messages go to a second work-queue stream, `{stream}_DELAY`. A forwarder task inside
+//!   the transport holds each one back (nak with the time left) and, once due, publishes it
+//!   to its queue and then acks it. The queue sees a fresh message, so its delivery count
+//!   starts at zero as the contract requires.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{PullConsumer, pull};
+use async_nats::jetstream::{self, AckKind, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use troupe_core::{
+    ConsumeOptions, Consumer, Delivery, PublishOptions, QueueAdmin, QueueDepth, Transport, TransportError,
+};
+
+/// Header on delayed messages: when (Unix milliseconds) they may be delivered.
+const NOT_BEFORE: &str = "Troupe-Not-Before";
+/// Header on delayed messages: the subject they are due on.
+const TARGET: &str = "Troupe-Target";
+
+/// Where and how to reach JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsConfig {
+    /// Server address, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The work-queue stream holding the queues (e.g. one per namespace).
+    pub stream: String,
+    /// Subject prefix of queues: queue `q` is subject `{subject_prefix}.q`.
+    pub subject_prefix: String,
+    /// Bound on deliveries of one message (the runner's poison limit usually acts first).
+    pub max_deliver: i64,
+    /// Let the server delete a queue's consumer after this long without any client (for
+    /// short-lived queues such as tests); `None` keeps consumers until deleted.
+    pub consumer_inactive_threshold: Option<Duration>,
+}
+
+impl Default for NatsConfig {
+    /// `nats://127.0.0.1:4222`, stream `TROUPE`, subjects `troupe.<queue>`.
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            stream: "TROUPE".to_owned(),
+            subject_prefix: "troupe".to_owned(),
+            max_deliver: 100,
+            consumer_inactive_threshold: None,
+        }
+    }
+}
+
+/// The NATS JetStream transport. Clones share one connection and one delay forwarder.
+#[derive(Clone)]
+pub struct NatsTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    js: jetstream::Context,
+    config: NatsConfig,
+    stream: stream::Stream,
+    delay_stream: stream::Stream,
+    /// Started on the first delayed publish; stopped when the last clone is dropped.
+    forwarder: OnceCell<()>,
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> TransportError {
+    TransportError::Other(Box::new(e))
+}
+
+/// Queue names must be valid as one subject token and as a consumer name: the server
+/// answers an API call for a bad name with a timeout, not an error, so check here.
+fn check_queue(queue: &str) -> Result<(), TransportError> {
+    let problem = if queue.is_empty() {
+        Some("it is empty")
+    } else if queue.len() > 200 {
+        Some("it is longer than 200 bytes")
+    } else if queue
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+    {
+        Some("NATS queue names cannot contain whitespace, control characters, '.', '*', '>', '/' or '\\'")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(TransportError::InvalidQueue {
+            queue: queue.to_owned(),
+            detail: p.to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl NatsTransport {
+    /// Connects and makes sure both streams exist.
+    pub async fn connect(config: NatsConfig) -> Result<Self, TransportError> {
+        let client = async_nats::connect(&config.url)
+            .await
+            .map_err(|e| TransportError::Disconnected {
+                detail: format!("cannot connect to NATS at {}: {e}", config.url),
+            })?;
+        let js = jetstream::new(client);
+        let stream = Self::work_queue(&js, &config.stream, &format!("{}.>", config.subject_prefix)).await?;
+        let delay_stream = Self::work_queue(
+            &js,
+            &format!("{}_DELAY", config.stream),
+            &format!("{}-delay.>", config.subject_prefix),
+        )
+        .await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                js,
+                config,
+                stream,
+                delay_stream,
+                forwarder: OnceCell::new(),
+                stop: CancellationToken::new(),
+            }),
+        })
+    }
+
+    async fn work_queue(
+        js: &jetstream::Context,
+        name: &str,
+        subjects: &str,
+    ) -> Result<stream::Stream, TransportError> {
+        js.get_or_create_stream(stream::Config {
+            name: name.to_owned(),
+            subjects: vec![subjects.to_owned()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| TransportError::Disconnected {
+            detail: format!("cannot create or open JetStream stream {name:?}: {e}"),
+        })
+    }
+
+    fn subject(&self, queue: &str) -> String {
+        format!("{}.{queue}", self.inner.config.subject_prefix)
+    }
+
+    fn delay_subject(&self, queue: &str) -> String {
+        format!("{}-delay.{queue}", self.inner.config.subject_prefix)
+    }
+
+    /// Creates the queue's durable consumer, or updates its lease.
+    async fn durable(&self, queue: &str, options: ConsumeOptions) -> Result<PullConsumer, TransportError> {
+        check_queue(queue)?;
+        let prefetch = i64::try_from(options.prefetch.max(1)).unwrap_or(i64::MAX);
+        self.inner
+            .stream
+            .create_consumer(pull::Config {
+                durable_name: Some(queue.to_owned()),
+                filter_subject: self.subject(queue),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: options.lease,
+                max_deliver: self.inner.config.max_deliver,
+                // Every worker of the actor pulls from this one consumer.
+                max_ack_pending: prefetch.saturating_mul(64).max(1024),
+                inactive_threshold: self.inner.config.consumer_inactive_threshold.unwrap_or_default(),
+                ..Default::default()
+            })
+            .await
+            .map_err(other)
+    }
+
+    async fn confirmed(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        body: Bytes,
+        queue: &str,
+    ) -> Result<(), TransportError> {
+        let ack = self
+            .inner
+            .js
+            .publish_with_headers(subject, headers, body)
+            .await
+            .map_err(|e| TransportError::NotConfirmed {
+                queue: queue.to_owned(),
+                detail: e.to_string(),
+            })?;
+        ack.await.map(drop).map_err(|e| TransportError::NotConfirmed {
+            queue: queue.to_owned(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Starts the delay forwarder once per transport.
+    async fn ensure_forwarder(&self) -> Result<(), TransportError> {
+        self.inner
+            .forwarder
+            .get_or_try_init(|| async {
+                let consumer = self
+                    .inner
+                    .delay_stream
+                    .create_consumer(pull::Config {
+                        durable_name: Some("troupe-delay-forwarder".to_owned()),
+                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                        ack_wait: Duration::from_secs(30),
+                        max_ack_pending: 10_000,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(other)?;
+                let messages = consumer.messages().await.map_err(other)?;
+                tokio::spawn(forward_when_due(
+                    self.inner.js.clone(),
+                    messages,
+                    self.inner.stop.clone(),
+                ));
+                Ok::<(), TransportError>(())
+            })
+            .await
+            .map(drop)
+    }
+}
+
+/// Holds delayed messages back until due, then moves each to its queue.
+async fn forward_when_due(js: jetstream::Context, mut messages: pull::Stream, stop: CancellationToken) {
+    loop {
+        let next = tokio::select! {
+            () = stop.cancelled() => return,
+            m = messages.next() => m,
+        };
+        let message = match next {
+            Some(Ok(m)) => m,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "delay forwarder: receive failed");
+                continue;
+            }
+            None => return,
+        };
+        let headers = message.headers.clone().unwrap_or_default();
+        let due = headers
+            .get(NOT_BEFORE)
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+            .unwrap_or(0);
+        let Some(target) = headers.get(TARGET).map(|v| v.as_str().to_owned()) else {
+            tracing::error!("delay forwarder: message without a target subject; dropping it");
+            let _ = message.ack().await;
+            continue;
+        };
+        let now = now_millis();
+        if now < due {
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(due - now))))
+                .await;
+            continue;
+        }
+        // The queue gets the user's headers, not the forwarder's bookkeeping.
+        let mut out = HeaderMap::new();
+        for (name, values) in headers.iter() {
+            let name: &str = name.as_ref();
+            if name == NOT_BEFORE || name == TARGET {
+                continue;
+            }
+            for value in values {
+                out.append(name, value.as_str());
+            }
+        }
+        let published = match js
+            .publish_with_headers(target.clone(), out, message.payload.clone())
+            .await
+        {
+            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match published {
+            // Acked only once the queue holds the message: a crash in between duplicates
+            // it (at-least-once), never loses it.
+            Ok(()) => {
+                if let Err(error) = message.double_ack().await {
+                    tracing::warn!(%error, subject = %target, "delay forwarder: ack failed; the message may be forwarded twice");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, subject = %target, "delay forwarder: publish failed; retrying in 1 s");
+                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+        }
+    }
+}
+
+impl Transport for NatsTransport {
+    type Consumer = NatsConsumer;
+
+    async fn publish(&self, queue: &str, body: Bytes, options: PublishOptions) -> Result<(), TransportError> {
+        check_queue(queue)?;
+        match options.delay.filter(|d| !d.is_zero()) {
+            None => {
+                self.confirmed(self.subject(queue), HeaderMap::new(), body, queue)
+                    .await
+            }
+            Some(delay) => {
+                self.ensure_forwarder().await?;
+                let due = now_millis().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+                let mut headers = HeaderMap::new();
+                headers.insert(NOT_BEFORE, due.to_string().as_str());
+                headers.insert(TARGET, self.subject(queue).as_str());
+                self.confirmed(self.delay_subject(queue), headers, body, queue)
+                    .await
+            }
+        }
+    }
+
+    async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<NatsConsumer, TransportError> {
+        let consumer = self.durable(queue, options).await?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(options.prefetch.max(1))
+            .messages()
+            .await
+            .map_err(other)?;
+        Ok(NatsConsumer {
+            messages,
+            queue: queue.to_owned(),
+        })
+    }
+}
+
+impl QueueAdmin for NatsTransport {
+    async fn ensure_queue(&self, queue: &str) -> Result<(), TransportError> {
+        self.durable(queue, ConsumeOptions::default()).await.map(drop)
+    }
+
+    async fn depth(&self, queue: &str) -> Result<QueueDepth, TransportError> {
+        check_queue(queue)?;
+        let mut consumer: PullConsumer =
+            self.inner
+                .stream
+                .get_consumer(queue)
+                .await
+                .map_err(|_| TransportError::NoSuchQueue {
+                    queue: queue.to_owned(),
+                })?;
+        let info = consumer.info().await.map_err(other)?;
+        let mut delayed = 0u64;
+        let mut subjects = self
+            .inner
+            .delay_stream
+            .info_with_subjects(self.delay_subject(queue))
+            .await
+            .map_err(other)?;
+        while let Some(entry) = subjects.next().await {
+            let (_, count) = entry.map_err(other)?;
+            delayed += count as u64;
+        }
+        Ok(QueueDepth {
+            ready: info.num_pending,
+            in_flight: u64::try_from(info.num_ack_pending).unwrap_or(0),
+            delayed,
+        })
+    }
+}
+
+/// Deliveries from one queue's durable consumer.
+pub struct NatsConsumer {
+    messages: pull::Stream,
+    queue: String,
+}
+
+impl Consumer for NatsConsumer {
+    type Delivery = NatsDelivery;
+
+    async fn next(&mut self) -> Option<Result<NatsDelivery, TransportError>> {
+        let message = match self.messages.next().await? {
+            Ok(m) => m,
+            Err(e) => {
+                return Some(Err(TransportError::Disconnected {
+                    detail: format!("receiving from {:?}: {e}", self.queue),
+                }));
+            }
+        };
+        let redeliveries = message.info().map_or(0, |i| {
+            u32::try_from(i.delivered.saturating_sub(1)).unwrap_or(u32::MAX)
+        });
+        Some(Ok(NatsDelivery {
+            body: message.payload.clone(),
+            message,
+            redeliveries,
+        }))
+    }
+}
+
+/// One JetStream message.
+pub struct NatsDelivery {
+    message: jetstream::Message,
+    body: Bytes,
+    redeliveries: u32,
+}
+
+impl Delivery for NatsDelivery {
+    fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    fn redeliveries(&self) -> u32 {
+        self.redeliveries
+    }
+
+    async fn ack(self) -> Result<(), TransportError> {
+        self.message.ack().await.map_err(TransportError::Other)
+    }
+
+    async fn nack(self, delay: Option<Duration>) -> Result<(), TransportError> {
+        self.message
+            .ack_with(AckKind::Nak(delay.filter(|d| !d.is_zero())))
+            .await
+            .map_err(TransportError::Other)
+    }
+
+    async fn in_progress(&self) -> Result<(), TransportError> {
+        self.message
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(TransportError::Other)
+    }
+}
