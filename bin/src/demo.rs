@@ -54,6 +54,21 @@ pub struct DemoArgs {
     /// Give up if nothing reaches x-sink for this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     stall_timeout: Duration,
+    /// The broker the actors talk through.
+    #[arg(long, value_enum, default_value_t = TransportKind::Memory, env = "TROUPE_TRANSPORT")]
+    transport: TransportKind,
+    /// NATS server, with `--transport nats`.
+    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "TROUPE_NATS_URL")]
+    nats_url: String,
+}
+
+/// Brokers the demo can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TransportKind {
+    /// The embedded in-memory broker (no server needed).
+    Memory,
+    /// NATS JetStream (build with the `nats` feature).
+    Nats,
 }
 
 /// Why the demo failed.
@@ -134,8 +149,49 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             args.fail_rate
         )));
     }
-    let transport = MemoryTransport::default();
-    let naming = QueueNaming::default();
+    match args.transport {
+        TransportKind::Memory => run_on(MemoryTransport::default(), QueueNaming::default(), &args).await,
+        TransportKind::Nats => run_on_nats(&args).await,
+    }
+}
+
+#[cfg(feature = "nats")]
+async fn run_on_nats(args: &DemoArgs) -> Result<(), DemoError> {
+    use troupe::transports::{NatsConfig, NatsTransport};
+    let transport = NatsTransport::connect(NatsConfig {
+        url: args.nats_url.clone(),
+        stream: "TROUPE_DEMO".to_owned(),
+        subject_prefix: "troupe-demo".to_owned(),
+        // Each run has its own namespace; the server drops its consumers afterwards.
+        consumer_inactive_threshold: Some(Duration::from_secs(300)),
+        ..NatsConfig::default()
+    })
+    .await?;
+    // A namespace per run, so what an interrupted earlier run left behind is not counted.
+    let namespace = format!("demo{}", std::process::id());
+    let naming = QueueNaming::new("asya", &namespace).map_err(RunnerError::from)?;
+    eprintln!("running over NATS at {} (namespace {namespace})", args.nats_url);
+    run_on(transport, naming, args).await
+}
+
+#[cfg(not(feature = "nats"))]
+async fn run_on_nats(_: &DemoArgs) -> Result<(), DemoError> {
+    Err(DemoError::InvalidArgument(
+        "this troupe was built without NATS support; rebuild with `--features nats`".into(),
+    ))
+}
+
+async fn run_on<T: Transport + QueueAdmin>(
+    transport: T,
+    naming: QueueNaming,
+    args: &DemoArgs,
+) -> Result<(), DemoError> {
+    // Brokers that need it get every queue (and its consumer) before anything is sent.
+    for actor in ACTORS.into_iter().chain([SINK, SUMP]) {
+        transport
+            .ensure_queue(&naming.queue_for(actor).map_err(RunnerError::from)?)
+            .await?;
+    }
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = MeshMetrics::new(&mut registry);
     let store = Arc::new(MemoryStore::default());
@@ -245,7 +301,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             .await?;
     }
 
-    let sink = collect_sink(&transport, &naming, expected, &args).await;
+    let sink = collect_sink(&transport, &naming, expected, args).await;
     let elapsed = started.elapsed();
     shutdown.cancel();
     while let Some(done) = runners.join_next().await {
@@ -263,7 +319,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         .total();
     let snapshots: Vec<(&str, ActorSnapshot)> =
         ACTORS.iter().map(|a| (*a, metrics.actor(a).snapshot())).collect();
-    print_summary(&args, &sink, sumped, elapsed, &snapshots);
+    print_summary(args, &sink, sumped, elapsed, &snapshots);
     Ok(())
 }
 
@@ -290,8 +346,8 @@ struct SinkStats {
     latency_us: Histogram<u64>,
 }
 
-async fn collect_sink(
-    transport: &MemoryTransport,
+async fn collect_sink<T: Transport>(
+    transport: &T,
     naming: &QueueNaming,
     expected: usize,
     args: &DemoArgs,
