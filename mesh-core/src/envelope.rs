@@ -120,6 +120,19 @@ impl Envelope {
         }
     }
 
+    /// The identity of this envelope's hop at `actor`: `id/actor/position/attempt`. The
+    /// idempotency layer keys on it; the runner passes it to brokers for deduplication.
+    /// The attempt is part of it because a retry is a new message to the same actor.
+    pub fn hop_key(&self, actor: &str) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.id,
+            actor,
+            self.route.position(),
+            self.attempt_at(actor)
+        )
+    }
+
     /// The 1-based attempt number of this envelope at `actor`: the recorded attempt when it
     /// comes back to `actor` for a retry, 1 otherwise.
     pub fn attempt_at(&self, actor: &str) -> u32 {

@@ -467,7 +467,12 @@ async fn publish<T: Transport>(shared: &Shared<T>, mut dispatch: Dispatch) -> Re
 /// Resolves the destination queue and encodes. A destination with no possible queue is a
 /// route defect: the envelope goes to `x-sump` with `InvalidRoute` rather than looping.
 fn prepare<T>(shared: &Shared<T>, p: &Publication) -> (String, Bytes, PublishOptions) {
-    let options = PublishOptions { delay: p.delay };
+    // The hop key the destination's idempotency layer will use: a broker that deduplicates
+    // drops exactly the duplicates that layer would otherwise absorb.
+    let options = PublishOptions {
+        delay: p.delay,
+        dedup_id: Some(p.envelope.hop_key(&p.actor)),
+    };
     match shared.config.naming.queue_for(&p.actor) {
         Ok(queue) => (queue, Bytes::from(p.envelope.to_vec()), options),
         Err(error) => {

@@ -74,10 +74,14 @@ pub enum TransportError {
 }
 
 /// Options of one publish.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PublishOptions {
     /// Do not deliver before this much time has passed (delayed retries).
     pub delay: Option<Duration>,
+    /// Identity of this message for broker-side deduplication (JetStream `Nats-Msg-Id`):
+    /// a broker that supports it stores a second publish with the same id, within its
+    /// window, only once. Brokers without it ignore it; the idempotency layer still holds.
+    pub dedup_id: Option<String>,
 }
 
 /// Options of one consumer.

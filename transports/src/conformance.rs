@@ -152,7 +152,10 @@ pub async fn delayed_publish_waits<T: Conformant>(t: T, queue: &str) {
     t.publish(
         queue,
         Bytes::from_static(b"retry me"),
-        PublishOptions { delay: Some(delay) },
+        PublishOptions {
+            delay: Some(delay),
+            ..PublishOptions::default()
+        },
     )
     .await
     .expect("delayed publish");

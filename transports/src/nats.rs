@@ -10,6 +10,8 @@
 //!   `delivered - 1`;
 //! - depth = `num_pending + num_ack_pending` (nak-delayed messages count as ack-pending)
 //!   plus messages waiting in the delay stream;
+//! - `PublishOptions::dedup_id` becomes `Nats-Msg-Id`, so the stream stores a republished
+//!   output once within its duplicate window (2 minutes by default);
 //! - delayed publish (retries): JetStream 2.9 cannot schedule a message, so delayed
 //!   messages go to a second work-queue stream, `{stream}_DELAY`. A forwarder task inside
 //!   the transport holds each one back (nak with the time left) and, once due, publishes it
@@ -317,15 +319,17 @@ impl Transport for NatsTransport {
 
     async fn publish(&self, queue: &str, body: Bytes, options: PublishOptions) -> Result<(), TransportError> {
         check_queue(queue)?;
+        let mut headers = HeaderMap::new();
+        if let Some(id) = &options.dedup_id {
+            // The forwarder copies it onto the forwarded message, so a delayed message is
+            // deduplicated in both streams.
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        }
         match options.delay.filter(|d| !d.is_zero()) {
-            None => {
-                self.confirmed(self.subject(queue), HeaderMap::new(), body, queue)
-                    .await
-            }
+            None => self.confirmed(self.subject(queue), headers, body, queue).await,
             Some(delay) => {
                 self.ensure_forwarder().await?;
                 let due = now_millis().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
-                let mut headers = HeaderMap::new();
                 headers.insert(NOT_BEFORE, due.to_string().as_str());
                 headers.insert(TARGET, self.subject(queue).as_str());
                 self.confirmed(self.delay_subject(queue), headers, body, queue)

@@ -47,17 +47,6 @@ pub enum IdempotencyError {
     Inner(#[source] BoxError),
 }
 
-/// The idempotency key of `env`'s hop at `actor`.
-pub fn hop_key(env: &Envelope, actor: &str) -> String {
-    format!(
-        "{}/{}/{}/{}",
-        env.id,
-        actor,
-        env.route.position(),
-        env.attempt_at(actor)
-    )
-}
-
 /// Effectively-once processing over `store` for actor `actor`. See the module docs.
 pub struct IdempotencyLayer<St> {
     actor: Arc<str>,
@@ -137,7 +126,7 @@ where
     }
 
     fn call(&mut self, env: Envelope) -> Self::Future {
-        let key = hop_key(&env, &self.layer.actor);
+        let key = env.hop_key(&self.layer.actor);
         let store = self.layer.store.clone();
         let ttl = self.layer.claim_ttl;
         // The readied service runs this call; a fresh clone takes its place (tower's
@@ -279,7 +268,7 @@ mod tests {
         s.phase = Some(troupe_core::Phase::Retrying);
         s.actor = Some("a".into());
         s.attempt = Some(2);
-        assert_ne!(hop_key(&env, "a"), hop_key(&retried, "a"));
+        assert_ne!(env.hop_key("a"), retried.hop_key("a"));
         let calls = Arc::new(AtomicUsize::new(0));
         let svc = counting_stack(calls.clone(), store);
         svc.clone().oneshot(env).await.unwrap();
@@ -292,7 +281,7 @@ mod tests {
         let store = Arc::new(MemoryStore::default());
         let env = Envelope::new(Route::through(["a"]), serde_json::Value::Null);
         store
-            .claim(&hop_key(&env, "a"), Duration::from_secs(60))
+            .claim(&env.hop_key("a"), Duration::from_secs(60))
             .await
             .unwrap();
         let svc = counting_stack(Arc::new(AtomicUsize::new(0)), store);
