@@ -17,6 +17,8 @@
 //! redelivers it later.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 mod store;
 
 use std::sync::Arc;
@@ -28,6 +30,8 @@ use tower::{BoxError, Layer, Service};
 use troupe_core::{Dispatch, Envelope, Publication};
 
 pub use memory::{MemoryStore, MemoryStoreConfig};
+#[cfg(feature = "redis")]
+pub use redis::{RedisStore, RedisStoreConfig};
 pub use store::{Claim, IdempotencyStore, StoreError};
 
 /// Why the idempotency layer could not answer.

@@ -1,0 +1,230 @@
+//! An [`IdempotencyStore`] on Redis (feature `redis`), shared by every process of an actor,
+//! so a redelivery to another replica is still recognised.
+//!
+//! One key per hop (`{prefix}{hop key}`), holding:
+//! - `p:{token}` while a worker holds the claim (expires with the claim ttl);
+//! - `c:{json}` once the outputs are recorded (the record ttl);
+//! - `done` once they are published (the record ttl).
+//!
+//! Claiming is one atomic script (look, and set if absent). Recording and releasing compare
+//! the claim token first, so a worker whose claim lapsed and was taken over cannot overwrite
+//! or delete the new owner's claim. Tokens live in this process, the one that claimed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use troupe_core::{DecodeLimits, Envelope, Publication};
+
+use super::store::{Claim, IdempotencyStore, StoreError};
+
+/// Settings of a [`RedisStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisStoreConfig {
+    /// Server, e.g. `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// Prefix of every key (namespace several meshes in one Redis).
+    pub prefix: String,
+    /// How long a finished hop is remembered.
+    pub ttl: Duration,
+}
+
+impl Default for RedisStoreConfig {
+    /// `redis://127.0.0.1:6379`, prefix `troupe:hop:`, one day.
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            prefix: "troupe:hop:".to_owned(),
+            ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Look at the hop; claim it if nobody has. Returns "" when claimed, else the value found.
+const CLAIM: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then return v end
+redis.call('SET', KEYS[1], 'p:' .. ARGV[1], 'PX', ARGV[2])
+return ''
+";
+
+/// Replace the value only if this token still holds the claim. Returns 1 if replaced.
+const REPLACE_OWN: &str = r"
+if redis.call('GET', KEYS[1]) == 'p:' .. ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Delete only if this token still holds the claim.
+const RELEASE_OWN: &str = r"
+if redis.call('GET', KEYS[1]) == 'p:' .. ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// A recorded output: the envelope is kept in its wire form.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    actor: String,
+    delay_ms: Option<u64>,
+    envelope: String,
+}
+
+/// An idempotency store on Redis. Cheap to share behind an `Arc`.
+pub struct RedisStore {
+    connection: ConnectionManager,
+    config: RedisStoreConfig,
+    claim: redis::Script,
+    replace_own: redis::Script,
+    release_own: redis::Script,
+    /// Claim tokens of hops this process holds.
+    tokens: Mutex<HashMap<String, String>>,
+}
+
+fn failed(operation: &'static str) -> impl Fn(redis::RedisError) -> StoreError {
+    move |e| StoreError {
+        operation,
+        detail: e.to_string(),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisStore {
+    /// Connects (and reconnects by itself later, after a connection loss).
+    pub async fn connect(config: RedisStoreConfig) -> Result<Arc<Self>, StoreError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(failed("connect"))?;
+        let connection = ConnectionManager::new(client).await.map_err(failed("connect"))?;
+        Ok(Arc::new(Self {
+            connection,
+            config,
+            claim: redis::Script::new(CLAIM),
+            replace_own: redis::Script::new(REPLACE_OWN),
+            release_own: redis::Script::new(RELEASE_OWN),
+            tokens: Mutex::default(),
+        }))
+    }
+
+    fn key(&self, hop: &str) -> String {
+        format!("{}{hop}", self.config.prefix)
+    }
+
+    fn tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        // Single inserts and removals: a poisoned map is still consistent.
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn decode(stored: &str) -> Result<Vec<Publication>, StoreError> {
+        let corrupt = |detail: String| StoreError {
+            operation: "read record",
+            detail,
+        };
+        let items: Vec<Stored> = serde_json::from_str(stored).map_err(|e| corrupt(e.to_string()))?;
+        items
+            .into_iter()
+            .map(|s| {
+                let envelope = Envelope::from_slice(s.envelope.as_bytes(), &DecodeLimits::default())
+                    .map_err(|e| corrupt(e.to_string()))?;
+                Ok(Publication {
+                    actor: s.actor,
+                    envelope,
+                    delay: s.delay_ms.map(Duration::from_millis),
+                })
+            })
+            .collect()
+    }
+}
+
+impl IdempotencyStore for RedisStore {
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<Claim, StoreError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let found: String = self
+            .claim
+            .key(self.key(key))
+            .arg(&token)
+            .arg(millis(ttl))
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(failed("claim"))?;
+        if found.is_empty() {
+            self.tokens().insert(key.to_owned(), token);
+            return Ok(Claim::Acquired);
+        }
+        if found == "done" {
+            return Ok(Claim::Published);
+        }
+        if let Some(json) = found.strip_prefix("c:") {
+            return Ok(Claim::Completed(Self::decode(json)?.into()));
+        }
+        Ok(Claim::InProgress)
+    }
+
+    async fn complete(&self, key: &str, outputs: &Arc<[Publication]>) -> Result<(), StoreError> {
+        let token = self.tokens().remove(key).ok_or_else(|| StoreError {
+            operation: "record",
+            detail: format!("this process holds no claim on hop {key}"),
+        })?;
+        let stored: Vec<Stored> = outputs
+            .iter()
+            .map(|p| Stored {
+                actor: p.actor.clone(),
+                delay_ms: p.delay.map(millis),
+                envelope: String::from_utf8_lossy(&p.envelope.to_vec()).into_owned(),
+            })
+            .collect();
+        let json = serde_json::to_string(&stored).map_err(|e| StoreError {
+            operation: "record",
+            detail: e.to_string(),
+        })?;
+        let replaced: i64 = self
+            .replace_own
+            .key(self.key(key))
+            .arg(&token)
+            .arg(format!("c:{json}"))
+            .arg(millis(self.config.ttl))
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(failed("record"))?;
+        if replaced == 1 {
+            Ok(())
+        } else {
+            Err(StoreError {
+                operation: "record",
+                detail: format!(
+                    "the claim on hop {key} lapsed and was taken over; its outputs are not recorded"
+                ),
+            })
+        }
+    }
+
+    async fn mark_published(&self, key: &str) -> Result<(), StoreError> {
+        redis::cmd("SET")
+            .arg(self.key(key))
+            .arg("done")
+            .arg("PX")
+            .arg(millis(self.config.ttl))
+            .query_async::<()>(&mut self.connection.clone())
+            .await
+            .map_err(failed("mark published"))
+    }
+
+    async fn release(&self, key: &str) -> Result<(), StoreError> {
+        let Some(token) = self.tokens().remove(key) else {
+            return Ok(());
+        };
+        self.release_own
+            .key(self.key(key))
+            .arg(&token)
+            .invoke_async::<i64>(&mut self.connection.clone())
+            .await
+            .map(drop)
+            .map_err(failed("release"))
+    }
+}
