@@ -27,6 +27,8 @@ pub mod trace;
 
 pub use deadline::DeadlineLayer;
 pub use idempotency::{IdempotencyError, IdempotencyLayer, IdempotencyStore, MemoryStore};
+#[cfg(feature = "redis")]
+pub use idempotency::{RedisStore, RedisStoreConfig};
 pub use metrics::{ActorMetrics, ActorSnapshot, MeshMetrics};
 pub use retry::{Backoff, RetryLayer, RetryPolicies, RetryPolicy, RetryRule};
 pub use route::RouteLayer;
