@@ -1,45 +1,65 @@
-//! `troupe-bench`: throughput of relays and pipelines, printed as a table.
+//! `troupe-bench`: relays and pipelines on a broker, printed as a table.
 //!
 //! ```sh
-//! cargo run --release -p troupe-bench -- --runs 7 --envelopes 20000
+//! cargo run --release -p troupe-bench                                   # memory broker
+//! cargo run --release -p troupe-bench --features nats -- --broker nats  # NATS JetStream
+//! cargo run --release -p troupe-bench --features nats -- --broker nats --rate 1000
 //! ```
 //!
-//! Each scenario pushes `--envelopes` envelopes through a fresh broker `--runs` times on a
-//! 2-worker tokio runtime and reports the median and the spread. Scenarios:
-//! - raw relay, inline: 3 relay hops (consume -> publish -> ack), no mesh logic at all;
-//! - raw relay, task per message: the same, with a spawned task per message (what a
-//!   runner that spawns per envelope pays);
-//! - mesh hop: one actor, full layer stack, no-op handler;
+//! Each scenario pushes `--envelopes` envelopes through fresh queues `--runs` times on a
+//! 2-worker tokio runtime. For each it reports the median throughput (with the spread), the
+//! CPU seconds this process spent per 10,000 envelopes, and the end-to-end latency (publish
+//! to arrival at the last queue) at the 50th and 99th percentiles over all runs. With
+//! `--rate`, the producer offers that many envelopes per second instead of all at once.
+//!
+//! Scenarios, all with up to `--concurrency` messages in flight per stage:
+//! - raw relay: one hop of consume -> publish -> ack with the same client, no mesh logic;
+//! - raw relay, task per message: the same, spawning a task per message;
+//! - mesh hop: one actor with the full layer stack and a no-op handler (compare with the
+//!   raw relay: same hops, same prefetch and in-flight bound);
 //! - 3-actor pipeline: `a -> b -> c -> x-sink`, full layer stacks, no-op handlers.
 
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
 use troupe::layers::{MemoryStore, MeshMetrics};
 use troupe::{
-    CancellationToken, ConsumeOptions, Consumer, Delivery, MemoryTransport, PublishOptions, QueueNaming,
-    Runner, RunnerConfig, SINK, Transport, TransportError,
+    CancellationToken, ConsumeOptions, Consumer, DecodeLimits, Delivery, Envelope, MemoryTransport,
+    PublishOptions, QueueAdmin, QueueNaming, Runner, RunnerConfig, SINK, Transport, TransportError,
 };
 use troupe_bench::{envelope_through, noop_stack};
 
 #[global_allocator]
 static ALLOC: troupe_bench::Allocator = mimalloc::MiMalloc;
 
-/// Throughput harness (memory broker; real brokers come with their transports).
+/// Longest a single repetition may take before the harness reports a stall.
+const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+/// Throughput, CPU and latency of relays and mesh pipelines on a broker.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// The broker to measure.
+    #[arg(long, value_enum, default_value_t = Broker::Memory)]
+    broker: Broker,
+    /// NATS server, with `--broker nats`.
+    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "TROUPE_NATS_URL")]
+    nats_url: String,
     /// Repetitions of each scenario; the median is reported.
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Envelopes per repetition.
     #[arg(long, default_value_t = 20_000)]
     envelopes: usize,
-    /// Envelopes in flight per actor.
+    /// Messages in flight per stage.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Approximate payload size in bytes.
@@ -48,114 +68,231 @@ struct Args {
     /// Worker tasks per actor (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Offer this many envelopes per second instead of all at once (for latency).
+    #[arg(long)]
+    rate: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Broker {
+    /// The embedded in-memory broker.
+    Memory,
+    /// NATS JetStream (build with `--features nats`).
+    Nats,
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Scenario {
-    RelayInline,
+    Relay,
     RelaySpawned,
     MeshHop,
     Pipeline,
 }
 
-/// Longest a single repetition may take before the harness reports a stall.
-const RUN_LIMIT: Duration = Duration::from_secs(120);
-
 impl Scenario {
+    const ALL: [Scenario; 4] = [
+        Scenario::Relay,
+        Scenario::RelaySpawned,
+        Scenario::MeshHop,
+        Scenario::Pipeline,
+    ];
+
     /// The route the scenario's envelopes carry.
     fn route(self) -> &'static [&'static str] {
         match self {
-            Scenario::MeshHop => &["a"],
-            _ => &["a", "b", "c"],
+            Scenario::Pipeline => &["a", "b", "c"],
+            _ => &["a"],
         }
     }
 
     fn label(self) -> &'static str {
         match self {
-            Scenario::RelayInline => "raw relay x3, inline",
-            Scenario::RelaySpawned => "raw relay x3, task per message",
+            Scenario::Relay => "raw relay (1 hop)",
+            Scenario::RelaySpawned => "raw relay, task per message",
             Scenario::MeshHop => "mesh hop, full stack",
             Scenario::Pipeline => "3-actor pipeline, full stack",
         }
     }
 }
 
+/// What one repetition measured.
+struct Measured {
+    elapsed: Duration,
+    cpu: Duration,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    if args.runs == 0 || args.envelopes == 0 || args.concurrency == 0 {
-        return Err("--runs, --envelopes and --concurrency must be at least 1".into());
+    if args.runs == 0 || args.envelopes == 0 || args.concurrency == 0 || args.rate == Some(0) {
+        return Err("--runs, --envelopes, --concurrency and --rate must be at least 1".into());
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     println!(
-        "memory broker, {} envelopes of ~{} B payload, {} in flight per actor over {} workers, median of {} runs\n",
+        "{:?} broker, {} envelopes of ~{} B payload, {} in flight per stage, {}, median of {} runs\n",
+        args.broker,
         args.envelopes,
         args.payload_bytes,
         args.concurrency,
-        args.workers
-            .map_or_else(|| "per-core".to_owned(), |w| w.to_string()),
+        args.rate.map_or_else(
+            || "offered all at once".to_owned(),
+            |r| format!("offered at {r}/s")
+        ),
         args.runs
     );
-    println!("{:<34} {:>12} {:>22}", "scenario", "envelopes/s", "min .. max");
-    for scenario in [
-        Scenario::RelayInline,
-        Scenario::RelaySpawned,
-        Scenario::MeshHop,
-        Scenario::Pipeline,
-    ] {
+    println!(
+        "{:<32} {:>11} {:>21} {:>12} {:>9} {:>9}",
+        "scenario", "envelopes/s", "min .. max", "CPU s / 10k", "p50 ms", "p99 ms"
+    );
+    for scenario in Scenario::ALL {
         let mut rates = Vec::with_capacity(args.runs);
-        for _ in 0..args.runs {
-            // Fresh ids every run, so every hop is new work for the idempotency layer.
-            let bodies: Vec<Bytes> = (0..args.envelopes)
-                .map(|_| Bytes::from(envelope_through(scenario.route(), args.payload_bytes).to_vec()))
-                .collect();
-            let elapsed = rt
+        let mut cpu = Vec::with_capacity(args.runs);
+        let latency = Arc::new(std::sync::Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
+                .map_err(|e| format!("histogram bounds: {e}"))?,
+        ));
+        for run_no in 0..args.runs {
+            let measured = rt
                 // The timer is created inside the runtime, which `timeout` needs.
-                .block_on(async { tokio::time::timeout(RUN_LIMIT, run(scenario, &bodies, &args)).await })
+                .block_on(async {
+                    tokio::time::timeout(RUN_LIMIT, run_on_broker(&args, scenario, run_no, latency.clone()))
+                        .await
+                })
                 .map_err(|_| format!("{} stalled: not done within {RUN_LIMIT:?}", scenario.label()))??;
-            rates.push(bodies.len() as f64 / elapsed.as_secs_f64());
+            rates.push(args.envelopes as f64 / measured.elapsed.as_secs_f64());
+            cpu.push(measured.cpu.as_secs_f64() * 10_000.0 / args.envelopes as f64);
         }
         rates.sort_by(f64::total_cmp);
+        cpu.sort_by(f64::total_cmp);
+        let latency = latency.lock().map_err(|_| "latency histogram poisoned")?;
         println!(
-            "{:<34} {:>12.0} {:>10.0} .. {:<10.0}",
+            "{:<32} {:>11.0} {:>9.0} .. {:<9.0} {:>12.3} {:>9.2} {:>9.2}",
             scenario.label(),
             rates[rates.len() / 2],
             rates[0],
-            rates[rates.len() - 1]
+            rates[rates.len() - 1],
+            cpu[cpu.len() / 2],
+            latency.value_at_quantile(0.5) as f64 / 1000.0,
+            latency.value_at_quantile(0.99) as f64 / 1000.0,
         );
     }
     Ok(())
 }
 
-/// One repetition: the time from the first publish until every envelope reached the end.
-async fn run(scenario: Scenario, bodies: &[Bytes], args: &Args) -> Result<Duration, TransportError> {
-    let transport = MemoryTransport::default();
-    let naming = QueueNaming::default();
+async fn run_on_broker(
+    args: &Args,
+    scenario: Scenario,
+    run_no: usize,
+    latency: Arc<std::sync::Mutex<Histogram<u64>>>,
+) -> Result<Measured, Box<dyn std::error::Error>> {
+    // Fresh queue names every run: nothing left over from an earlier one is counted.
+    let namespace = format!("bench{}x{run_no}", std::process::id());
+    let naming = QueueNaming::new("asya", &namespace)?;
+    match args.broker {
+        Broker::Memory => Ok(run(MemoryTransport::default(), naming, args, scenario, latency).await?),
+        Broker::Nats => run_on_nats(args, naming, scenario, latency).await,
+    }
+}
+
+#[cfg(feature = "nats")]
+async fn run_on_nats(
+    args: &Args,
+    naming: QueueNaming,
+    scenario: Scenario,
+    latency: Arc<std::sync::Mutex<Histogram<u64>>>,
+) -> Result<Measured, Box<dyn std::error::Error>> {
+    use troupe::transports::{NatsConfig, NatsTransport};
+    let transport = NatsTransport::connect(NatsConfig {
+        url: args.nats_url.clone(),
+        stream: "TROUPE_BENCH".to_owned(),
+        subject_prefix: "troupe-bench".to_owned(),
+        consumer_inactive_threshold: Some(Duration::from_secs(300)),
+        ..NatsConfig::default()
+    })
+    .await?;
+    Ok(run(transport, naming, args, scenario, latency).await?)
+}
+
+#[cfg(not(feature = "nats"))]
+async fn run_on_nats(
+    _: &Args,
+    _: QueueNaming,
+    _: Scenario,
+    _: Arc<std::sync::Mutex<Histogram<u64>>>,
+) -> Result<Measured, Box<dyn std::error::Error>> {
+    Err("this troupe-bench was built without NATS; add `--features nats`".into())
+}
+
+/// CPU time this process has used so far (user + system), from `/proc/self/stat`.
+fn cpu_time() -> Duration {
+    // Fields 14 and 15 (utime, stime), in clock ticks of USER_HZ = 100 on Linux.
+    let ticks = std::fs::read_to_string("/proc/self/stat").ok().and_then(|stat| {
+        let after_name = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(utime + stime)
+    });
+    Duration::from_millis(ticks.unwrap_or(0) * 10)
+}
+
+/// One repetition: from the first publish until every envelope reached the last queue.
+async fn run<T: Transport + QueueAdmin>(
+    transport: T,
+    naming: QueueNaming,
+    args: &Args,
+    scenario: Scenario,
+    latency: Arc<std::sync::Mutex<Histogram<u64>>>,
+) -> Result<Measured, TransportError> {
+    let name = |a: &str| {
+        naming
+            .queue_for(a)
+            .map_err(|e| TransportError::Other(Box::new(e)))
+    };
+    let count = args.envelopes;
+    // Envelope `n` carries its index, so the end can look up when it was sent.
+    let bodies: Vec<Bytes> = (0..count)
+        .map(|n| {
+            let mut env = envelope_through(scenario.route(), args.payload_bytes);
+            env.payload["n"] = n.into();
+            Bytes::from(env.to_vec())
+        })
+        .collect();
     let token = CancellationToken::new();
     let mut tasks = Vec::new();
     let (first, last) = match scenario {
-        Scenario::RelayInline | Scenario::RelaySpawned => {
-            let spawned = matches!(scenario, Scenario::RelaySpawned);
-            for (from, to) in [("r1", "r2"), ("r2", "r3"), ("r3", "end")] {
+        Scenario::Relay | Scenario::RelaySpawned => {
+            // One hop, like the mesh hop: producer -> relay -> last queue.
+            let stages = [name("relay")?, name("end")?];
+            for q in &stages {
+                transport.ensure_queue(q).await?;
+            }
+            for pair in stages.windows(2) {
+                let (from, to) = (pair[0].clone(), pair[1].clone());
+                let spawned = matches!(scenario, Scenario::RelaySpawned);
                 tasks.push(tokio::spawn(relay(
                     transport.clone(),
                     from,
                     to,
+                    args.concurrency,
                     spawned,
                     token.clone(),
                 )));
             }
-            ("r1".to_owned(), "end".to_owned())
+            (stages[0].clone(), stages[1].clone())
         }
         Scenario::MeshHop | Scenario::Pipeline => {
-            let actors = scenario.route();
             let mut registry = prometheus_client::registry::Registry::default();
             let metrics = MeshMetrics::new(&mut registry);
             let store = Arc::new(MemoryStore::default());
-            for actor in actors {
+            for actor in scenario.route().iter().copied().chain([SINK]) {
+                transport.ensure_queue(&name(actor)?).await?;
+            }
+            for actor in scenario.route() {
                 let mut cfg = RunnerConfig::new(*actor);
+                cfg.naming = naming.clone();
                 cfg.concurrency = args.concurrency;
                 if let Some(workers) = args.workers {
                     cfg.workers = workers;
@@ -168,34 +305,62 @@ async fn run(scenario: Scenario, bodies: &[Bytes], args: &Args) -> Result<Durati
                     }
                 }));
             }
-            let queue = |a: &str| {
-                naming
-                    .queue_for(a)
-                    .map_err(|e| TransportError::Other(Box::new(e)))
-            };
-            (queue("a")?, queue(SINK)?)
+            (name(scenario.route()[0])?, name(SINK)?)
         }
     };
+
     let mut end = transport.consume(&last, ConsumeOptions::default()).await?;
-    let started = Instant::now();
+    let epoch = Instant::now();
+    let sent_at: Arc<[AtomicU64]> = (0..count).map(|_| AtomicU64::new(0)).collect();
+    let cpu_before = cpu_time();
     let producer = {
-        let transport = transport.clone();
-        let bodies = bodies.to_vec();
+        let (transport, sent_at, rate) = (transport.clone(), sent_at.clone(), args.rate);
         tokio::spawn(async move {
-            for body in bodies {
-                transport.publish(&first, body, PublishOptions::default()).await?;
+            let mut tick = rate.map(|r| tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(r))));
+            let mut pending = FuturesUnordered::new();
+            for (n, body) in bodies.into_iter().enumerate() {
+                if let Some(tick) = &mut tick {
+                    tick.tick().await;
+                }
+                // Publishes are pipelined (up to 256 unconfirmed), as a real producer would.
+                while pending.len() >= 256 {
+                    if let Some(Err(e)) = pending.next().await {
+                        return Err(e);
+                    }
+                }
+                let (transport, first, sent_at) = (transport.clone(), first.clone(), sent_at.clone());
+                pending.push(async move {
+                    sent_at[n].store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    transport.publish(&first, body, PublishOptions::default()).await
+                });
+            }
+            while let Some(done) = pending.next().await {
+                done?;
             }
             Ok::<(), TransportError>(())
         })
     };
-    for _ in 0..bodies.len() {
-        match end.next().await {
-            Some(Ok(d)) => d.ack().await?,
+    let limits = DecodeLimits::default();
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let d = match end.next().await {
+            Some(Ok(d)) => d,
             Some(Err(e)) => return Err(e),
             None => return Err(TransportError::Closed),
+        };
+        let arrived = epoch.elapsed().as_nanos() as u64;
+        if let Some(n) = Envelope::from_slice(d.body(), &limits)
+            .ok()
+            .and_then(|e| e.payload["n"].as_u64())
+            .and_then(|n| usize::try_from(n).ok())
+        {
+            let sent = sent_at.get(n).map_or(arrived, |s| s.load(Ordering::Relaxed));
+            samples.push(arrived.saturating_sub(sent) / 1000);
         }
+        d.ack().await?;
     }
-    let elapsed = started.elapsed();
+    let elapsed = epoch.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu_before);
     token.cancel();
     if let Ok(Err(e)) = producer.await {
         return Err(e);
@@ -203,42 +368,51 @@ async fn run(scenario: Scenario, bodies: &[Bytes], args: &Args) -> Result<Durati
     for t in tasks {
         let _ = t.await;
     }
-    Ok(elapsed)
+    if let Ok(mut h) = latency.lock() {
+        for us in samples {
+            h.saturating_record(us.max(1));
+        }
+    }
+    Ok(Measured { elapsed, cpu })
 }
 
-/// Consume `from`, publish each body to `to`, ack: a relay with no mesh logic.
-async fn relay(
-    transport: MemoryTransport,
-    from: &'static str,
-    to: &'static str,
+/// Consume `from`, publish each body to `to`, ack: a relay with no mesh logic, keeping up to
+/// `limit` messages in flight (inline, or a task per message).
+async fn relay<T: Transport>(
+    transport: T,
+    from: String,
+    to: String,
+    limit: usize,
     spawned: bool,
     stop: CancellationToken,
 ) {
-    let Ok(mut consumer) = transport.consume(from, ConsumeOptions::default()).await else {
+    let options = ConsumeOptions {
+        prefetch: limit.min(256),
+        ..ConsumeOptions::default()
+    };
+    let Ok(mut consumer) = transport.consume(&from, options).await else {
         return;
     };
+    let mut in_flight = FuturesUnordered::new();
     loop {
-        let delivery = tokio::select! {
+        tokio::select! {
+            biased;
             () = stop.cancelled() => return,
-            d = consumer.next() => match d {
-                Some(Ok(d)) => d,
-                _ => return,
-            },
-        };
-        let transport = transport.clone();
-        let hop = async move {
-            if transport
-                .publish(to, delivery.body().clone(), PublishOptions::default())
-                .await
-                .is_ok()
-            {
-                let _ = delivery.ack().await;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            d = consumer.next(), if in_flight.len() < limit => {
+                let Some(Ok(delivery)) = d else { return };
+                let (transport, to) = (transport.clone(), to.clone());
+                let hop = async move {
+                    if transport.publish(&to, delivery.body().clone(), PublishOptions::default()).await.is_ok() {
+                        let _ = delivery.ack().await;
+                    }
+                };
+                if spawned {
+                    tokio::spawn(hop);
+                } else {
+                    in_flight.push(hop);
+                }
             }
-        };
-        if spawned {
-            tokio::spawn(hop);
-        } else {
-            hop.await;
         }
     }
 }
