@@ -123,8 +123,9 @@ async fn killing_the_middle_actor_twice_loses_and_duplicates_nothing() {
             middle = start_middle(&namespace);
         }
     }
-    // Anything redelivered late would show up now.
-    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(5), sink.next()).await {
+    // Anything redelivered late would show up now: held-back duplicates wait at most the
+    // claim ttl (4 s) plus a few redelivery delays.
+    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(12), sink.next()).await {
         let env = Envelope::from_slice(d.body(), &Default::default()).unwrap();
         d.ack().await.unwrap();
         *seen.entry(env.id).or_default() += 1;

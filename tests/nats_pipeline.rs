@@ -34,16 +34,27 @@ async fn pipeline_over_nats_delivers_every_envelope_once() {
     let metrics = MeshMetrics::new(&mut registry);
     let store = Arc::new(MemoryStore::default());
     let token = CancellationToken::new();
-    let flaky_seen = Arc::new(std::sync::Mutex::new(HashSet::new()));
+    // id -> when its first attempt at `b` failed; and how many retries came back no earlier
+    // than the retry delay (i.e. really went through the delay stream).
+    let failed_at = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let delayed_retries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
 
     let mut runners = Vec::new();
     for actor in ["a", "b", "c"] {
-        let seen = flaky_seen.clone();
+        let (failed_at, delayed_retries) = (failed_at.clone(), delayed_retries.clone());
         // `b` fails the first attempt of every fifth envelope: a delayed retry over NATS.
         let handler = handler_fn(move |e: Envelope| {
-            let fail = actor == "b"
-                && e.payload.as_u64().is_some_and(|n| n % 5 == 0)
-                && seen.lock().unwrap().insert(e.id.clone());
+            let mut failed = failed_at.lock().unwrap();
+            let fail =
+                actor == "b" && e.payload.as_u64().is_some_and(|n| n % 5 == 0) && !failed.contains_key(&e.id);
+            if fail {
+                failed.insert(e.id.clone(), std::time::Instant::now());
+            } else if let Some(at) = failed.get(&e.id).filter(|_| actor == "b") {
+                if at.elapsed() >= Duration::from_millis(300) {
+                    delayed_retries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            drop(failed);
             async move {
                 if fail {
                     return Err(HandlerError::new("ConnectionError", "transient"));
@@ -99,10 +110,11 @@ async fn pipeline_over_nats_delivers_every_envelope_once() {
         assert!(arrived.insert(env.id), "each envelope reaches x-sink once");
     }
     assert_eq!(arrived, sent);
+    assert_eq!(failed_at.lock().unwrap().len(), count / 5);
     assert_eq!(
-        flaky_seen.lock().unwrap().len(),
+        delayed_retries.load(std::sync::atomic::Ordering::SeqCst),
         count / 5,
-        "the retried ones came back through the delay stream"
+        "every retry came back through the delay stream, no earlier than its delay"
     );
     token.cancel();
     for r in runners {

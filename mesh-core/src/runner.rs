@@ -180,15 +180,22 @@ where
         let concurrency = self.config.concurrency.max(1);
         let workers = self.config.workers.clamp(1, concurrency);
         let mut consumers = Vec::with_capacity(workers);
-        for _ in 0..workers {
-            let consumer = self
-                .transport
-                .consume(&queue, self.config.consume)
-                .await
-                .map_err(|source| RunnerError::Consume {
-                    queue: queue.clone(),
-                    source,
-                })?;
+        for i in 0..workers {
+            // A worker's consumer prefetches no more than the worker can work on: a message
+            // waiting in a client buffer gets no lease extension, and would expire there.
+            let slots = concurrency / workers + usize::from(i < concurrency % workers);
+            let options = ConsumeOptions {
+                prefetch: self.config.consume.prefetch.min(slots).max(1),
+                ..self.config.consume
+            };
+            let consumer =
+                self.transport
+                    .consume(&queue, options)
+                    .await
+                    .map_err(|source| RunnerError::Consume {
+                        queue: queue.clone(),
+                        source,
+                    })?;
             consumers.push(consumer);
         }
         let grace = self.config.shutdown_grace;

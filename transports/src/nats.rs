@@ -26,7 +26,6 @@ use async_nats::jetstream::consumer::{PullConsumer, pull};
 use async_nats::jetstream::{self, AckKind, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use troupe_core::{
     ConsumeOptions, Consumer, Delivery, PublishOptions, QueueAdmin, QueueDepth, Transport, TransportError,
@@ -46,7 +45,8 @@ pub struct NatsConfig {
     pub stream: String,
     /// Subject prefix of queues: queue `q` is subject `{subject_prefix}.q`.
     pub subject_prefix: String,
-    /// Bound on deliveries of one message (the runner's poison limit usually acts first).
+    /// Bound on deliveries of one message; -1 (the default) leaves it to the runner's poison
+    /// limit, which sends such messages to `x-sump` instead of leaving them stuck unseen.
     pub max_deliver: i64,
     /// Let the server delete a queue's consumer after this long without any client (for
     /// short-lived queues such as tests); `None` keeps consumers until deleted.
@@ -60,7 +60,7 @@ impl Default for NatsConfig {
             url: "nats://127.0.0.1:4222".to_owned(),
             stream: "TROUPE".to_owned(),
             subject_prefix: "troupe".to_owned(),
-            max_deliver: 100,
+            max_deliver: -1,
             consumer_inactive_threshold: None,
         }
     }
@@ -77,8 +77,7 @@ struct Inner {
     config: NatsConfig,
     stream: stream::Stream,
     delay_stream: stream::Stream,
-    /// Started on the first delayed publish; stopped when the last clone is dropped.
-    forwarder: OnceCell<()>,
+    /// Stops the delay forwarder when the last clone is dropped.
     stop: CancellationToken,
 }
 
@@ -138,14 +137,21 @@ impl NatsTransport {
             &format!("{}-delay.>", config.subject_prefix),
         )
         .await?;
+        // Every process forwards due messages (they share one durable), so nothing left in
+        // the delay stream by a process that went away waits for a new delayed publish.
+        let stop = CancellationToken::new();
+        tokio::spawn(supervise_forwarder(
+            js.clone(),
+            delay_stream.clone(),
+            stop.clone(),
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 js,
                 config,
                 stream,
                 delay_stream,
-                forwarder: OnceCell::new(),
-                stop: CancellationToken::new(),
+                stop,
             }),
         })
     }
@@ -196,6 +202,18 @@ impl NatsTransport {
             .map_err(other)
     }
 
+    /// The queue's durable consumer (created or updated) as a stream of messages, pulled in
+    /// batches of `prefetch`.
+    async fn pull(&self, queue: &str, options: ConsumeOptions) -> Result<pull::Stream, TransportError> {
+        let consumer = self.durable(queue, options).await?;
+        consumer
+            .stream()
+            .max_messages_per_batch(options.prefetch.max(1))
+            .messages()
+            .await
+            .map_err(other)
+    }
+
     async fn confirmed(
         &self,
         subject: String,
@@ -217,39 +235,52 @@ impl NatsTransport {
             detail: e.to_string(),
         })
     }
+}
 
-    /// Starts the delay forwarder once per transport.
-    async fn ensure_forwarder(&self) -> Result<(), TransportError> {
-        self.inner
-            .forwarder
-            .get_or_try_init(|| async {
-                let consumer = self
-                    .inner
-                    .delay_stream
-                    .create_consumer(pull::Config {
-                        durable_name: Some("troupe-delay-forwarder".to_owned()),
-                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                        ack_wait: Duration::from_secs(30),
-                        max_ack_pending: 10_000,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(other)?;
-                let messages = consumer.messages().await.map_err(other)?;
-                tokio::spawn(forward_when_due(
-                    self.inner.js.clone(),
-                    messages,
-                    self.inner.stop.clone(),
-                ));
-                Ok::<(), TransportError>(())
-            })
-            .await
-            .map(drop)
+/// Keeps a delay forwarder running until `stop`: if its consumer or stream goes away, it is
+/// created again (with backoff), so delayed messages are never stranded.
+async fn supervise_forwarder(js: jetstream::Context, delay_stream: stream::Stream, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let start = async {
+            let consumer: PullConsumer = delay_stream
+                .create_consumer(pull::Config {
+                    durable_name: Some("troupe-delay-forwarder".to_owned()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    // Long delays held back here must not block short ones behind them.
+                    max_ack_pending: -1,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            consumer.messages().await.map_err(|e| e.to_string())
+        };
+        let started = tokio::select! {
+            () = stop.cancelled() => return,
+            r = start => r,
+        };
+        match started {
+            Ok(messages) => {
+                backoff = Duration::from_millis(100);
+                forward_when_due(&js, messages, &stop).await;
+                if stop.is_cancelled() {
+                    return;
+                }
+                tracing::warn!("delay forwarder: its stream ended; starting it again");
+            }
+            Err(error) => tracing::warn!(%error, ?backoff, "delay forwarder: cannot start; retrying"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
 /// Holds delayed messages back until due, then moves each to its queue.
-async fn forward_when_due(js: jetstream::Context, mut messages: pull::Stream, stop: CancellationToken) {
+async fn forward_when_due(js: &jetstream::Context, mut messages: pull::Stream, stop: &CancellationToken) {
     loop {
         let next = tokio::select! {
             () = stop.cancelled() => return,
@@ -328,7 +359,6 @@ impl Transport for NatsTransport {
         match options.delay.filter(|d| !d.is_zero()) {
             None => self.confirmed(self.subject(queue), headers, body, queue).await,
             Some(delay) => {
-                self.ensure_forwarder().await?;
                 let due = now_millis().saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
                 headers.insert(NOT_BEFORE, due.to_string().as_str());
                 headers.insert(TARGET, self.subject(queue).as_str());
@@ -339,22 +369,29 @@ impl Transport for NatsTransport {
     }
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<NatsConsumer, TransportError> {
-        let consumer = self.durable(queue, options).await?;
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(options.prefetch.max(1))
-            .messages()
-            .await
-            .map_err(other)?;
+        let messages = self.pull(queue, options).await?;
         Ok(NatsConsumer {
-            messages,
+            transport: self.clone(),
             queue: queue.to_owned(),
+            options,
+            messages: Some(messages),
         })
     }
 }
 
 impl QueueAdmin for NatsTransport {
     async fn ensure_queue(&self, queue: &str) -> Result<(), TransportError> {
+        check_queue(queue)?;
+        // Create only: an existing consumer keeps the lease its workers set.
+        if self
+            .inner
+            .stream
+            .get_consumer::<pull::Config>(queue)
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
         self.durable(queue, ConsumeOptions::default()).await.map(drop)
     }
 
@@ -390,19 +427,38 @@ impl QueueAdmin for NatsTransport {
 
 /// Deliveries from one queue's durable consumer.
 pub struct NatsConsumer {
-    messages: pull::Stream,
+    transport: NatsTransport,
     queue: String,
+    options: ConsumeOptions,
+    /// `None` after the pull stream ended (e.g. the consumer was deleted): the next call
+    /// creates it again.
+    messages: Option<pull::Stream>,
 }
 
 impl Consumer for NatsConsumer {
     type Delivery = NatsDelivery;
 
     async fn next(&mut self) -> Option<Result<NatsDelivery, TransportError>> {
-        let message = match self.messages.next().await? {
-            Ok(m) => m,
-            Err(e) => {
+        let messages = match &mut self.messages {
+            Some(m) => m,
+            None => match self.transport.pull(&self.queue, self.options).await {
+                Ok(m) => self.messages.insert(m),
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        let message = match messages.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
                 return Some(Err(TransportError::Disconnected {
                     detail: format!("receiving from {:?}: {e}", self.queue),
+                }));
+            }
+            None => {
+                // Not the end of the transport: the consumer went away (deleted by an
+                // operator or for inactivity). Report it; the next call re-creates it.
+                self.messages = None;
+                return Some(Err(TransportError::Disconnected {
+                    detail: format!("the consumer of {:?} went away; re-creating it", self.queue),
                 }));
             }
         };

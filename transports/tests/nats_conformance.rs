@@ -26,7 +26,12 @@ troupe_transports::conformance_suite!(nats, transport());
 async fn same_dedup_id_is_stored_once() {
     use troupe_core::{PublishOptions, QueueAdmin, Transport};
     let t = transport().await;
-    let queue = format!("conf-nats-dedup-{}", std::process::id());
+    // Unique per run: the server keeps its store across runs, and these are never consumed.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let queue = format!("conf-nats-dedup-{}-{nanos}", std::process::id());
     t.ensure_queue(&queue).await.unwrap();
     let options = PublishOptions {
         dedup_id: Some(format!("{queue}/once")),

@@ -144,6 +144,12 @@ impl RedisStore {
 
 impl IdempotencyStore for RedisStore {
     async fn claim(&self, key: &str, ttl: Duration) -> Result<Claim, StoreError> {
+        // A duplicate inside this process while it still works on the hop waits, even if the
+        // Redis claim lapsed: taking a second token here would let the first worker record
+        // or release under the second one's claim.
+        if self.tokens().contains_key(key) {
+            return Ok(Claim::InProgress);
+        }
         let token = uuid::Uuid::new_v4().simple().to_string();
         let found: String = self
             .claim
