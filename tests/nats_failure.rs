@@ -5,17 +5,18 @@
 #![cfg(feature = "failure-tests")]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::json;
 use troupe::layers::{MeshMetrics, RedisStore, RedisStoreConfig, RetryPolicies, StackConfig, actor_stack};
 use troupe::transports::{NatsConfig, NatsTransport};
 use troupe::{
-    CancellationToken, ConsumeOptions, Consumer, Delivery, Envelope, HandlerError, Outcome, PublishOptions,
-    QueueNaming, Route, Runner, RunnerConfig, SINK, Transport, handler_fn,
+    CancellationToken, Consumer, Delivery, Envelope, HandlerError, Outcome, QueueNaming, Runner,
+    RunnerConfig, handler_fn,
 };
 
 const ENVELOPES: usize = 10_000;
@@ -85,21 +86,14 @@ async fn killing_the_middle_actor_twice_loses_and_duplicates_nothing() {
     }
     let mut middle = start_middle(&namespace);
 
-    let mut sent = HashSet::new();
-    let first = naming.queue_for("a").unwrap();
-    for i in 0..ENVELOPES {
-        let env = Envelope::new(Route::through(["a", "b", "c"]), json!({ "n": i }));
-        sent.insert(env.id.clone());
-        transport
-            .publish(&first, Bytes::from(env.to_vec()), PublishOptions::default())
-            .await
-            .unwrap();
-    }
-
-    let mut sink = transport
-        .consume(&naming.queue_for(SINK).unwrap(), ConsumeOptions::default())
-        .await
-        .unwrap();
+    let sent = common::send_through(
+        &transport,
+        &naming,
+        &["a", "b", "c"],
+        (0..ENVELOPES).map(|i| json!({ "n": i })),
+    )
+    .await;
+    let mut sink = common::sink_of(&transport, &naming).await;
     let mut seen: HashMap<String, u32> = HashMap::new();
     let mut kills = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(240);

@@ -3,17 +3,18 @@
 #![cfg(feature = "nats")]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::json;
 use troupe::layers::{MemoryStore, MeshMetrics, RetryPolicies, RetryPolicy, StackConfig, actor_stack};
 use troupe::transports::{NatsConfig, NatsTransport};
 use troupe::{
-    CancellationToken, ConsumeOptions, Consumer, Delivery, Envelope, HandlerError, Outcome, Phase,
-    PublishOptions, QueueNaming, Route, Runner, RunnerConfig, SINK, Transport, handler_fn,
+    CancellationToken, Consumer, Delivery, Envelope, HandlerError, Outcome, Phase, QueueNaming, Runner,
+    RunnerConfig, handler_fn,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,21 +82,14 @@ async fn pipeline_over_nats_delivers_every_envelope_once() {
     }
 
     let count = 300;
-    let first = naming.queue_for("a").unwrap();
-    let mut sent = HashSet::new();
-    for i in 0..count {
-        let env = Envelope::new(Route::through(["a", "b", "c"]), json!(i));
-        sent.insert(env.id.clone());
-        transport
-            .publish(&first, Bytes::from(env.to_vec()), PublishOptions::default())
-            .await
-            .unwrap();
-    }
-
-    let mut sink = transport
-        .consume(&naming.queue_for(SINK).unwrap(), ConsumeOptions::default())
-        .await
-        .unwrap();
+    let sent = common::send_through(
+        &transport,
+        &naming,
+        &["a", "b", "c"],
+        (0..count).map(|i| json!(i)),
+    )
+    .await;
+    let mut sink = common::sink_of(&transport, &naming).await;
     let mut arrived = HashSet::new();
     while arrived.len() < count {
         let d = tokio::time::timeout(Duration::from_secs(30), sink.next())

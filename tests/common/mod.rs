@@ -170,3 +170,35 @@ impl Mesh {
         reports
     }
 }
+
+/// Publishes one envelope per payload, routed through `actors`, to the first actor's queue on
+/// any transport; returns their ids.
+pub async fn send_through<T: Transport>(
+    transport: &T,
+    naming: &QueueNaming,
+    actors: &[&str],
+    payloads: impl IntoIterator<Item = serde_json::Value>,
+) -> std::collections::HashSet<String> {
+    let first = naming.queue_for(actors[0]).expect("valid actor name");
+    let mut sent = std::collections::HashSet::new();
+    for payload in payloads {
+        let env = Envelope::new(troupe::Route::through(actors.iter().copied()), payload);
+        sent.insert(env.id.clone());
+        transport
+            .publish(&first, Bytes::from(env.to_vec()), PublishOptions::default())
+            .await
+            .expect("publish");
+    }
+    sent
+}
+
+/// A consumer of `x-sink` on any transport.
+pub async fn sink_of<T: Transport>(transport: &T, naming: &QueueNaming) -> T::Consumer {
+    transport
+        .consume(
+            &naming.queue_for(troupe::SINK).expect("valid"),
+            ConsumeOptions::default(),
+        )
+        .await
+        .expect("consume x-sink")
+}
