@@ -185,6 +185,7 @@ impl MeshMetrics {
         ActorMetrics {
             inner: Arc::new(Handles {
                 actor: actor.to_owned(),
+                sent_to: std::sync::RwLock::default(),
                 received: f.received.get_or_create(&label).clone(),
                 processed: f.processed.get_or_create(&label).clone(),
                 retries: f.retries.get_or_create(&label).clone(),
@@ -200,6 +201,9 @@ impl MeshMetrics {
 
 struct Handles {
     actor: String,
+    /// `sent` counters by destination, resolved once: a confirmed publish then costs a
+    /// read-locked lookup, not two label strings and a family lookup.
+    sent_to: std::sync::RwLock<std::collections::HashMap<String, Counter>>,
     received: Counter,
     processed: Counter,
     retries: Counter,
@@ -222,13 +226,26 @@ impl Handles {
     }
 
     fn sent(&self, destination: &str) {
-        self.families
+        if let Some(counter) = self.sent_to.read().ok().and_then(|m| m.get(destination).cloned()) {
+            counter.inc();
+            return;
+        }
+        let admitted = self.families.destinations.admit(destination);
+        let counter = self
+            .families
             .sent
             .get_or_create(&SentLabels {
                 actor: self.actor.clone(),
-                destination: self.families.destinations.admit(destination).to_owned(),
+                destination: admitted.to_owned(),
             })
-            .inc();
+            .clone();
+        counter.inc();
+        // Only admitted destinations are cached: the map stays within the label budget.
+        if admitted == destination {
+            // A poisoned map still holds valid counters: every write is a single insert.
+            let mut map = self.sent_to.write().unwrap_or_else(|p| p.into_inner());
+            map.entry(destination.to_owned()).or_insert(counter);
+        }
     }
 
     /// Counts what a dispatch means: failures by reason, scheduled retries.

@@ -404,7 +404,6 @@ where
             return publish_to_sump(shared, env, delivery.redeliveries()).await;
         }
     };
-    let id = envelope.id.clone();
     let dispatch = match service.ready().await {
         Ok(ready) => ready.call(envelope).await,
         Err(e) => Err(e),
@@ -413,13 +412,14 @@ where
         Ok(dispatch) => match publish(shared, dispatch).await {
             Ok(()) => Settle::Ack,
             Err(error) => {
-                tracing::warn!(envelope.id = %id, queue = %shared.queue, %error, "publish failed; input will be redelivered");
+                tracing::warn!(envelope.id = ?sump::readable_id(body), queue = %shared.queue, %error, "publish failed; input will be redelivered");
                 Settle::Nack(infra_delay)
             }
         },
         Err(error) => {
             let error: BoxError = error.into();
-            tracing::warn!(envelope.id = %id, queue = %shared.queue, %error, "layer stack failed; input will be redelivered");
+            // The id is read back from the body only here, on the failure path.
+            tracing::warn!(envelope.id = ?sump::readable_id(body), queue = %shared.queue, %error, "layer stack failed; input will be redelivered");
             Settle::Nack(infra_delay)
         }
     }

@@ -46,7 +46,7 @@ pub fn wrap_body(body: &[u8], reason: Reason, error_type: &str, message: &str, a
 }
 
 /// The body's `id` if it is a JSON object with a non-empty string `id`.
-fn readable_id(body: &[u8]) -> Option<String> {
+pub(crate) fn readable_id(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct IdOnly {
         id: String,
