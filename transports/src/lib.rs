@@ -5,12 +5,16 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
 
+#[cfg(feature = "amqp")]
+pub use amqp::{AmqpConfig, AmqpTransport};
 pub use memory::{MemoryConfig, MemoryConsumer, MemoryDelivery, MemoryTransport};
 #[cfg(feature = "nats")]
 pub use nats::{NatsConfig, NatsTransport};
