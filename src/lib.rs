@@ -33,6 +33,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod broker;
+
 pub use troupe_core as core;
 pub use troupe_layers as layers;
 pub use troupe_transports as transports;

@@ -19,13 +19,14 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
+use troupe::broker::{Broker, BrokerConfig, ConnectError, WithTransport};
 use troupe::layers::{
     ActorSnapshot, MemoryStore, MeshMetrics, RetryPolicies, RetryPolicy, StackConfig, actor_stack,
 };
 use troupe::{
-    CancellationToken, ConsumeOptions, Consumer, Delivery, Envelope, HandlerError, MemoryTransport, Outcome,
-    Phase, PublishOptions, QueueAdmin, QueueNaming, Route, Runner, RunnerConfig, RunnerError, SINK, SUMP,
-    Transport, TransportError, handler_fn,
+    CancellationToken, ConsumeOptions, Consumer, Delivery, Envelope, HandlerError, Outcome, Phase,
+    PublishOptions, QueueAdmin, QueueNaming, Route, Runner, RunnerConfig, RunnerError, SINK, SUMP, Transport,
+    TransportError, handler_fn,
 };
 
 const ACTORS: [&str; 4] = ["tokenize", "score", "judge", "refine"];
@@ -54,21 +55,20 @@ pub struct DemoArgs {
     /// Give up if nothing reaches x-sink for this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     stall_timeout: Duration,
-    /// The broker the actors talk through.
-    #[arg(long, value_enum, default_value_t = TransportKind::Memory, env = "TROUPE_TRANSPORT")]
-    transport: TransportKind,
+    /// The broker the actors talk through: memory (embedded), nats, amqp (each real broker
+    /// needs this build to have its Cargo feature).
+    #[arg(long, default_value = "memory", env = "TROUPE_TRANSPORT")]
+    transport: Broker,
     /// NATS server, with `--transport nats`.
     #[arg(long, default_value = "nats://127.0.0.1:4222", env = "TROUPE_NATS_URL")]
     nats_url: String,
-}
-
-/// Brokers the demo can run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum TransportKind {
-    /// The embedded in-memory broker (no server needed).
-    Memory,
-    /// NATS JetStream (build with the `nats` feature).
-    Nats,
+    /// RabbitMQ URL (credentials and vhost included), with `--transport amqp`.
+    #[arg(
+        long,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        env = "TROUPE_AMQP_URL"
+    )]
+    amqp_url: String,
 }
 
 /// Why the demo failed.
@@ -77,9 +77,12 @@ pub enum DemoError {
     /// A flag is out of range.
     #[error("invalid option: {0}")]
     InvalidArgument(String),
-    /// The embedded broker refused something.
+    /// The broker refused something.
     #[error(transparent)]
     Transport(#[from] TransportError),
+    /// The broker could not be reached, or this build lacks it.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// An actor could not start.
     #[error(transparent)]
     Runner(#[from] RunnerError),
@@ -149,36 +152,62 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
             args.fail_rate
         )));
     }
-    match args.transport {
-        TransportKind::Memory => run_on(MemoryTransport::default(), QueueNaming::default(), &args).await,
-        TransportKind::Nats => run_on_nats(&args).await,
+    let broker = args.transport;
+    let brokers = broker_config(&args);
+    // A namespace per run on a real broker, so what an interrupted earlier run left behind
+    // is not counted.
+    let naming = if broker == Broker::Memory {
+        QueueNaming::default()
+    } else {
+        let namespace = format!("demo{}", std::process::id());
+        eprintln!(
+            "running over {} (namespace {namespace})",
+            brokers.describe(broker)
+        );
+        QueueNaming::new("asya", &namespace).map_err(RunnerError::from)?
+    };
+    brokers.connect(broker, DemoJob { naming, args: &args }).await?
+}
+
+/// Where the brokers are, with settings for short-lived demo queues.
+fn broker_config(args: &DemoArgs) -> BrokerConfig {
+    #[allow(unused_mut)]
+    let mut config = BrokerConfig::default();
+    #[cfg(feature = "nats")]
+    {
+        config.nats = troupe::transports::NatsConfig {
+            url: args.nats_url.clone(),
+            stream: "TROUPE_DEMO".to_owned(),
+            subject_prefix: "troupe-demo".to_owned(),
+            // Each run has its own namespace; the server drops its consumers afterwards.
+            consumer_inactive_threshold: Some(Duration::from_secs(300)),
+            ..Default::default()
+        };
     }
+    #[cfg(feature = "amqp")]
+    {
+        config.amqp = troupe::transports::AmqpConfig {
+            url: args.amqp_url.clone(),
+            // Each run has its own namespace; the broker drops its queues afterwards.
+            queue_expires: Some(Duration::from_secs(300)),
+        };
+    }
+    #[cfg(not(all(feature = "nats", feature = "amqp")))]
+    let _ = (&args.nats_url, &args.amqp_url);
+    config
 }
 
-#[cfg(feature = "nats")]
-async fn run_on_nats(args: &DemoArgs) -> Result<(), DemoError> {
-    use troupe::transports::{NatsConfig, NatsTransport};
-    let transport = NatsTransport::connect(NatsConfig {
-        url: args.nats_url.clone(),
-        stream: "TROUPE_DEMO".to_owned(),
-        subject_prefix: "troupe-demo".to_owned(),
-        // Each run has its own namespace; the server drops its consumers afterwards.
-        consumer_inactive_threshold: Some(Duration::from_secs(300)),
-        ..NatsConfig::default()
-    })
-    .await?;
-    // A namespace per run, so what an interrupted earlier run left behind is not counted.
-    let namespace = format!("demo{}", std::process::id());
-    let naming = QueueNaming::new("asya", &namespace).map_err(RunnerError::from)?;
-    eprintln!("running over NATS at {} (namespace {namespace})", args.nats_url);
-    run_on(transport, naming, args).await
+struct DemoJob<'a> {
+    naming: QueueNaming,
+    args: &'a DemoArgs,
 }
 
-#[cfg(not(feature = "nats"))]
-async fn run_on_nats(_: &DemoArgs) -> Result<(), DemoError> {
-    Err(DemoError::InvalidArgument(
-        "this troupe was built without NATS support; rebuild with `--features nats`".into(),
-    ))
+impl WithTransport for DemoJob<'_> {
+    type Output = Result<(), DemoError>;
+
+    async fn run<T: Transport + QueueAdmin>(self, transport: T) -> Self::Output {
+        run_on(transport, self.naming, self.args).await
+    }
 }
 
 async fn run_on<T: Transport + QueueAdmin>(
