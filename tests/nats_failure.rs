@@ -1,143 +1,15 @@
-//! Broker failure test: a 3-actor pipeline over NATS with 10,000 envelopes, whose middle
-//! actor is a separate process killed with SIGKILL and restarted twice mid-run. Every
-//! envelope must reach `x-sink`, and exactly once: the shared Redis idempotency store and
-//! JetStream deduplication absorb the redeliveries the kills cause.
+//! Broker failure test on NATS JetStream: the middle actor of a 3-actor pipeline is killed with
+//! SIGKILL and restarted twice during 10,000 envelopes; see `support/failure.rs`.
 #![cfg(feature = "failure-tests")]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+#[path = "support/brokers.rs"]
+mod brokers;
 mod common;
-
-use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command};
-use std::time::Duration;
-
-use serde_json::json;
-use troupe::layers::{MeshMetrics, RedisStore, RedisStoreConfig, RetryPolicies, StackConfig, actor_stack};
-use troupe::transports::{NatsConfig, NatsTransport};
-use troupe::{
-    CancellationToken, Consumer, Delivery, Envelope, HandlerError, Outcome, QueueNaming, Runner,
-    RunnerConfig, handler_fn,
-};
-
-const ENVELOPES: usize = 10_000;
-
-fn nats_url() -> String {
-    std::env::var("TROUPE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
-
-fn redis_url() -> String {
-    std::env::var("TROUPE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-/// The middle actor, as its own process.
-fn start_middle(namespace: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_troupe-test-actor"))
-        .args(["b", namespace])
-        .env("TROUPE_NATS_URL", nats_url())
-        .env("TROUPE_REDIS_URL", redis_url())
-        .spawn()
-        .unwrap()
-}
+#[path = "support/failure.rs"]
+mod failure;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_middle_actor_twice_loses_and_duplicates_nothing() {
-    let namespace = format!("fail{}", std::process::id());
-    let transport = NatsTransport::connect(NatsConfig {
-        url: nats_url(),
-        stream: "TROUPE_FAILURE".to_owned(),
-        subject_prefix: "troupe-failure".to_owned(),
-        consumer_inactive_threshold: Some(Duration::from_secs(300)),
-        ..NatsConfig::default()
-    })
-    .await
-    .expect("NATS with JetStream must be running (bash .ci/run starts it)");
-    let store = RedisStore::connect(RedisStoreConfig {
-        url: redis_url(),
-        prefix: format!("troupe-failure:{namespace}:"),
-        ttl: Duration::from_secs(600),
-    })
-    .await
-    .expect("Redis must be running (bash .ci/run starts it)");
-    let naming = QueueNaming::new("asya", &namespace).unwrap();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = MeshMetrics::new(&mut registry);
-    let token = CancellationToken::new();
-
-    // The first and last actors run here; the middle one is a process of its own.
-    let mut runners = Vec::new();
-    for actor in ["a", "c"] {
-        let stack = actor_stack(
-            StackConfig {
-                actor: actor.into(),
-                retry: RetryPolicies::default(),
-                timeout: Duration::from_secs(2),
-                store: store.clone(),
-                metrics: metrics.actor(actor),
-            },
-            handler_fn(|e: Envelope| async move { Ok::<_, HandlerError>(Outcome::forward(e)) }),
-        );
-        let mut cfg = RunnerConfig::new(actor);
-        cfg.naming = naming.clone();
-        cfg.consume.lease = Duration::from_secs(2);
-        cfg.redelivery_delay = Duration::from_millis(200);
-        runners.push(tokio::spawn(
-            Runner::new(transport.clone(), stack, cfg).run(token.clone()),
-        ));
-    }
-    let mut middle = start_middle(&namespace);
-
-    let sent = common::send_through(
-        &transport,
-        &naming,
-        &["a", "b", "c"],
-        (0..ENVELOPES).map(|i| json!({ "n": i })),
-    )
-    .await;
-    let mut sink = common::sink_of(&transport, &naming).await;
-    let mut seen: HashMap<String, u32> = HashMap::new();
-    let mut kills = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
-    while seen.len() < ENVELOPES {
-        let next = tokio::time::timeout_at(deadline, sink.next()).await;
-        let Ok(Some(Ok(d))) = next else {
-            let _ = middle.kill();
-            panic!(
-                "only {} of {ENVELOPES} envelopes reached x-sink (after {kills} kills)",
-                seen.len()
-            );
-        };
-        let env = Envelope::from_slice(d.body(), &Default::default()).unwrap();
-        d.ack().await.unwrap();
-        *seen.entry(env.id).or_default() += 1;
-        // Kill the middle actor (SIGKILL: no shutdown, no nacks) twice, mid-run.
-        if (kills == 0 && seen.len() >= 2_000) || (kills == 1 && seen.len() >= 6_000) {
-            middle.kill().unwrap();
-            middle.wait().unwrap();
-            kills += 1;
-            middle = start_middle(&namespace);
-        }
-    }
-    // Anything redelivered late would show up now: held-back duplicates wait at most the
-    // claim ttl (4 s) plus a few redelivery delays.
-    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(12), sink.next()).await {
-        let env = Envelope::from_slice(d.body(), &Default::default()).unwrap();
-        d.ack().await.unwrap();
-        *seen.entry(env.id).or_default() += 1;
-    }
-    let _ = middle.kill();
-    let _ = middle.wait();
-    token.cancel();
-    for r in runners {
-        r.await.unwrap().unwrap();
-    }
-
-    assert_eq!(kills, 2);
-    let ids: HashSet<String> = seen.keys().cloned().collect();
-    assert_eq!(ids, sent, "every envelope reached x-sink");
-    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        duplicated.is_empty(),
-        "{} envelopes reached x-sink more than once",
-        duplicated.len()
-    );
+    failure::kill_the_middle_actor_twice(troupe::broker::Broker::Nats).await;
 }
