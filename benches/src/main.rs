@@ -4,6 +4,7 @@
 //! cargo run --release -p troupe-bench                                   # memory broker
 //! cargo run --release -p troupe-bench --features nats -- --broker nats  # NATS JetStream
 //! cargo run --release -p troupe-bench --features nats -- --broker nats --rate 1000
+//! cargo run --release -p troupe-bench --features amqp -- --broker amqp  # RabbitMQ
 //! ```
 //!
 //! Each scenario pushes `--envelopes` envelopes through fresh queues `--runs` times on a
@@ -26,14 +27,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
+use troupe::broker::{Broker, BrokerConfig, WithTransport};
 use troupe::layers::{MemoryStore, MeshMetrics};
 use troupe::{
-    CancellationToken, ConsumeOptions, Consumer, DecodeLimits, Delivery, Envelope, MemoryTransport,
-    PublishOptions, QueueAdmin, QueueNaming, Runner, RunnerConfig, SINK, Transport, TransportError,
+    CancellationToken, ConsumeOptions, Consumer, DecodeLimits, Delivery, Envelope, PublishOptions,
+    QueueAdmin, QueueNaming, Runner, RunnerConfig, SINK, Transport, TransportError,
 };
 use troupe_bench::{envelope_through, noop_stack};
 
@@ -47,12 +49,19 @@ const RUN_LIMIT: Duration = Duration::from_secs(180);
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// The broker to measure.
-    #[arg(long, value_enum, default_value_t = Broker::Memory)]
+    /// The broker to measure: memory, nats, amqp (real brokers need their Cargo feature).
+    #[arg(long, default_value = "memory")]
     broker: Broker,
     /// NATS server, with `--broker nats`.
     #[arg(long, default_value = "nats://127.0.0.1:4222", env = "TROUPE_NATS_URL")]
     nats_url: String,
+    /// RabbitMQ URL, with `--broker amqp`.
+    #[arg(
+        long,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        env = "TROUPE_AMQP_URL"
+    )]
+    amqp_url: String,
     /// Repetitions of each scenario; the median is reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -71,14 +80,6 @@ struct Args {
     /// Offer this many envelopes per second instead of all at once (for latency).
     #[arg(long)]
     rate: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Broker {
-    /// The embedded in-memory broker.
-    Memory,
-    /// NATS JetStream (build with `--features nats`).
-    Nats,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -131,7 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     println!(
-        "{:?} broker, {} envelopes of ~{} B payload, {} in flight per stage, {}, median of {} runs\n",
+        "{} broker, {} envelopes of ~{} B payload, {} in flight per stage, {}, median of {} runs\n",
         args.broker,
         args.envelopes,
         args.payload_bytes,
@@ -190,39 +191,54 @@ async fn run_on_broker(
     // Fresh queue names every run: nothing left over from an earlier one is counted.
     let namespace = format!("bench{}x{run_no}", std::process::id());
     let naming = QueueNaming::new("asya", &namespace)?;
-    match args.broker {
-        Broker::Memory => Ok(run(MemoryTransport::default(), naming, args, scenario, latency).await?),
-        Broker::Nats => run_on_nats(args, naming, scenario, latency).await,
-    }
+    let job = Job {
+        naming,
+        args,
+        scenario,
+        latency,
+    };
+    Ok(brokers(args).connect(args.broker, job).await??)
 }
 
-#[cfg(feature = "nats")]
-async fn run_on_nats(
-    args: &Args,
+/// Where the brokers are, with settings for short-lived benchmark queues.
+fn brokers(args: &Args) -> BrokerConfig {
+    #[allow(unused_mut)]
+    let mut config = BrokerConfig::default();
+    #[cfg(feature = "nats")]
+    {
+        config.nats = troupe::transports::NatsConfig {
+            url: args.nats_url.clone(),
+            stream: "TROUPE_BENCH".to_owned(),
+            subject_prefix: "troupe-bench".to_owned(),
+            consumer_inactive_threshold: Some(Duration::from_secs(300)),
+            ..Default::default()
+        };
+    }
+    #[cfg(feature = "amqp")]
+    {
+        config.amqp = troupe::transports::AmqpConfig {
+            url: args.amqp_url.clone(),
+            queue_expires: Some(Duration::from_secs(300)),
+        };
+    }
+    #[cfg(not(all(feature = "nats", feature = "amqp")))]
+    let _ = (&args.nats_url, &args.amqp_url);
+    config
+}
+
+struct Job<'a> {
     naming: QueueNaming,
+    args: &'a Args,
     scenario: Scenario,
     latency: Arc<std::sync::Mutex<Histogram<u64>>>,
-) -> Result<Measured, Box<dyn std::error::Error>> {
-    use troupe::transports::{NatsConfig, NatsTransport};
-    let transport = NatsTransport::connect(NatsConfig {
-        url: args.nats_url.clone(),
-        stream: "TROUPE_BENCH".to_owned(),
-        subject_prefix: "troupe-bench".to_owned(),
-        consumer_inactive_threshold: Some(Duration::from_secs(300)),
-        ..NatsConfig::default()
-    })
-    .await?;
-    Ok(run(transport, naming, args, scenario, latency).await?)
 }
 
-#[cfg(not(feature = "nats"))]
-async fn run_on_nats(
-    _: &Args,
-    _: QueueNaming,
-    _: Scenario,
-    _: Arc<std::sync::Mutex<Histogram<u64>>>,
-) -> Result<Measured, Box<dyn std::error::Error>> {
-    Err("this troupe-bench was built without NATS; add `--features nats`".into())
+impl WithTransport for Job<'_> {
+    type Output = Result<Measured, TransportError>;
+
+    async fn run<T: Transport + QueueAdmin>(self, transport: T) -> Self::Output {
+        run(transport, self.naming, self.args, self.scenario, self.latency).await
+    }
 }
 
 /// CPU time this process has used so far (user + system), from `/proc/self/stat`.
