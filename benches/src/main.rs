@@ -219,6 +219,7 @@ fn brokers(args: &Args) -> BrokerConfig {
         config.amqp = troupe::transports::AmqpConfig {
             url: args.amqp_url.clone(),
             queue_expires: Some(Duration::from_secs(300)),
+            ..Default::default()
         };
     }
     #[cfg(not(all(feature = "nats", feature = "amqp")))]

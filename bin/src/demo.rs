@@ -190,6 +190,7 @@ fn broker_config(args: &DemoArgs) -> BrokerConfig {
             url: args.amqp_url.clone(),
             // Each run has its own namespace; the broker drops its queues afterwards.
             queue_expires: Some(Duration::from_secs(300)),
+            ..Default::default()
         };
     }
     #[cfg(not(all(feature = "nats", feature = "amqp")))]

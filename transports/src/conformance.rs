@@ -215,10 +215,22 @@ pub async fn depth_counts_in_flight<T: Conformant>(t: T, queue: &str) {
     let mut c = t.consume(queue, opts(2)).await.expect("consume");
     let a = next(&mut c).await;
     let b = next(&mut c).await;
-    depth_until(&t, queue, "5 with 2+ in flight", |d| {
-        d.total() == 5 && d.in_flight >= 2
-    })
-    .await;
+    // Depth may lag (RabbitMQ's management API refreshes every 5 s): hold both deliveries,
+    // extending their leases, until it shows them.
+    let give_up = Instant::now() + WAIT;
+    loop {
+        a.in_progress().await.expect("in_progress");
+        b.in_progress().await.expect("in_progress");
+        let d = t.depth(queue).await.expect("depth");
+        if d.total() == 5 && d.in_flight >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "depth never showed 5 with 2+ in flight; last {d:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     a.ack().await.expect("ack");
     b.nack(Some(Duration::from_secs(30))).await.expect("nack");
     depth_until(&t, queue, "4 with 1 delayed", |d| {

@@ -14,7 +14,7 @@ pub mod memory;
 pub mod nats;
 
 #[cfg(feature = "amqp")]
-pub use amqp::{AmqpConfig, AmqpTransport};
+pub use amqp::{AmqpConfig, AmqpTransport, ManagementApi};
 pub use memory::{MemoryConfig, MemoryConsumer, MemoryDelivery, MemoryTransport};
 #[cfg(feature = "nats")]
 pub use nats::{NatsConfig, NatsTransport};

@@ -21,8 +21,9 @@
 //! - depth: the broker's ready count (passive declare) plus what this process's consumers
 //!   hold unsettled plus what waits in the delay buckets this process used. The AMQP
 //!   passive declare counts ready messages only, so a depth from a process that neither
-//!   consumes nor publishes the queue misses in-flight and delayed messages; read those
-//!   from the management API there;
+//!   consumes nor publishes the queue would miss in-flight and delayed messages: with
+//!   [`AmqpConfig::management`] set, depth comes from the management API instead, which
+//!   counts them for every process;
 //! - after a connection loss, the next publish or receive reconnects (with backoff) and
 //!   consumers subscribe again; what was unacked on the old channel is requeued by the
 //!   broker.
@@ -33,6 +34,7 @@
 mod consumer;
 mod lease;
 mod link;
+mod management;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +51,8 @@ use troupe_core::{ConsumeOptions, PublishOptions, QueueAdmin, QueueDepth, Transp
 
 pub use consumer::{AmqpConsumer, AmqpDelivery};
 use link::Link;
+use management::Management;
+pub use management::ManagementApi;
 
 /// Header on a delayed copy: the redeliveries before it was parked.
 const REDELIVERIES: &str = "x-troupe-redeliveries";
@@ -67,6 +71,10 @@ pub struct AmqpConfig {
     /// (`x-expires`, for short-lived queues such as tests); `None` keeps queues until
     /// deleted.
     pub queue_expires: Option<Duration>,
+    /// Read depth from the management API (counts unacked and delayed messages of every
+    /// process); `None` counts ready messages at the broker plus this process's own
+    /// unsettled and delayed ones.
+    pub management: Option<ManagementApi>,
 }
 
 impl Default for AmqpConfig {
@@ -76,6 +84,7 @@ impl Default for AmqpConfig {
         Self {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
             queue_expires: None,
+            management: None,
         }
     }
 }
@@ -89,6 +98,7 @@ pub struct AmqpTransport {
 struct Inner {
     link: Link,
     config: AmqpConfig,
+    management: Option<Management>,
     /// Unsettled deliveries per queue held by this process's consumers.
     in_flight: Mutex<HashMap<String, Arc<AtomicU64>>>,
     /// Delay buckets declared by this process, per queue: bucket milliseconds and when
@@ -158,8 +168,11 @@ fn bucket_millis(delay: Duration) -> u64 {
     exact.div_ceil(step).saturating_mul(step)
 }
 
+/// Between a queue's name and a delay bucket's milliseconds.
+const BUCKET_INFIX: &str = ".troupe-delay.";
+
 fn bucket_name(queue: &str, millis: u64) -> String {
-    format!("{queue}.troupe-delay.{millis}")
+    format!("{queue}{BUCKET_INFIX}{millis}")
 }
 
 fn quorum_arguments(expires: Option<Duration>) -> FieldTable {
@@ -179,10 +192,24 @@ fn persistent() -> BasicProperties {
 impl AmqpTransport {
     /// Connects (so a wrong URL or credentials fail here, not at the first publish).
     pub async fn connect(config: AmqpConfig) -> Result<Self, TransportError> {
+        let management = match &config.management {
+            Some(api) => {
+                let vhost = config
+                    .url
+                    .parse::<lapin::uri::AMQPUri>()
+                    .map_err(|e| TransportError::Disconnected {
+                        detail: format!("invalid RabbitMQ URL: {e}"),
+                    })?
+                    .vhost;
+                Some(Management::new(api.clone(), vhost)?)
+            }
+            None => None,
+        };
         let transport = Self {
             inner: Arc::new(Inner {
                 link: Link::new(config.url.clone()),
                 config,
+                management,
                 in_flight: Mutex::new(HashMap::new()),
                 buckets: Mutex::new(HashMap::new()),
             }),
@@ -370,6 +397,9 @@ impl QueueAdmin for AmqpTransport {
 
     async fn depth(&self, queue: &str) -> Result<QueueDepth, TransportError> {
         check_queue(queue)?;
+        if let Some(management) = &self.inner.management {
+            return management.depth(queue, &format!("{queue}{BUCKET_INFIX}")).await;
+        }
         let ready = self.ready(queue).await?;
         let in_flight = self.in_flight_counter(queue).load(Ordering::Relaxed);
         let buckets: Vec<u64> = self
