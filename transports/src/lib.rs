@@ -12,6 +12,8 @@ pub mod conformance;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "nats")]
+mod nats_poison;
 
 #[cfg(feature = "amqp")]
 pub use amqp::{AmqpConfig, AmqpTransport, ManagementApi};

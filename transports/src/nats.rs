@@ -10,6 +10,9 @@
 //!   `delivered - 1`;
 //! - depth = `num_pending + num_ack_pending` (nak-delayed messages count as ack-pending)
 //!   plus messages waiting in the delay stream;
+//! - poison messages: the runner sends a message delivered too often to `x-sump`; with
+//!   `max_deliver` and a dead-letter queue configured, the server's max-deliveries
+//!   advisory moves what it gave up on there too (`nats_poison`);
 //! - `PublishOptions::dedup_id` becomes `Nats-Msg-Id`, so the stream stores a republished
 //!   output once within its duplicate window (2 minutes by default);
 //! - delayed publish (retries): JetStream 2.9 cannot schedule a message, so delayed
@@ -46,8 +49,13 @@ pub struct NatsConfig {
     /// Subject prefix of queues: queue `q` is subject `{subject_prefix}.q`.
     pub subject_prefix: String,
     /// Bound on deliveries of one message; -1 (the default) leaves it to the runner's poison
-    /// limit, which sends such messages to `x-sump` instead of leaving them stuck unseen.
+    /// limit, which sends such messages to `x-sump` itself. With a bound, set
+    /// [`dead_letter_queue`](Self::dead_letter_queue) too: the server then stops delivering
+    /// the message, and the transport moves it there (see the max-deliveries advisory).
     pub max_deliver: i64,
+    /// Where messages go that reached `max_deliver` (e.g. the namespace's `x-sump` queue),
+    /// wrapped as sump envelopes. `None` leaves them stored in the stream, unseen.
+    pub dead_letter_queue: Option<String>,
     /// Let the server delete a queue's consumer after this long without any client (for
     /// short-lived queues such as tests); `None` keeps consumers until deleted.
     pub consumer_inactive_threshold: Option<Duration>,
@@ -61,6 +69,7 @@ impl Default for NatsConfig {
             stream: "TROUPE".to_owned(),
             subject_prefix: "troupe".to_owned(),
             max_deliver: -1,
+            dead_letter_queue: None,
             consumer_inactive_threshold: None,
         }
     }
@@ -145,6 +154,18 @@ impl NatsTransport {
             delay_stream.clone(),
             stop.clone(),
         ));
+        if config.max_deliver > 0
+            && let Some(queue) = &config.dead_letter_queue
+        {
+            check_queue(queue)?;
+            tokio::spawn(crate::nats_poison::supervise(
+                js.clone(),
+                stream.clone(),
+                config.stream.clone(),
+                format!("{}.{queue}", config.subject_prefix),
+                stop.clone(),
+            ));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 js,

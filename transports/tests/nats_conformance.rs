@@ -51,3 +51,66 @@ async fn same_dedup_id_is_stored_once() {
         .unwrap();
     assert_eq!(t.depth(&queue).await.unwrap().total(), 2);
 }
+
+/// A message the server stops delivering (`max_deliver`) lands in the dead-letter queue as
+/// a sump envelope with its bytes intact, and leaves the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_deliveries_go_to_the_dead_letter_queue() {
+    use std::time::Duration;
+    use troupe_core::{ConsumeOptions, Consumer, Delivery, Envelope, QueueAdmin, Reason, Transport};
+
+    let url = std::env::var("TROUPE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let pid = std::process::id();
+    let (queue, dlq) = (format!("conf-nats-poison-{pid}"), format!("conf-nats-dlq-{pid}"));
+    let t = troupe_transports::NatsTransport::connect(troupe_transports::NatsConfig {
+        url,
+        stream: "TROUPE_CONFORMANCE".to_owned(),
+        subject_prefix: "troupe-conformance".to_owned(),
+        consumer_inactive_threshold: Some(Duration::from_secs(300)),
+        max_deliver: 2,
+        dead_letter_queue: Some(dlq.clone()),
+    })
+    .await
+    .unwrap();
+    t.ensure_queue(&queue).await.unwrap();
+    t.ensure_queue(&dlq).await.unwrap();
+    let original = br#"{"id":"poison-1","route":{"prev":[],"curr":"a","next":[]},"payload":1}"#;
+    t.publish(&queue, bytes::Bytes::from_static(original), Default::default())
+        .await
+        .unwrap();
+    let options = ConsumeOptions {
+        prefetch: 1,
+        lease: Duration::from_secs(1),
+    };
+    let mut c = t.consume(&queue, options).await.unwrap();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), c.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        d.nack(None).await.unwrap();
+    }
+    // Not delivered a third time. (Pulling is also what makes the server notice: it checks
+    // the delivery count when it picks the next message for a pull request.)
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), c.next())
+            .await
+            .is_err(),
+        "delivered again after max_deliver"
+    );
+    let mut dead = t.consume(&dlq, options).await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), dead.next())
+        .await
+        .expect("the poison message reached the dead-letter queue")
+        .unwrap()
+        .unwrap();
+    let sump = Envelope::from_slice(d.body(), &Default::default()).unwrap();
+    assert_eq!(
+        sump.status.as_ref().unwrap().reason,
+        Some(Reason::RedeliveryLimit)
+    );
+    assert_eq!(troupe_core::sump::original_bytes(&sump).unwrap(), original);
+    d.ack().await.unwrap();
+    assert_eq!(t.depth(&queue).await.unwrap().total(), 0, "gone from its queue");
+}
