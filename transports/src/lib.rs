@@ -10,7 +10,11 @@ pub mod conformance;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 
 pub use memory::{MemoryConfig, MemoryConsumer, MemoryDelivery, MemoryTransport};
 #[cfg(feature = "nats")]
 pub use nats::{NatsConfig, NatsTransport};
+#[cfg(feature = "sqs")]
+pub use sqs::{SqsConfig, SqsConsumer, SqsCredentials, SqsDelivery, SqsTransport};
