@@ -4,17 +4,22 @@
 //! task holds one prefetch permit per message it hands over; a delivery keeps its permit
 //! until it is settled or dropped, so a consumer never holds more than `prefetch`
 //! unsettled messages (buffered or in the caller's hands).
+//!
+//! The task receives when it can take a full batch, or at once when the buffer has run down
+//! to half the prefetch. Refilling one permit at a time would cost a `ReceiveMessage` per
+//! message whenever the caller is the slower side.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, Message, MessageSystemAttributeName};
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use troupe_core::{Consumer, Delivery, TransportError};
 
+use super::batch::MAX_ENTRIES;
 use super::{ENCODING, Failure, NOT_BEFORE, Outgoing, QueueHandle, ceil_secs, decode_body, now_millis};
 
 /// SQS's longest visibility timeout (12 hours).
@@ -59,6 +64,8 @@ impl Lease {
 /// returns its buffered (never handed out) messages to the queue at once.
 pub struct SqsConsumer {
     rx: mpsc::Receiver<Result<SqsDelivery, TransportError>>,
+    /// Told each time `next` takes something out of the buffer.
+    taken: Arc<Notify>,
     fetcher: JoinHandle<()>,
     queue: Arc<QueueHandle>,
 }
@@ -68,13 +75,24 @@ impl SqsConsumer {
         let prefetch = prefetch.max(1);
         // Deliveries are bounded by the permits; the extra place is for an error report.
         let (tx, rx) = mpsc::channel(prefetch + 1);
+        let taken = Arc::new(Notify::new());
         let fetcher = tokio::spawn(fetch(
             Arc::clone(&queue),
             tx,
-            Arc::new(Semaphore::new(prefetch)),
+            Prefetch {
+                permits: Arc::new(Semaphore::new(prefetch)),
+                taken: Arc::clone(&taken),
+                batch: prefetch.min(MAX_ENTRIES),
+                low_water: prefetch / 2,
+            },
             Lease::new(lease),
         ));
-        Self { rx, fetcher, queue }
+        Self {
+            rx,
+            taken,
+            fetcher,
+            queue,
+        }
     }
 }
 
@@ -102,7 +120,9 @@ impl Consumer for SqsConsumer {
 
     async fn next(&mut self) -> Option<Result<SqsDelivery, TransportError>> {
         loop {
-            match self.rx.recv().await? {
+            let item = self.rx.recv().await?;
+            self.taken.notify_one();
+            match item {
                 Ok(d) if Instant::now() >= d.fresh_until => {
                     // Too little of its lease is left for the caller to finish and ack it;
                     // handing it out would end in LeaseExpired. Let it go to whoever is next.
@@ -144,28 +164,60 @@ async fn release(queue: Arc<QueueHandle>, receipts: Vec<String>) {
     }
 }
 
+/// A consumer's prefetch accounting, as the receive task sees it.
+struct Prefetch {
+    /// One per unsettled message (buffered or handed out).
+    permits: Arc<Semaphore>,
+    /// Poked when the consumer takes from the buffer.
+    taken: Arc<Notify>,
+    /// Messages per receive when the buffer is comfortably full.
+    batch: usize,
+    /// Buffer level at or below which the task receives with whatever permits it has.
+    low_water: usize,
+}
+
+impl Prefetch {
+    /// Waits until a receive is worth making: a full batch of permits, or at least one
+    /// permit while the buffer is at or below its low-water mark.
+    async fn room<T>(&self, tx: &mpsc::Sender<T>) -> Option<OwnedSemaphorePermit> {
+        let mut permits = Arc::clone(&self.permits).acquire_owned().await.ok()?;
+        loop {
+            let free = self
+                .permits
+                .available_permits()
+                .min(self.batch - permits.num_permits());
+            if free > 0
+                && let Ok(more) = Arc::clone(&self.permits).try_acquire_many_owned(u32::try_from(free).ok()?)
+            {
+                permits.merge(more);
+            }
+            let buffered = tx.max_capacity() - tx.capacity();
+            if permits.num_permits() >= self.batch || buffered <= self.low_water {
+                return Some(permits);
+            }
+            tokio::select! {
+                more = Arc::clone(&self.permits).acquire_owned() => permits.merge(more.ok()?),
+                () = self.taken.notified() => {}
+            }
+        }
+    }
+}
+
 /// The receive loop: long polls while there is room, hands messages over, reports errors
 /// (with backoff) through the channel. Runs until the consumer is dropped (aborted).
 async fn fetch(
     queue: Arc<QueueHandle>,
     tx: mpsc::Sender<Result<SqsDelivery, TransportError>>,
-    prefetch: Arc<Semaphore>,
+    prefetch: Prefetch,
     lease: Lease,
 ) {
     let wait = queue.settings.wait_time;
     let wait_secs = i32::try_from(wait.as_secs()).unwrap_or(20);
     let mut backoff = Duration::from_millis(100);
     loop {
-        let Ok(mut permits) = Arc::clone(&prefetch).acquire_owned().await else {
+        let Some(mut permits) = prefetch.room(&tx).await else {
             return;
         };
-        // Take whatever else is free right away, up to a full batch.
-        let extra = prefetch.available_permits().min(super::batch::MAX_ENTRIES - 1);
-        if extra > 0
-            && let Ok(more) = Arc::clone(&prefetch).try_acquire_many_owned(u32::try_from(extra).unwrap_or(1))
-        {
-            permits.merge(more);
-        }
         let want = i32::try_from(permits.num_permits()).unwrap_or(1);
         let receive = queue
             .client
