@@ -70,7 +70,8 @@ const MAX_DELAY: Duration = Duration::from_secs(900);
 const DLQ_RETENTION_SECS: &str = "1209600";
 /// SQS's longest long-poll wait.
 const MAX_WAIT: Duration = Duration::from_secs(20);
-/// Queue name SQS cannot hold; `connect` asks for its URL only to see who answers.
+/// A queue `connect` looks up only to see whether SQS answers and takes the credentials;
+/// whether it exists does not matter.
 const PROBE_QUEUE: &str = "troupe-connect-probe";
 
 /// Static AWS credentials (an emulator's dummy keys, or plain access keys).
@@ -133,7 +134,7 @@ pub struct SqsConfig {
     /// [`SqsTransport::with_client`].
     pub credentials: Option<SqsCredentials>,
     /// Receives after which SQS moves a message to `<queue>-dlq` (the redrive policy that
-    /// `ensure_queue` sets); `None` creates no dead-letter queue. Keep it well above the
+    /// `ensure_queue` sets; SQS takes 1–1000); `None` creates no dead-letter queue. Keep it well above the
     /// runner's poison limit (25), so poison reaches the runner's `x-sump` first.
     pub max_receive_count: Option<u32>,
     /// Long-poll wait of each receive (at most 20 s, SQS's limit; longer is cut to 20 s).
@@ -709,13 +710,12 @@ impl Failure {
                 "{op}: {}; is the endpoint right and SQS (or the emulator) up?",
                 DisplayErrorContext(error)
             )),
-            _ => {
-                let mut failure = Self::of_entry(error.code().unwrap_or("unknown"), error.message(), op);
-                if failure.kind == FailureKind::Rejected {
-                    failure.detail = format!("{op}: {}", DisplayErrorContext(error));
-                }
-                failure
-            }
+            // No error code: a response that did not parse, or a request not built.
+            _ if error.code().is_none() => Self {
+                kind: FailureKind::Rejected,
+                detail: format!("{op}: {}", DisplayErrorContext(error)),
+            },
+            _ => Self::of_entry(error.code().unwrap_or("unknown"), error.message(), op),
         }
     }
 

@@ -34,6 +34,9 @@ const LEASE_SLACK: Duration = Duration::from_millis(250);
 /// How long past the long-poll wait a receive may take before it counts as hung.
 const RECEIVE_GRACE: Duration = Duration::from_secs(10);
 
+/// Pause after an empty receive that came back at once.
+const EMPTY_PAUSE: Duration = Duration::from_millis(100);
+
 /// A consumer's lease, in SQS's terms.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Lease {
@@ -229,11 +232,20 @@ async fn fetch(
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .message_attribute_names("All")
             .send();
+        let asked_at = Instant::now();
         let failure = match tokio::time::timeout(wait + RECEIVE_GRACE, receive).await {
             Ok(Ok(out)) => {
                 backoff = Duration::from_millis(100);
                 let received_at = Instant::now();
-                for message in out.messages.unwrap_or_default() {
+                let messages = out.messages.unwrap_or_default();
+                if messages.is_empty() && received_at - asked_at < EMPTY_PAUSE {
+                    // Short polling (wait_time 0), or a server that does not hold the poll:
+                    // without a pause this loop would hammer an empty queue.
+                    drop(permits);
+                    tokio::time::sleep(EMPTY_PAUSE).await;
+                    continue;
+                }
+                for message in messages {
                     let Some(delivery) = accept(&queue, message, lease, received_at) else {
                         continue;
                     };
