@@ -262,3 +262,42 @@ async fn dropped_consumer_releases_its_buffer() {
     assert!(!rest.contains(&String::from_utf8_lossy(held.body()).into_owned()));
     held.ack().await.unwrap();
 }
+
+/// `next` raced against a very short timeout, again and again, while messages arrive:
+/// every message is handed out once, and none was lost to a cancelled call (a lost one
+/// would come back as a redelivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_next_loses_nothing() {
+    let t = transport().await;
+    let q = queue("cancel");
+    t.ensure_queue(&q).await.unwrap();
+    let mut c = t.consume(&q, opts(4, Duration::from_secs(30))).await.unwrap();
+    let producer = {
+        let t = t.clone();
+        let q = q.clone();
+        tokio::spawn(async move {
+            for i in 0..30 {
+                t.publish(&q, Bytes::from(format!("c{i}")), PublishOptions::default())
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(7)).await;
+            }
+        })
+    };
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut seen = HashSet::new();
+    while seen.len() < 30 {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "only {} of 30 arrived",
+            seen.len()
+        );
+        if let Ok(item) = tokio::time::timeout(Duration::from_micros(300), c.next()).await {
+            let d = item.unwrap().unwrap();
+            assert_eq!(d.redeliveries(), 0, "a message was lost and came back");
+            assert!(seen.insert(String::from_utf8_lossy(d.body()).into_owned()));
+            d.ack().await.unwrap();
+        }
+    }
+    producer.await.unwrap();
+}
