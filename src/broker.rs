@@ -41,11 +41,13 @@ pub enum Broker {
     Nats,
     /// RabbitMQ over AMQP 0-9-1 (feature `amqp`).
     Amqp,
+    /// Amazon SQS or an SQS emulator (feature `sqs`).
+    Sqs,
 }
 
 impl Broker {
     /// Every broker, compiled in or not.
-    pub const ALL: [Broker; 3] = [Broker::Memory, Broker::Nats, Broker::Amqp];
+    pub const ALL: [Broker; 4] = [Broker::Memory, Broker::Nats, Broker::Amqp, Broker::Sqs];
 
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
@@ -53,6 +55,7 @@ impl Broker {
             Broker::Memory => "memory",
             Broker::Nats => "nats",
             Broker::Amqp => "amqp",
+            Broker::Sqs => "sqs",
         }
     }
 
@@ -62,6 +65,7 @@ impl Broker {
             Broker::Memory => None,
             Broker::Nats => Some("nats"),
             Broker::Amqp => Some("amqp"),
+            Broker::Sqs => Some("sqs"),
         }
     }
 
@@ -71,6 +75,7 @@ impl Broker {
             Broker::Memory => true,
             Broker::Nats => cfg!(feature = "nats"),
             Broker::Amqp => cfg!(feature = "amqp"),
+            Broker::Sqs => cfg!(feature = "sqs"),
         }
     }
 }
@@ -83,7 +88,7 @@ impl fmt::Display for Broker {
 
 /// A broker name that is not one of [`Broker::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown broker {0:?}; expected one of: memory, nats, amqp")]
+#[error("unknown broker {0:?}; expected one of: memory, nats, amqp, sqs")]
 pub struct UnknownBroker(String);
 
 impl FromStr for Broker {
@@ -141,11 +146,15 @@ pub struct BrokerConfig {
     /// RabbitMQ.
     #[cfg(feature = "amqp")]
     pub amqp: troupe_transports::AmqpConfig,
+    /// Amazon SQS.
+    #[cfg(feature = "sqs")]
+    pub sqs: troupe_transports::SqsConfig,
 }
 
 impl BrokerConfig {
-    /// Addresses from the environment where set (`TROUPE_NATS_URL`, `TROUPE_AMQP_URL`),
-    /// the 127.0.0.1 defaults otherwise.
+    /// Addresses from the environment where set (`TROUPE_NATS_URL`, `TROUPE_AMQP_URL`,
+    /// `TROUPE_SQS_URL` for an SQS endpoint such as an emulator), the 127.0.0.1 defaults
+    /// (AWS itself for SQS) otherwise.
     pub fn from_env() -> Self {
         #[allow(unused_mut)]
         let mut config = Self::default();
@@ -157,7 +166,44 @@ impl BrokerConfig {
         if let Ok(url) = std::env::var("TROUPE_AMQP_URL") {
             config.amqp.url = url;
         }
+        #[cfg(feature = "sqs")]
+        if let Ok(url) = std::env::var("TROUPE_SQS_URL") {
+            config.sqs.endpoint_url = Some(url);
+        }
         config
+    }
+
+    /// Settings for short-lived queues, such as a demo's or a benchmark's: NATS stream
+    /// `TROUPE_{NAME}` with subjects `troupe-{name}.*` whose consumers the server drops
+    /// after 5 idle minutes, RabbitMQ queues that expire after 5 unused minutes.
+    #[must_use]
+    pub fn scratch(self, name: &str) -> Self {
+        #[allow(unused_mut)]
+        let mut config = self;
+        #[cfg(feature = "nats")]
+        {
+            config.nats.stream = format!("TROUPE_{}", name.to_uppercase());
+            config.nats.subject_prefix = format!("troupe-{name}");
+            config.nats.consumer_inactive_threshold = Some(std::time::Duration::from_secs(300));
+        }
+        #[cfg(feature = "amqp")]
+        {
+            config.amqp.queue_expires = Some(std::time::Duration::from_secs(300));
+        }
+        let _ = name;
+        config
+    }
+
+    /// Points SQS at `endpoint` (an emulator such as ministack, or a VPC endpoint). When the
+    /// environment has no `AWS_ACCESS_KEY_ID`, it uses the placeholder keys emulators accept.
+    #[cfg(feature = "sqs")]
+    #[must_use]
+    pub fn sqs_endpoint(mut self, endpoint: String) -> Self {
+        self.sqs.endpoint_url = Some(endpoint);
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            self.sqs.credentials = Some(troupe_transports::SqsCredentials::new("test", "test"));
+        }
+        self
     }
 
     /// Where `broker` is, for messages (no credentials).
@@ -168,6 +214,11 @@ impl BrokerConfig {
             Broker::Nats => format!("NATS at {}", self.nats.url),
             #[cfg(feature = "amqp")]
             Broker::Amqp => "RabbitMQ".to_owned(),
+            #[cfg(feature = "sqs")]
+            Broker::Sqs => match &self.sqs.endpoint_url {
+                Some(url) => format!("SQS at {url}"),
+                None => format!("SQS in {}", self.sqs.region),
+            },
             #[allow(unreachable_patterns)]
             other => other.to_string(),
         }
@@ -192,6 +243,13 @@ impl BrokerConfig {
                     .map_err(connect_error)?;
                 Ok(job.run(transport).await)
             }
+            #[cfg(feature = "sqs")]
+            Broker::Sqs => {
+                let transport = troupe_transports::SqsTransport::connect(self.sqs.clone())
+                    .await
+                    .map_err(connect_error)?;
+                Ok(job.run(transport).await)
+            }
             #[allow(unreachable_patterns)]
             other => {
                 let _ = connect_error;
@@ -201,6 +259,49 @@ impl BrokerConfig {
                 })
             }
         }
+    }
+}
+
+/// Broker address flags for command-line programs (feature `cli`), each with an
+/// environment fallback.
+#[cfg(feature = "cli")]
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {
+    /// NATS server (`--transport nats`).
+    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "TROUPE_NATS_URL")]
+    pub nats_url: String,
+    /// RabbitMQ URL, credentials and vhost included (`--transport amqp`).
+    #[arg(
+        long,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        env = "TROUPE_AMQP_URL"
+    )]
+    pub amqp_url: String,
+    /// SQS endpoint, e.g. `http://127.0.0.1:4566` for a local emulator (`--transport sqs`);
+    /// unset means AWS itself, with credentials and region from the `AWS_*` variables.
+    #[arg(long, env = "TROUPE_SQS_URL")]
+    pub sqs_url: Option<String>,
+}
+
+#[cfg(feature = "cli")]
+impl BrokerArgs {
+    /// The broker settings these flags name.
+    pub fn config(&self) -> BrokerConfig {
+        #[allow(unused_mut)]
+        let mut config = BrokerConfig::default();
+        #[cfg(feature = "nats")]
+        {
+            config.nats.url = self.nats_url.clone();
+        }
+        #[cfg(feature = "amqp")]
+        {
+            config.amqp.url = self.amqp_url.clone();
+        }
+        #[cfg(feature = "sqs")]
+        if let Some(url) = &self.sqs_url {
+            config = config.sqs_endpoint(url.clone());
+        }
+        config
     }
 }
 
@@ -219,6 +320,6 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("memory, nats"), "{err}");
+        assert!(err.contains("memory, nats, amqp, sqs"), "{err}");
     }
 }

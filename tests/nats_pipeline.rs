@@ -50,10 +50,10 @@ async fn pipeline_over_nats_delivers_every_envelope_once() {
                 actor == "b" && e.payload.as_u64().is_some_and(|n| n % 5 == 0) && !failed.contains_key(&e.id);
             if fail {
                 failed.insert(e.id.clone(), std::time::Instant::now());
-            } else if let Some(at) = failed.get(&e.id).filter(|_| actor == "b") {
-                if at.elapsed() >= Duration::from_millis(300) {
-                    delayed_retries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                }
+            } else if let Some(at) = failed.get(&e.id).filter(|_| actor == "b")
+                && at.elapsed() >= Duration::from_millis(300)
+            {
+                delayed_retries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             drop(failed);
             async move {

@@ -31,7 +31,7 @@ use clap::Parser;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
-use troupe::broker::{Broker, BrokerConfig, WithTransport};
+use troupe::broker::{Broker, BrokerArgs, WithTransport};
 use troupe::layers::{MemoryStore, MeshMetrics};
 use troupe::{
     CancellationToken, ConsumeOptions, Consumer, DecodeLimits, Delivery, Envelope, PublishOptions,
@@ -49,19 +49,11 @@ const RUN_LIMIT: Duration = Duration::from_secs(180);
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// The broker to measure: memory, nats, amqp (real brokers need their Cargo feature).
+    /// The broker to measure: memory, nats, amqp, sqs (real brokers need their Cargo feature).
     #[arg(long, default_value = "memory")]
     broker: Broker,
-    /// NATS server, with `--broker nats`.
-    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "TROUPE_NATS_URL")]
-    nats_url: String,
-    /// RabbitMQ URL, with `--broker amqp`.
-    #[arg(
-        long,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        env = "TROUPE_AMQP_URL"
-    )]
-    amqp_url: String,
+    #[command(flatten)]
+    brokers: BrokerArgs,
     /// Repetitions of each scenario; the median is reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -197,34 +189,12 @@ async fn run_on_broker(
         scenario,
         latency,
     };
-    Ok(brokers(args).connect(args.broker, job).await??)
-}
-
-/// Where the brokers are, with settings for short-lived benchmark queues.
-fn brokers(args: &Args) -> BrokerConfig {
-    #[allow(unused_mut)]
-    let mut config = BrokerConfig::default();
-    #[cfg(feature = "nats")]
-    {
-        config.nats = troupe::transports::NatsConfig {
-            url: args.nats_url.clone(),
-            stream: "TROUPE_BENCH".to_owned(),
-            subject_prefix: "troupe-bench".to_owned(),
-            consumer_inactive_threshold: Some(Duration::from_secs(300)),
-            ..Default::default()
-        };
-    }
-    #[cfg(feature = "amqp")]
-    {
-        config.amqp = troupe::transports::AmqpConfig {
-            url: args.amqp_url.clone(),
-            queue_expires: Some(Duration::from_secs(300)),
-            ..Default::default()
-        };
-    }
-    #[cfg(not(all(feature = "nats", feature = "amqp")))]
-    let _ = (&args.nats_url, &args.amqp_url);
-    config
+    Ok(args
+        .brokers
+        .config()
+        .scratch("bench")
+        .connect(args.broker, job)
+        .await??)
 }
 
 struct Job<'a> {

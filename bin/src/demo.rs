@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
-use troupe::broker::{Broker, BrokerConfig, ConnectError, WithTransport};
+use troupe::broker::{Broker, BrokerArgs, ConnectError, WithTransport};
 use troupe::layers::{
     ActorSnapshot, MemoryStore, MeshMetrics, RetryPolicies, RetryPolicy, StackConfig, actor_stack,
 };
@@ -55,20 +55,12 @@ pub struct DemoArgs {
     /// Give up if nothing reaches x-sink for this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     stall_timeout: Duration,
-    /// The broker the actors talk through: memory (embedded), nats, amqp (each real broker
-    /// needs this build to have its Cargo feature).
+    /// The broker the actors talk through: memory (embedded), nats, amqp, sqs (each real
+    /// broker needs this build to have its Cargo feature).
     #[arg(long, default_value = "memory", env = "TROUPE_TRANSPORT")]
     transport: Broker,
-    /// NATS server, with `--transport nats`.
-    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "TROUPE_NATS_URL")]
-    nats_url: String,
-    /// RabbitMQ URL (credentials and vhost included), with `--transport amqp`.
-    #[arg(
-        long,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        env = "TROUPE_AMQP_URL"
-    )]
-    amqp_url: String,
+    #[command(flatten)]
+    brokers: BrokerArgs,
 }
 
 /// Why the demo failed.
@@ -153,7 +145,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         )));
     }
     let broker = args.transport;
-    let brokers = broker_config(&args);
+    let brokers = args.brokers.config().scratch("demo");
     // A namespace per run on a real broker, so what an interrupted earlier run left behind
     // is not counted.
     let naming = if broker == Broker::Memory {
@@ -167,35 +159,6 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         QueueNaming::new("asya", &namespace).map_err(RunnerError::from)?
     };
     brokers.connect(broker, DemoJob { naming, args: &args }).await?
-}
-
-/// Where the brokers are, with settings for short-lived demo queues.
-fn broker_config(args: &DemoArgs) -> BrokerConfig {
-    #[allow(unused_mut)]
-    let mut config = BrokerConfig::default();
-    #[cfg(feature = "nats")]
-    {
-        config.nats = troupe::transports::NatsConfig {
-            url: args.nats_url.clone(),
-            stream: "TROUPE_DEMO".to_owned(),
-            subject_prefix: "troupe-demo".to_owned(),
-            // Each run has its own namespace; the server drops its consumers afterwards.
-            consumer_inactive_threshold: Some(Duration::from_secs(300)),
-            ..Default::default()
-        };
-    }
-    #[cfg(feature = "amqp")]
-    {
-        config.amqp = troupe::transports::AmqpConfig {
-            url: args.amqp_url.clone(),
-            // Each run has its own namespace; the broker drops its queues afterwards.
-            queue_expires: Some(Duration::from_secs(300)),
-            ..Default::default()
-        };
-    }
-    #[cfg(not(all(feature = "nats", feature = "amqp")))]
-    let _ = (&args.nats_url, &args.amqp_url);
-    config
 }
 
 struct DemoJob<'a> {

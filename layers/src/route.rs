@@ -89,12 +89,12 @@ where
             fail(&mut env, &actor, Reason::RouteMismatch, "RouteMismatch", message);
             return Either::Left(future::ready(Ok(Dispatch::one(Publication::to(SUMP, env)))));
         }
-        if let Some(deadline) = env.status.as_ref().and_then(|s| s.deadline_at) {
-            if deadline <= Utc::now() {
-                let message = format!("deadline {deadline} passed before actor {actor:?} could run");
-                fail(&mut env, &actor, Reason::Timeout, HandlerError::TIMEOUT, message);
-                return Either::Left(future::ready(Ok(Dispatch::one(Publication::to(SINK, env)))));
-            }
+        if let Some(deadline) = env.status.as_ref().and_then(|s| s.deadline_at)
+            && deadline <= Utc::now()
+        {
+            let message = format!("deadline {deadline} passed before actor {actor:?} could run");
+            fail(&mut env, &actor, Reason::Timeout, HandlerError::TIMEOUT, message);
+            return Either::Left(future::ready(Ok(Dispatch::one(Publication::to(SINK, env)))));
         }
 
         let attempt = env.attempt_at(&actor);

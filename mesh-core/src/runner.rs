@@ -384,16 +384,16 @@ where
     let actor = shared.config.actor.as_str();
     let infra_delay = Some(infra_delay(&shared.config, delivery.redeliveries()));
 
-    if let Some(max) = shared.config.max_redeliveries {
-        if delivery.redeliveries() > max {
-            let message = format!(
-                "delivered {} times, over the limit of {max}",
-                delivery.redeliveries() + 1
-            );
-            tracing::error!(queue = %shared.queue, %message, "giving up on a poison message");
-            let env = sump::wrap_body(body, Reason::RedeliveryLimit, "RedeliveryLimit", &message, actor);
-            return publish_to_sump(shared, env, delivery.redeliveries()).await;
-        }
+    if let Some(max) = shared.config.max_redeliveries
+        && delivery.redeliveries() > max
+    {
+        let message = format!(
+            "delivered {} times, over the limit of {max}",
+            delivery.redeliveries() + 1
+        );
+        tracing::error!(queue = %shared.queue, %message, "giving up on a poison message");
+        let env = sump::wrap_body(body, Reason::RedeliveryLimit, "RedeliveryLimit", &message, actor);
+        return publish_to_sump(shared, env, delivery.redeliveries()).await;
     }
 
     let envelope = match Envelope::from_slice(body, &shared.config.limits) {

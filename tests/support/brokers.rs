@@ -9,13 +9,10 @@ use troupe::layers::{RedisStore, RedisStoreConfig};
 
 /// Broker addresses from the environment, with settings for short-lived test queues.
 pub fn failure_test_brokers() -> BrokerConfig {
-    let mut config = BrokerConfig::from_env();
-    config.nats.stream = "TROUPE_FAILURE".to_owned();
-    config.nats.subject_prefix = "troupe-failure".to_owned();
-    // Each run uses its own namespace; let the brokers drop what it leaves behind.
-    config.nats.consumer_inactive_threshold = Some(Duration::from_secs(300));
-    config.amqp.queue_expires = Some(Duration::from_secs(300));
-    config
+    let config = BrokerConfig::from_env().scratch("failure");
+    // The local emulator unless told otherwise.
+    let sqs = std::env::var("TROUPE_SQS_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned());
+    config.sqs_endpoint(sqs)
 }
 
 /// The idempotency store every actor of a failure test shares.

@@ -14,9 +14,13 @@ pub mod memory;
 pub mod nats;
 #[cfg(feature = "nats")]
 mod nats_poison;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 
 #[cfg(feature = "amqp")]
 pub use amqp::{AmqpConfig, AmqpTransport, ManagementApi};
 pub use memory::{MemoryConfig, MemoryConsumer, MemoryDelivery, MemoryTransport};
 #[cfg(feature = "nats")]
 pub use nats::{NatsConfig, NatsTransport};
+#[cfg(feature = "sqs")]
+pub use sqs::{SqsConfig, SqsConsumer, SqsCredentials, SqsDelivery, SqsTransport};

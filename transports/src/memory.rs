@@ -150,11 +150,9 @@ impl QueueState {
             // Settled or since extended: the entry is stale, whatever its time. Dropping it
             // here keeps the heap near the in-flight count instead of rate x lease.
             self.leases.pop();
-            if live {
-                if let Some(expired) = self.in_flight.remove(&tag) {
-                    // Redelivered first: it has waited longest.
-                    self.ready.push_front(expired.message);
-                }
+            if live && let Some(expired) = self.in_flight.remove(&tag) {
+                // Redelivered first: it has waited longest.
+                self.ready.push_front(expired.message);
             }
         }
         while self.delayed.peek().is_some_and(|d| d.0.at <= now) {
