@@ -7,10 +7,14 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
 
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaConfig, KafkaConsumer, KafkaDelivery, KafkaTransport, TopicCreation};
 pub use memory::{MemoryConfig, MemoryConsumer, MemoryDelivery, MemoryTransport};
 #[cfg(feature = "nats")]
 pub use nats::{NatsConfig, NatsTransport};
