@@ -310,7 +310,7 @@ impl KafkaTransport {
                 delay_topic: delay_topic.clone(),
                 config: self.consumer_config(&names::group(&config.group_prefix, queue)),
                 publisher: self.inner.publisher.clone(),
-                reap_every: REAP_EVERY,
+                reap_every: Some(REAP_EVERY),
             },
             &CancellationToken::new(),
         )?;
@@ -322,7 +322,7 @@ impl KafkaTransport {
                 delay_topic,
                 config: self.consumer_config(&names::delay_group(&config.group_prefix, queue)),
                 publisher: self.inner.publisher.clone(),
-                reap_every: REAP_EVERY,
+                reap_every: None,
             },
             main.stop_token(),
         );

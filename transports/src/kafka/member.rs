@@ -62,8 +62,9 @@ pub(crate) struct MemberSpec {
     pub(crate) config: ClientConfig,
     /// For copies.
     pub(crate) publisher: Publisher,
-    /// How often expired leases are looked for.
-    pub(crate) reap_every: Duration,
+    /// How often expired leases are looked for; `None` for a member whose leases never
+    /// expire (the delay forwarder).
+    pub(crate) reap_every: Option<Duration>,
 }
 
 /// A consumer-group member shared by the consumers of one queue in one process.
@@ -247,6 +248,9 @@ impl Member {
         drop(st);
         if last {
             self.stop.cancel();
+        } else {
+            // Less budget may mean pausing.
+            self.wake.notify_one();
         }
         last
     }
@@ -605,8 +609,9 @@ pub(crate) struct LocalDepth {
 }
 
 /// Polls the rdkafka consumer until the member stops, then closes it.
-async fn poll(member: Arc<Member>, consumer: StreamConsumer<MemberContext>, reap_every: Duration) {
-    let mut reap = tokio::time::interval(reap_every);
+async fn poll(member: Arc<Member>, consumer: StreamConsumer<MemberContext>, reap_every: Option<Duration>) {
+    let reaping = reap_every.is_some();
+    let mut reap = tokio::time::interval(reap_every.unwrap_or(Duration::from_secs(3600)));
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     // (generation, paused) last applied to the assignment.
     let mut applied: Option<(u64, bool)> = None;
@@ -626,7 +631,7 @@ async fn poll(member: Arc<Member>, consumer: StreamConsumer<MemberContext>, reap
         tokio::select! {
             () = member.stop.cancelled() => break,
             () = member.wake.notified() => {}
-            _ = reap.tick() => member.reap(),
+            _ = reap.tick(), if reaping => member.reap(),
             received = consumer.recv() => match received {
                 Ok(message) => member.receive(&message),
                 Err(error) => {
