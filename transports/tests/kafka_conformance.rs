@@ -350,3 +350,41 @@ async fn delayed_records_do_not_block_each_other() {
     let seen: HashSet<_> = order.into_iter().map(|(n, _)| n).collect();
     assert_eq!(seen.len(), 3);
 }
+
+/// Two processes (two transports, so two group members) split the queue's partitions and
+/// both get work; nothing is lost while the group rebalances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_the_partitions() {
+    let (a, b) = (transport().await, transport().await);
+    let q = queue("processes");
+    a.ensure_queue(&q).await.unwrap();
+    let mut from_a = a.consume(&q, opts(4)).await.unwrap();
+    let mut from_b = b.consume(&q, opts(4)).await.unwrap();
+    for i in 0..40 {
+        publish(&a, &q, &format!("s{i}")).await;
+    }
+    let (mut got_a, mut got_b) = (HashSet::new(), HashSet::new());
+    let give_up = std::time::Instant::now() + WAIT * 2;
+    while got_a.union(&got_b).count() < 40 {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "only {} of 40 delivered",
+            got_a.union(&got_b).count()
+        );
+        tokio::select! {
+            Some(Ok(d)) = from_a.next() => {
+                got_a.insert(text(&d));
+                // Settling may race a revocation during the rebalance; the record then comes again.
+                let _ = d.ack().await;
+            }
+            Some(Ok(d)) = from_b.next() => {
+                got_b.insert(text(&d));
+                let _ = d.ack().await;
+            }
+        }
+    }
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "a: {got_a:?}, b: {got_b:?}"
+    );
+}

@@ -192,3 +192,40 @@ async fn delayed_publish_arrives_after_its_delay() {
     d.ack().await.unwrap();
     depth_until(&t, &q, |d| d.total() == 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_group_members_split_the_partitions() {
+    // Two transports are two members of the queue's consumer group, as two processes would be.
+    let (a, b) = (transport().await, transport().await);
+    let q = queue("members");
+    a.ensure_queue(&q).await.unwrap();
+    let mut from_a = a.consume(&q, options(4)).await.unwrap();
+    let mut from_b = b.consume(&q, options(4)).await.unwrap();
+    for i in 0..20 {
+        publish(&a, &q, &format!("s{i}")).await;
+    }
+    let (mut got_a, mut got_b) = (HashSet::new(), HashSet::new());
+    let give_up = Instant::now() + WAIT * 2;
+    while got_a.union(&got_b).count() < 20 {
+        assert!(
+            Instant::now() < give_up,
+            "only {} of 20 delivered",
+            got_a.union(&got_b).count()
+        );
+        tokio::select! {
+            Some(Ok(d)) = from_a.next() => {
+                got_a.insert(text(&d));
+                // Settling may race a revocation while the group rebalances; the record then comes again.
+                let _ = d.ack().await;
+            }
+            Some(Ok(d)) = from_b.next() => {
+                got_b.insert(text(&d));
+                let _ = d.ack().await;
+            }
+        }
+    }
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "a: {got_a:?}, b: {got_b:?}"
+    );
+}
