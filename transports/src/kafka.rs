@@ -81,8 +81,9 @@ pub enum TopicCreation {
     AutoCreate,
 }
 
-/// Where Kafka is and how queues map onto it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where Kafka is and how queues map onto it. Its `Debug` output hides the values of
+/// properties that look like credentials.
+#[derive(Clone, PartialEq, Eq)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`: comma-separated `host:port` list.
     pub bootstrap_servers: String,
@@ -150,6 +151,49 @@ impl Default for KafkaConfig {
             producer_properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
         }
+    }
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("group_prefix", &self.group_prefix)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("topic_creation", &self.topic_creation)
+            .field("linger", &self.linger)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("commit_interval", &self.commit_interval)
+            .field("request_timeout", &self.request_timeout)
+            .field("join_timeout", &self.join_timeout)
+            .field("delay_hold_limit", &self.delay_hold_limit)
+            .field("properties", &Redacted(&self.properties))
+            .field("producer_properties", &Redacted(&self.producer_properties))
+            .field("consumer_properties", &Redacted(&self.consumer_properties))
+            .finish()
+    }
+}
+
+/// librdkafka properties with credential values hidden (SASL passwords, key material).
+struct Redacted<'a>(&'a BTreeMap<String, String>);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |key: &str| {
+            let key = key.to_ascii_lowercase();
+            ["password", "secret", "token", "key", "sasl.oauthbearer.config"]
+                .iter()
+                .any(|s| key.contains(s))
+        };
+        f.debug_map()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(k, v)| (k, if secret(k) { "<redacted>" } else { v.as_str() })),
+            )
+            .finish()
     }
 }
 
@@ -623,5 +667,28 @@ impl QueueAdmin for KafkaTransport {
             in_flight,
             delayed: delayed.total.saturating_sub(local_delay.settled),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_credentials() {
+        let mut config = KafkaConfig::default();
+        for (k, v) in [
+            ("sasl.username", "troupe"),
+            ("sasl.password", "hunter2"),
+            ("ssl.key.pem", "-----BEGIN"),
+        ] {
+            config.properties.insert(k.to_owned(), v.to_owned());
+        }
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("troupe") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        assert!(!shown.contains("hunter2") && !shown.contains("BEGIN"), "{shown}");
     }
 }
