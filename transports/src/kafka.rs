@@ -13,14 +13,17 @@
 //!   (in `ensure_queue`) no `.`/`_` collision with an existing topic, which Kafka refuses.
 //! - **Consumers.** The consumers of a queue in one transport share one group member, which
 //!   polls in a background task and pauses its partitions while the consumers' prefetch is
-//!   used up. See [`KafkaConsumer`] for leases, commits and rebalances.
+//!   used up. [`KafkaConsumer`] has the details: leases, commits, rebalances.
 //! - **Commits** advance only to the highest offset below which every record is settled,
 //!   so concurrent work on one partition never commits past unfinished records; a process
 //!   that dies leaves the rest uncommitted and the group gives it to another member.
 //! - **Leases and nacks** are emulated: an expired lease or a nack publishes a copy with the
 //!   `troupe-redeliveries` header raised by one, then settles the original.
-//! - **Delays** use a delay topic per queue and an in-process forwarder (see the `delay`
-//!   module docs for the alternatives and why).
+//! - **Delays** (delayed publish, nack with a delay) go to a delay topic per queue,
+//!   `{topic}.troupe-delay`. A forwarder in each consuming process holds each record in
+//!   memory until due and then publishes it to the queue, so ready work never waits behind
+//!   delayed work (a due-time header with the partition paused until the head is due would
+//!   hold up every ready record behind a delayed one). `kafka/delay.rs` weighs the options.
 //! - **Publishing** uses one idempotent producer (`enable.idempotence=true`, `acks=all`);
 //!   `publish` resolves on the record's delivery report. [`PublishOptions::dedup_id`] is not
 //!   used: Kafka only deduplicates one producer session's own retries (which idempotence
@@ -30,14 +33,18 @@
 //!   what this process has settled but not yet committed; `in_flight` is what this
 //!   process's consumers hold (the broker cannot tell), counted out of the lag;
 //!   `delayed` is the lag of the delay topic's forwarder group, likewise corrected. Work
-//!   held by *other* processes counts as ready: totals are exact, the split is this
-//!   process's view.
+//!   held by *other* processes counts as ready, and what they settled counts until they
+//!   commit it (at most [`KafkaConfig::commit_interval`] later): the split is this
+//!   process's view, the total is the group's.
 //!
-//! Limits: a redelivery after a crash or a rebalance (the group re-reading uncommitted
-//! records) is not counted in `redeliveries`, since nothing recorded it; a rebalance makes
-//! the leases on the moved partitions' records expire at once (their settlement answers
-//! `LeaseExpired`), so prefer the default `cooperative-sticky` assignment, which moves only
-//! the partitions that must move.
+//! Limits:
+//! - A redelivery after a crash or a rebalance (the group re-reading uncommitted records)
+//!   is not counted in `redeliveries`, since nothing recorded it. A message that kills its
+//!   process (not a panic, which the runner catches) is therefore not stopped by the
+//!   runner's redelivery limit on Kafka.
+//! - A rebalance ends the leases on the moved partitions' records at once (settling them
+//!   answers `LeaseExpired` and the new owner delivers them again), so the default
+//!   assignment is `cooperative-sticky`, which moves only the partitions that must move.
 
 mod delay;
 mod member;

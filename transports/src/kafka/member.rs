@@ -1,33 +1,5 @@
-//! One consumer-group member per queue and process, and the leases it emulates.
-//!
-//! Kafka gives a partition to one member of a group and remembers one offset per
-//! partition; it has no per-message lease, nack or redelivery. A [`Member`] provides them:
-//!
-//! - **One member per queue per process.** Every [`KafkaConsumer`] of a queue in one
-//!   transport shares one rdkafka consumer. Workers in a process share its records through
-//!   one in-process queue; processes share the topic's partitions through the group. A
-//!   runner that starts eight workers therefore joins the group once, not eight times (each
-//!   join is a group-wide rebalance that stops everyone's fetching for a while).
-//! - **Polling in a task.** A background task polls the rdkafka consumer and queues what it
-//!   receives; [`KafkaConsumer::next`] only takes from that queue, so dropping it loses
-//!   nothing. Rebalance callbacks run in that task too.
-//! - **Prefetch by pausing.** The task pauses the member's partitions while the records
-//!   queued or leased reach the sum of its consumers' prefetch, and resumes them when some
-//!   settle. It keeps polling meanwhile, so the member stays in the group however long the
-//!   work takes (librdkafka drops a member that stops polling for `max.poll.interval.ms`).
-//! - **Commits.** Settled offsets go through an [`OffsetTracker`] per partition; only its
-//!   commit offset (below which every record is settled) is stored, and librdkafka commits
-//!   stored offsets every `auto.commit.interval.ms`, on revocation and on close. A process
-//!   that dies commits nothing more, so the group gives its unsettled records to another
-//!   member.
-//! - **Leases.** A record taken by a consumer is leased for `ConsumeOptions::lease`.
-//!   `in_progress` extends it. When it runs out, or on `nack`, a copy is published to the
-//!   queue's topic (or its delay topic) with the redelivery count raised, and only then is
-//!   the original settled, so a crash in between duplicates the record and never loses it.
-//!   Settling a record whose lease ran out answers [`TransportError::LeaseExpired`].
-//! - **Revocation.** When the group takes a partition away, its tracking is dropped: its
-//!   queued records are discarded, settling its leased ones answers `LeaseExpired`, and
-//!   expired leases are not republished (the new owner reads everything uncommitted again).
+//! One consumer-group member per queue and process, and the leases it emulates (the
+//! design is documented on [`KafkaConsumer`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -699,8 +671,37 @@ impl ConsumerContext for MemberContext {
     }
 }
 
-/// Deliveries from one Kafka queue. Consumers of a queue in one transport share one
-/// consumer-group member (see the [module docs](crate::kafka)).
+/// Deliveries from one Kafka queue.
+///
+/// Kafka gives a partition to one member of a group and remembers one offset per
+/// partition; it has no per-message lease, nack or redelivery. The transport's group
+/// member provides them:
+///
+/// - **One member per queue per process.** Every consumer of a queue in one
+///   transport shares one rdkafka consumer. Workers in a process share its records through
+///   one in-process queue; processes share the topic's partitions through the group. A
+///   runner that starts eight workers therefore joins the group once, not eight times (each
+///   join is a group-wide rebalance that stops everyone's fetching for a while).
+/// - **Polling in a task.** A background task polls the rdkafka consumer and queues what it
+///   receives; [`next`](Consumer::next) only takes from that queue, so dropping it loses
+///   nothing. Rebalance callbacks run in that task too.
+/// - **Prefetch by pausing.** The task pauses the member's partitions while the records
+///   queued or leased reach the sum of its consumers' prefetch, and resumes them when some
+///   settle. It keeps polling meanwhile, so the member stays in the group however long the
+///   work takes (librdkafka drops a member that stops polling for `max.poll.interval.ms`).
+/// - **Commits.** Settled offsets go through an offset tracker per partition; only its
+///   commit offset (below which every record is settled) is stored, and librdkafka commits
+///   stored offsets every `auto.commit.interval.ms`, on revocation and on close. A process
+///   that dies commits nothing more, so the group gives its unsettled records to another
+///   member.
+/// - **Leases.** A record taken by a consumer is leased for `ConsumeOptions::lease`.
+///   `in_progress` extends it. When it runs out, or on `nack`, a copy is published to the
+///   queue's topic (or its delay topic) with the redelivery count raised, and only then is
+///   the original settled, so a crash in between duplicates the record and never loses it.
+///   Settling a record whose lease ran out answers [`TransportError::LeaseExpired`].
+/// - **Revocation.** When the group takes a partition away, its tracking is dropped: its
+///   queued records are discarded, settling its leased ones answers `LeaseExpired`, and
+///   expired leases are not republished (the new owner reads everything uncommitted again).
 pub struct KafkaConsumer {
     pub(crate) member: Arc<Member>,
     pub(crate) lease: Duration,
