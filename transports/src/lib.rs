@@ -9,6 +9,8 @@
 pub mod amqp;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -19,6 +21,8 @@ pub mod sqs;
 
 #[cfg(feature = "amqp")]
 pub use amqp::{AmqpConfig, AmqpTransport, ManagementApi};
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaConfig, KafkaConsumer, KafkaDelivery, KafkaTransport, TopicCreation};
 pub use memory::{MemoryConfig, MemoryConsumer, MemoryDelivery, MemoryTransport};
 #[cfg(feature = "nats")]
 pub use nats::{NatsConfig, NatsTransport};
