@@ -43,11 +43,19 @@ pub enum Broker {
     Amqp,
     /// Amazon SQS or an SQS emulator (feature `sqs`).
     Sqs,
+    /// Apache Kafka or another Kafka-API broker (feature `kafka`).
+    Kafka,
 }
 
 impl Broker {
     /// Every broker, compiled in or not.
-    pub const ALL: [Broker; 4] = [Broker::Memory, Broker::Nats, Broker::Amqp, Broker::Sqs];
+    pub const ALL: [Broker; 5] = [
+        Broker::Memory,
+        Broker::Nats,
+        Broker::Amqp,
+        Broker::Sqs,
+        Broker::Kafka,
+    ];
 
     /// Its name on the command line.
     pub fn name(self) -> &'static str {
@@ -56,6 +64,7 @@ impl Broker {
             Broker::Nats => "nats",
             Broker::Amqp => "amqp",
             Broker::Sqs => "sqs",
+            Broker::Kafka => "kafka",
         }
     }
 
@@ -66,6 +75,7 @@ impl Broker {
             Broker::Nats => Some("nats"),
             Broker::Amqp => Some("amqp"),
             Broker::Sqs => Some("sqs"),
+            Broker::Kafka => Some("kafka"),
         }
     }
 
@@ -76,6 +86,7 @@ impl Broker {
             Broker::Nats => cfg!(feature = "nats"),
             Broker::Amqp => cfg!(feature = "amqp"),
             Broker::Sqs => cfg!(feature = "sqs"),
+            Broker::Kafka => cfg!(feature = "kafka"),
         }
     }
 }
@@ -88,7 +99,7 @@ impl fmt::Display for Broker {
 
 /// A broker name that is not one of [`Broker::ALL`].
 #[derive(Debug, thiserror::Error)]
-#[error("unknown broker {0:?}; expected one of: memory, nats, amqp, sqs")]
+#[error("unknown broker {0:?}; expected one of: memory, nats, amqp, sqs, kafka")]
 pub struct UnknownBroker(String);
 
 impl FromStr for Broker {
@@ -149,12 +160,15 @@ pub struct BrokerConfig {
     /// Amazon SQS.
     #[cfg(feature = "sqs")]
     pub sqs: troupe_transports::SqsConfig,
+    /// Kafka.
+    #[cfg(feature = "kafka")]
+    pub kafka: troupe_transports::KafkaConfig,
 }
 
 impl BrokerConfig {
     /// Addresses from the environment where set (`TROUPE_NATS_URL`, `TROUPE_AMQP_URL`,
-    /// `TROUPE_SQS_URL` for an SQS endpoint such as an emulator), the 127.0.0.1 defaults
-    /// (AWS itself for SQS) otherwise.
+    /// `TROUPE_SQS_URL` for an SQS endpoint such as an emulator, `TROUPE_KAFKA_BOOTSTRAP`),
+    /// the 127.0.0.1 defaults (AWS itself for SQS) otherwise.
     pub fn from_env() -> Self {
         #[allow(unused_mut)]
         let mut config = Self::default();
@@ -169,6 +183,10 @@ impl BrokerConfig {
         #[cfg(feature = "sqs")]
         if let Ok(url) = std::env::var("TROUPE_SQS_URL") {
             config.sqs.endpoint_url = Some(url);
+        }
+        #[cfg(feature = "kafka")]
+        if let Ok(bootstrap) = std::env::var("TROUPE_KAFKA_BOOTSTRAP") {
+            config.kafka.bootstrap_servers = bootstrap;
         }
         config
     }
@@ -219,6 +237,8 @@ impl BrokerConfig {
                 Some(url) => format!("SQS at {url}"),
                 None => format!("SQS in {}", self.sqs.region),
             },
+            #[cfg(feature = "kafka")]
+            Broker::Kafka => format!("Kafka at {}", self.kafka.bootstrap_servers),
             #[allow(unreachable_patterns)]
             other => other.to_string(),
         }
@@ -246,6 +266,13 @@ impl BrokerConfig {
             #[cfg(feature = "sqs")]
             Broker::Sqs => {
                 let transport = troupe_transports::SqsTransport::connect(self.sqs.clone())
+                    .await
+                    .map_err(connect_error)?;
+                Ok(job.run(transport).await)
+            }
+            #[cfg(feature = "kafka")]
+            Broker::Kafka => {
+                let transport = troupe_transports::KafkaTransport::connect(self.kafka.clone())
                     .await
                     .map_err(connect_error)?;
                 Ok(job.run(transport).await)
@@ -281,6 +308,21 @@ pub struct BrokerArgs {
     /// unset means AWS itself, with credentials and region from the `AWS_*` variables.
     #[arg(long, env = "TROUPE_SQS_URL")]
     pub sqs_url: Option<String>,
+    /// Kafka bootstrap servers, `host:port[,host:port...]` (`--transport kafka`).
+    #[arg(long, default_value = "127.0.0.1:9092", env = "TROUPE_KAFKA_BOOTSTRAP")]
+    pub kafka_bootstrap: String,
+    /// librdkafka property for every Kafka client, `KEY=VALUE`; repeat for more (e.g.
+    /// `security.protocol=SASL_SSL`).
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = key_value, env = "TROUPE_KAFKA_PROPERTIES", value_delimiter = ',')]
+    pub kafka_properties: Vec<(String, String)>,
+}
+
+#[cfg(feature = "cli")]
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
 #[cfg(feature = "cli")]
@@ -301,6 +343,14 @@ impl BrokerArgs {
         if let Some(url) = &self.sqs_url {
             config = config.sqs_endpoint(url.clone());
         }
+        #[cfg(feature = "kafka")]
+        {
+            config.kafka.bootstrap_servers = self.kafka_bootstrap.clone();
+            config
+                .kafka
+                .properties
+                .extend(self.kafka_properties.iter().cloned());
+        }
         config
     }
 }
@@ -320,6 +370,6 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("memory, nats, amqp, sqs"), "{err}");
+        assert!(err.contains("memory, nats, amqp, sqs, kafka"), "{err}");
     }
 }

@@ -49,7 +49,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(180);
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// The broker to measure: memory, nats, amqp, sqs (real brokers need their Cargo feature).
+    /// The broker to measure: memory, nats, amqp, sqs, kafka (real brokers need their Cargo feature).
     #[arg(long, default_value = "memory")]
     broker: Broker,
     #[command(flatten)]

@@ -55,8 +55,8 @@ pub struct DemoArgs {
     /// Give up if nothing reaches x-sink for this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     stall_timeout: Duration,
-    /// The broker the actors talk through: memory (embedded), nats, amqp, sqs (each real
-    /// broker needs this build to have its Cargo feature).
+    /// The broker the actors talk through: memory (embedded), nats, amqp, sqs, kafka (each
+    /// real broker needs this build to have its Cargo feature).
     #[arg(long, default_value = "memory", env = "TROUPE_TRANSPORT")]
     transport: Broker,
     #[command(flatten)]

@@ -9,10 +9,30 @@ use troupe::layers::{RedisStore, RedisStoreConfig};
 
 /// Broker addresses from the environment, with settings for short-lived test queues.
 pub fn failure_test_brokers() -> BrokerConfig {
-    let config = BrokerConfig::from_env().scratch("failure");
+    let mut config = BrokerConfig::from_env().scratch("failure");
+    if std::env::var_os(KAFKA_MOCK).is_some() {
+        kafka_mock_settings(&mut config.kafka);
+    }
     // The local emulator unless told otherwise.
     let sqs = std::env::var("TROUPE_SQS_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned());
     config.sqs_endpoint(sqs)
+}
+
+/// Set (to anything) when `TROUPE_KAFKA_BOOTSTRAP` is librdkafka's mock cluster.
+pub const KAFKA_MOCK: &str = "TROUPE_KAFKA_MOCK";
+
+/// What librdkafka's mock cluster needs: topics auto-created on first use (it does not
+/// answer CreateTopics), and a short session timeout, because it keeps a rebalance open
+/// for `session.timeout.ms` - 1 s (a real broker refuses values below 6 s).
+pub fn kafka_mock_settings(kafka: &mut troupe::transports::KafkaConfig) {
+    kafka.topic_creation = troupe::transports::TopicCreation::AutoCreate;
+    for (k, v) in [
+        ("session.timeout.ms", "3000"),
+        ("heartbeat.interval.ms", "500"),
+        ("partition.assignment.strategy", "range"),
+    ] {
+        kafka.consumer_properties.insert(k.to_owned(), v.to_owned());
+    }
 }
 
 /// The idempotency store every actor of a failure test shares.

@@ -61,6 +61,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (Some(broker), Some(actor), Some(namespace)) = (args.next(), args.next(), args.next()) else {
         return Err("usage: troupe-test-actor BROKER ACTOR NAMESPACE".into());
     };
+    // Logs only when asked (RUST_LOG), to stderr, which the test passes through.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let broker: Broker = broker.parse()?;
     brokers::failure_test_brokers()
         .connect(broker, EchoActor { actor, namespace })

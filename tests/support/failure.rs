@@ -22,18 +22,36 @@ use super::brokers;
 const ENVELOPES: usize = 10_000;
 
 /// The middle actor, as its own process.
-fn start_middle(broker: Broker, namespace: &str) -> Child {
+fn start_middle(broker: Broker, namespace: &str, env: &[(String, String)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_troupe-test-actor"))
         .args([broker.name(), "b", namespace])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .spawn()
         .unwrap()
 }
 
 /// Runs the scenario on `broker`.
 pub async fn kill_the_middle_actor_twice(broker: Broker) {
+    kill_the_middle_actor_twice_with(broker, brokers::failure_test_brokers(), Vec::new()).await;
+}
+
+/// Runs the scenario on `broker` as `config` describes it; the middle actor's process gets
+/// `child_env` on top of this process's environment.
+pub async fn kill_the_middle_actor_twice_with(
+    broker: Broker,
+    config: troupe::broker::BrokerConfig,
+    child_env: Vec<(String, String)>,
+) {
     let namespace = format!("fail{}", std::process::id());
-    brokers::failure_test_brokers()
-        .connect(broker, Scenario { broker, namespace })
+    config
+        .connect(
+            broker,
+            Scenario {
+                broker,
+                namespace,
+                child_env,
+            },
+        )
         .await
         .unwrap_or_else(|e| panic!("{broker} must be running (bash .ci/run starts it): {e}"));
 }
@@ -41,17 +59,23 @@ pub async fn kill_the_middle_actor_twice(broker: Broker) {
 struct Scenario {
     broker: Broker,
     namespace: String,
+    child_env: Vec<(String, String)>,
 }
 
 impl WithTransport for Scenario {
     type Output = ();
 
     async fn run<T: Transport + QueueAdmin>(self, transport: T) {
-        scenario(transport, self.broker, self.namespace).await;
+        scenario(transport, self.broker, self.namespace, self.child_env).await;
     }
 }
 
-async fn scenario<T: Transport + QueueAdmin>(transport: T, broker: Broker, namespace: String) {
+async fn scenario<T: Transport + QueueAdmin>(
+    transport: T,
+    broker: Broker,
+    namespace: String,
+    child_env: Vec<(String, String)>,
+) {
     let store = brokers::shared_store(&namespace).await;
     let naming = QueueNaming::new("asya", &namespace).unwrap();
     for actor in ["a", "b", "c", SINK, SUMP] {
@@ -85,7 +109,7 @@ async fn scenario<T: Transport + QueueAdmin>(transport: T, broker: Broker, names
             Runner::new(transport.clone(), stack, cfg).run(token.clone()),
         ));
     }
-    let mut middle = start_middle(broker, &namespace);
+    let mut middle = start_middle(broker, &namespace, &child_env);
 
     let sent = super::common::send_through(
         &transport,
@@ -115,7 +139,7 @@ async fn scenario<T: Transport + QueueAdmin>(transport: T, broker: Broker, names
             middle.kill().unwrap();
             middle.wait().unwrap();
             kills += 1;
-            middle = start_middle(broker, &namespace);
+            middle = start_middle(broker, &namespace, &child_env);
         }
     }
     // Anything redelivered late would show up now: held-back duplicates wait at most the

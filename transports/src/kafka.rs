@@ -69,6 +69,9 @@ use troupe_core::{ConsumeOptions, PublishOptions, QueueAdmin, QueueDepth, Transp
 pub use member::{KafkaConsumer, KafkaDelivery};
 use member::{Member, MemberSpec};
 use publish::{Marks, Publisher, due_in};
+/// The Kafka client this transport is built on, for what it exposes beyond the transport
+/// (e.g. `rdkafka::mocking::MockCluster` for tests), at the version the transport uses.
+pub use rdkafka;
 
 /// How often expired leases are looked for: the lateness of a redelivery after its lease.
 const REAP_EVERY: Duration = Duration::from_millis(100);
