@@ -16,6 +16,7 @@ pub mod memory;
 pub mod nats;
 #[cfg(feature = "nats")]
 mod nats_poison;
+mod queue_check;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 

@@ -22,7 +22,9 @@
 //!   starts at zero as the contract requires.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::queue_check::now_millis;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{PullConsumer, pull};
@@ -115,19 +117,7 @@ fn check_queue(queue: &str) -> Result<(), TransportError> {
     } else {
         None
     };
-    match problem {
-        Some(p) => Err(TransportError::InvalidQueue {
-            queue: queue.to_owned(),
-            detail: p.to_owned(),
-        }),
-        None => Ok(()),
-    }
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::queue_check::refuse_if(queue, problem)
 }
 
 impl NatsTransport {

@@ -44,7 +44,9 @@ mod consumer;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::queue_check::now_millis;
 
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
@@ -537,19 +539,7 @@ fn check_queue(queue: &str) -> Result<(), TransportError> {
     } else {
         None
     };
-    match problem {
-        Some(p) => Err(TransportError::InvalidQueue {
-            queue: queue.to_owned(),
-            detail: p.to_owned(),
-        }),
-        None => Ok(()),
-    }
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::queue_check::refuse_if(queue, problem)
 }
 
 /// Whole seconds, rounded up: SQS delays and visibility are in seconds, and a message

@@ -4,11 +4,11 @@
 //! - every queue is a durable **quorum** queue, published to through the default exchange
 //!   with `mandatory` set, so a publish to a queue that does not exist fails instead of
 //!   vanishing. Quorum queues count deliveries (`x-delivery-count`), which classic queues
-//!   do not, and that count is [`Delivery::redeliveries`];
+//!   do not, and that count is [`troupe_core::Delivery::redeliveries`];
 //! - publishes go over one confirm-mode channel and resolve on the broker's confirm;
 //!   concurrent publishes pipeline on it (the window is however many are in flight);
 //! - each consumer has its own channel with `basic.qos(prefetch)` and manual acks;
-//! - AMQP has no per-delivery lease, so each consumer runs a lease watchdog ([`lease`]):
+//! - AMQP has no per-delivery lease, so each consumer runs a lease watchdog (module `lease`):
 //!   an unsettled delivery is requeued when its lease ends and a late settlement is refused;
 //! - delays without plugins: a delayed message waits in a classic queue per delay bucket
 //!   (`{queue}.troupe-delay.{ms}`) whose queue-wide TTL dead-letters it back to `queue`.
@@ -147,13 +147,7 @@ fn check_queue(queue: &str) -> Result<(), TransportError> {
     } else {
         None
     };
-    match problem {
-        Some(p) => Err(TransportError::InvalidQueue {
-            queue: queue.to_owned(),
-            detail: p.to_owned(),
-        }),
-        None => Ok(()),
-    }
+    crate::queue_check::refuse_if(queue, problem)
 }
 
 /// `delay` in milliseconds rounded up to two significant digits (never shorter).
