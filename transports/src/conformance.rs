@@ -36,7 +36,9 @@ fn opts(prefetch: usize) -> ConsumeOptions {
     }
 }
 
-async fn next<C: Consumer>(c: &mut C) -> C::Delivery {
+/// The next delivery of `c`; panics (failing the test) on an error, a closed consumer, or
+/// nothing within [`WAIT`]. For transport-specific tests beside the suite.
+pub async fn next<C: Consumer>(c: &mut C) -> C::Delivery {
     match tokio::time::timeout(WAIT, c.next()).await {
         Ok(Some(Ok(d))) => d,
         Ok(Some(Err(e))) => panic!("receive failed: {e}"),
@@ -46,13 +48,14 @@ async fn next<C: Consumer>(c: &mut C) -> C::Delivery {
 }
 
 /// Asserts that `c` delivers nothing for `quiet`.
-async fn nothing_for<C: Consumer>(c: &mut C, quiet: Duration) {
+pub async fn nothing_for<C: Consumer>(c: &mut C, quiet: Duration) {
     if let Ok(Some(Ok(d))) = tokio::time::timeout(quiet, c.next()).await {
         panic!("unexpected delivery: {:?}", String::from_utf8_lossy(d.body()));
     }
 }
 
-async fn publish<T: Transport>(t: &T, queue: &str, body: &str) {
+/// Publishes the text `body` to `queue`; panics (failing the test) if it is not confirmed.
+pub async fn publish<T: Transport>(t: &T, queue: &str, body: &str) {
     t.publish(
         queue,
         Bytes::copy_from_slice(body.as_bytes()),

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use troupe_core::{
     ConsumeOptions, Consumer, Delivery, PublishOptions, QueueAdmin, Transport, TransportError,
 };
+use troupe_transports::conformance::{next, nothing_for, publish};
 use troupe_transports::{KafkaConfig, KafkaTransport, TopicCreation};
 
 /// Asks the mock cluster's thread to create a topic (name, partitions); it answers on the
@@ -109,33 +110,8 @@ fn opts(prefetch: usize) -> ConsumeOptions {
     }
 }
 
-async fn next<C: Consumer>(c: &mut C) -> C::Delivery {
-    match tokio::time::timeout(WAIT, c.next()).await {
-        Ok(Some(Ok(d))) => d,
-        Ok(Some(Err(e))) => panic!("receive failed: {e}"),
-        Ok(None) => panic!("consumer closed"),
-        Err(_) => panic!("nothing delivered within {WAIT:?}"),
-    }
-}
-
-async fn nothing_for<C: Consumer>(c: &mut C, quiet: Duration) {
-    if let Ok(Some(Ok(d))) = tokio::time::timeout(quiet, c.next()).await {
-        panic!("unexpected delivery: {:?}", text(&d));
-    }
-}
-
 fn text<D: Delivery>(d: &D) -> String {
     String::from_utf8_lossy(d.body()).into_owned()
-}
-
-async fn publish(t: &KafkaTransport, queue: &str, body: &str) {
-    t.publish(
-        queue,
-        Bytes::copy_from_slice(body.as_bytes()),
-        PublishOptions::default(),
-    )
-    .await
-    .unwrap();
 }
 
 /// A queue whose topic has one partition, so record order and commits are predictable.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use troupe_core::{ConsumeOptions, Consumer, Delivery, PublishOptions, QueueAdmin, QueueDepth, Transport};
+use troupe_transports::conformance::{next, publish};
 use troupe_transports::{KafkaConfig, KafkaTransport};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -58,27 +59,8 @@ fn options(prefetch: usize) -> ConsumeOptions {
     }
 }
 
-async fn next<C: Consumer>(c: &mut C) -> C::Delivery {
-    match tokio::time::timeout(WAIT, c.next()).await {
-        Ok(Some(Ok(d))) => d,
-        Ok(Some(Err(e))) => panic!("receive failed: {e}"),
-        Ok(None) => panic!("consumer closed"),
-        Err(_) => panic!("nothing delivered within {WAIT:?}"),
-    }
-}
-
 fn text<D: Delivery>(d: &D) -> String {
     String::from_utf8_lossy(d.body()).into_owned()
-}
-
-async fn publish(t: &KafkaTransport, queue: &str, body: &str) {
-    t.publish(
-        queue,
-        Bytes::copy_from_slice(body.as_bytes()),
-        PublishOptions::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("publish to {queue} failed: {e}"));
 }
 
 async fn depth_until(t: &KafkaTransport, queue: &str, ok: impl Fn(&QueueDepth) -> bool) -> QueueDepth {
