@@ -23,13 +23,16 @@ pub const KAFKA_MOCK: &str = "TROUPE_KAFKA_MOCK";
 
 /// What librdkafka's mock cluster needs: topics auto-created on first use (it does not
 /// answer CreateTopics), and a short session timeout, because it keeps a rebalance open
-/// for `session.timeout.ms` - 1 s (a real broker refuses values below 6 s).
+/// for `session.timeout.ms` - 1 s (a real broker refuses values below 6 s), and short fetch
+/// waits: the mock answers an empty fetch only after `fetch.wait.max.ms` (500 ms by default),
+/// which a pipeline of a few records per partition pays at every hop.
 pub fn kafka_mock_settings(kafka: &mut troupe::transports::KafkaConfig) {
     kafka.topic_creation = troupe::transports::TopicCreation::AutoCreate;
     for (k, v) in [
         ("session.timeout.ms", "3000"),
         ("heartbeat.interval.ms", "500"),
         ("partition.assignment.strategy", "range"),
+        ("fetch.wait.max.ms", "10"),
     ] {
         kafka.consumer_properties.insert(k.to_owned(), v.to_owned());
     }

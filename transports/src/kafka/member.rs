@@ -15,6 +15,12 @@ use troupe_core::{Consumer, Delivery, TransportError};
 
 use super::offsets::OffsetTracker;
 
+/// Records received and not yet taken by a consumer, at most, before the member pauses its
+/// partitions. Prefetch bounds what consumers hold; this bounds what waits for them. It is
+/// large because pausing is expensive: librdkafka discards a paused partition's fetched
+/// records and fetches them again on resume.
+const READ_AHEAD: usize = 256;
+
 /// The rdkafka consumer API of a member's consumer (stream or base).
 trait KafkaClient: rdkafka::consumer::Consumer<MemberContext> {}
 impl<T: rdkafka::consumer::Consumer<MemberContext>> KafkaClient for T {}
@@ -64,8 +70,10 @@ struct State {
     pending: VecDeque<Record>,
     /// Taken and not yet settled, over all partitions.
     leased: usize,
-    /// How many records may be queued or leased at once (sum of the consumers' prefetch).
+    /// How many records consumers may hold at once (the sum of their prefetch).
     budget: usize,
+    /// The partitions are paused because `pending` filled up.
+    paused: bool,
     /// Live consumers.
     consumers: usize,
     /// The polling task has ended.
@@ -104,8 +112,21 @@ impl State {
         true
     }
 
-    fn full(&self) -> bool {
-        self.pending.len() + self.leased >= self.budget.max(1)
+    /// Whether consumers already hold as many records as their prefetch allows.
+    fn leases_full(&self) -> bool {
+        self.leased >= self.budget.max(1)
+    }
+
+    /// Whether the partitions should be paused: once `READ_AHEAD` records wait, until
+    /// consumers have taken half of them. The gap keeps a steady backlog from pausing and
+    /// resuming on every record.
+    fn want_pause(&mut self) -> bool {
+        self.paused = if self.paused {
+            self.pending.len() > READ_AHEAD / 2
+        } else {
+            self.pending.len() >= READ_AHEAD
+        };
+        self.paused
     }
 }
 
@@ -207,7 +228,8 @@ impl Member {
         st.consumers += 1;
         st.budget += prefetch.max(1);
         drop(st);
-        self.wake.notify_one();
+        // More budget may let a waiting consumer take a record.
+        self.ready.notify_one();
         true
     }
 
@@ -220,9 +242,6 @@ impl Member {
         drop(st);
         if last {
             self.stop.cancel();
-        } else {
-            // Less budget may mean pausing.
-            self.wake.notify_one();
         }
         last
     }
@@ -257,7 +276,10 @@ impl Member {
                 if st.closed {
                     return None;
                 }
-                while let Some(record) = st.pending.pop_front() {
+                // Prefetch: wait for a lease to end (settling wakes `ready`).
+                while !st.leases_full()
+                    && let Some(record) = st.pending.pop_front()
+                {
                     let Some(partition) = st
                         .partitions
                         .get_mut(&record.key.partition)
@@ -277,8 +299,11 @@ impl Member {
                         },
                     );
                     st.leased += 1;
-                    if !st.pending.is_empty() {
+                    if !st.pending.is_empty() && !st.leases_full() {
                         self.ready.notify_one();
+                    }
+                    if st.paused && st.pending.len() <= READ_AHEAD / 2 {
+                        self.wake.notify_one();
                     }
                     return Some(KafkaDelivery {
                         member: self.clone(),
@@ -299,7 +324,7 @@ impl Member {
             return Err(self.expired());
         }
         drop(st);
-        self.wake.notify_one();
+        self.lease_ended();
         Ok(())
     }
 
@@ -360,7 +385,7 @@ impl Member {
                 // original again as well: a duplicate, which at-least-once allows.
                 st.settle(key);
                 drop(st);
-                self.wake.notify_one();
+                self.lease_ended();
                 Ok(())
             }
             Err(e) => {
@@ -370,6 +395,13 @@ impl Member {
                 Err(e)
             }
         }
+    }
+
+    /// After a lease ended: the polling task may store a new commit offset, and a consumer
+    /// waiting for prefetch room may take a record.
+    fn lease_ended(&self) {
+        self.wake.notify_one();
+        self.ready.notify_one();
     }
 
     fn expired(&self) -> TransportError {
@@ -450,7 +482,7 @@ impl Member {
                 tracing::debug!(queue = %self.queue, partition = key.partition, offset = key.offset, redeliveries = again.redeliveries, "lease expired; record returned to the queue");
                 st.settle(&key);
                 drop(st);
-                self.wake.notify_one();
+                self.lease_ended();
             }
             Err(error) => {
                 tracing::warn!(queue = %self.queue, %error, "lease expired but the record could not be returned to the queue; retrying in 1 s");
@@ -509,7 +541,8 @@ impl Member {
         };
         self.store(consumer, &offsets);
         tracing::info!(queue = %self.queue, ?partitions, "partitions revoked; their unsettled records go to the next owner");
-        self.wake.notify_one();
+        // Dropped leases free prefetch room.
+        self.lease_ended();
     }
 
     fn assign(&self, assigned: &TopicPartitionList) {
@@ -591,7 +624,8 @@ async fn poll(member: Arc<Member>, consumer: StreamConsumer<MemberContext>, reap
         let (offsets, wanted) = {
             let mut st = member.lock();
             let offsets = std::mem::take(&mut st.dirty).then(|| member.commit_offsets(&st));
-            (offsets, (st.generation, st.full()))
+            let pause = st.want_pause();
+            (offsets, (st.generation, pause))
         };
         if let Some(offsets) = offsets {
             member.store(&consumer, &offsets);
@@ -622,7 +656,7 @@ async fn poll(member: Arc<Member>, consumer: StreamConsumer<MemberContext>, reap
     }
 }
 
-/// Pauses the assignment while the budget is used up, resumes it otherwise. A paused
+/// Pauses the assignment while the read-ahead is full, resumes it otherwise. A paused
 /// partition's already-fetched records are dropped by librdkafka and fetched again on resume
 /// from the last one handed out, so nothing is skipped.
 fn flow(member: &Member, consumer: &StreamConsumer<MemberContext>, pause: bool) {
@@ -685,10 +719,15 @@ impl ConsumerContext for MemberContext {
 /// - **Polling in a task.** A background task polls the rdkafka consumer and queues what it
 ///   receives; [`next`](Consumer::next) only takes from that queue, so dropping it loses
 ///   nothing. Rebalance callbacks run in that task too.
-/// - **Prefetch by pausing.** The task pauses the member's partitions while the records
-///   queued or leased reach the sum of its consumers' prefetch, and resumes them when some
-///   settle. It keeps polling meanwhile, so the member stays in the group however long the
-///   work takes (librdkafka drops a member that stops polling for `max.poll.interval.ms`).
+/// - **Prefetch and read-ahead.** Consumers together hold at most the sum of their
+///   prefetch; `next` waits for a lease to end beyond that. Records received meanwhile wait
+///   in the member, up to a read-ahead of 256; the task then pauses the member's partitions
+///   and resumes them once half of those were taken. Pausing is kept rare on purpose:
+///   librdkafka drops a paused partition's fetched records and fetches them again, and
+///   pausing at every prefetch boundary cut a backlog's throughput to a few records per
+///   second. The task keeps polling while paused, so the member stays in the group however
+///   long the work takes (librdkafka drops a member that stops polling for
+///   `max.poll.interval.ms`).
 /// - **Commits.** Settled offsets go through an offset tracker per partition; only its
 ///   commit offset (below which every record is settled) is stored, and librdkafka commits
 ///   stored offsets every `auto.commit.interval.ms`, on revocation and on close. A process
