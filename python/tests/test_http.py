@@ -289,6 +289,21 @@ def test_http10_closes_by_default(serve) -> None:
     sock.close()
 
 
+def test_head_healthz_has_no_body(serve) -> None:
+    rt = serve("handlers.noop")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(str(rt.socket_path))
+    sock.sendall(b"HEAD /healthz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n")
+    rfile = sock.makefile("rb")
+    assert rfile.readline() == b"HTTP/1.1 200 OK\r\n"
+    while rfile.readline() != b"\r\n":
+        pass
+    status, _, body = read_raw_response(rfile)  # the next answer follows right away
+    assert status == 200 and json.loads(body) == {"status": "ready"}
+    sock.close()
+
+
 def test_unknown_path_and_method(serve) -> None:
     rt = serve("handlers.noop")
     conn = rt.connect()

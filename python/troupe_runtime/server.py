@@ -258,10 +258,14 @@ class RuntimeServer:
         if path == b"/healthz":
             if method not in (b"GET", b"HEAD"):
                 conn.sendall(_method_not_allowed(b"GET", not keep_alive))
-            elif self._stopping.is_set():
-                conn.sendall(response(503, b'{"status":"stopping"}', JSON, not keep_alive))
             else:
-                conn.sendall(_HEALTHY if keep_alive else response(200, _READY, JSON, True))
+                if self._stopping.is_set():
+                    answer = response(503, b'{"status":"stopping"}', JSON, not keep_alive)
+                else:
+                    answer = _HEALTHY if keep_alive else response(200, _READY, JSON, True)
+                if method == b"HEAD":  # same headers, no body
+                    answer = answer[: answer.index(b"\r\n\r\n") + 4]
+                conn.sendall(answer)
             return keep_alive
         conn.sendall(response(404, b'{"error":"not_found"}', JSON, not keep_alive))
         return keep_alive
