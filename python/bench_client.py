@@ -17,6 +17,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -142,9 +143,10 @@ def main() -> int:
     args = parser.parse_args()
 
     proc = None
+    folder = None
     socket_path = args.socket
     if socket_path is None:
-        proc, socket_path, _ = start_runtime(args.handler, max(8, args.connections))
+        proc, socket_path, folder = start_runtime(args.handler, max(8, args.connections))
     results = []
     try:
         t0 = time.perf_counter()
@@ -176,6 +178,8 @@ def main() -> int:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(10)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     if args.json:
         print(json.dumps(results))
     return 0
