@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod asya_resiliency;
 pub mod deadline;
 pub mod idempotency;
 pub mod metrics;

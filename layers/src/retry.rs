@@ -301,8 +301,9 @@ where
     S::Future: Send + 'static,
 {
     type Response = Dispatch;
-    /// Only readiness can fail (the inner service is broken, not one envelope); a failed
-    /// call always becomes a retry, reroute or failure dispatch.
+    /// A failed call becomes a retry, reroute or failure dispatch, except an
+    /// [unavailable](HandlerError::unavailable) handler: that error is returned as is, so
+    /// the runner nacks the delivery without spending one of its attempts.
     type Error = HandlerError;
     type Future = BoxFuture<'static, Result<Dispatch, HandlerError>>;
 
@@ -320,7 +321,14 @@ where
         async move {
             match call.await {
                 Ok(dispatch) => Ok(dispatch),
-                Err(error) => Ok(on_failure(&actor, &policies, input, error.into(), started)),
+                Err(error) => {
+                    let error: HandlerError = error.into();
+                    if error.is_unavailable() {
+                        tracing::warn!(envelope.id = %input.id, actor = %actor, %error, "handler unavailable; the delivery will be redelivered");
+                        return Err(error);
+                    }
+                    Ok(on_failure(&actor, &policies, input, error, started))
+                }
             }
         }
         .boxed()
@@ -490,5 +498,28 @@ mod tests {
         let zero =
             RetryPolicies::from_parts(RetryPolicy::constant(0, Duration::ZERO), HashMap::new(), vec![]);
         assert!(matches!(zero, Err(RetryConfigError::ZeroAttempts { .. })));
+    }
+
+    #[tokio::test]
+    async fn an_unavailable_handler_is_redelivered_not_retried() {
+        use tower::ServiceExt as _;
+        let down = tower::service_fn(|_: Envelope| async {
+            Err::<Dispatch, _>(HandlerError::unavailable("RuntimeUnavailable", "socket refused"))
+        });
+        let policies = RetryPolicies::new(RetryPolicy::constant(5, Duration::ZERO));
+        let env = Envelope::new(troupe_core::Route::through(["a"]), serde_json::Value::Null);
+        let answer = RetryLayer::new("a", policies.clone())
+            .layer(down)
+            .oneshot(env.clone())
+            .await;
+        let error = answer.expect_err("handed to the runner, not turned into a retry");
+        assert!(error.is_unavailable());
+
+        let broken = tower::service_fn(|_: Envelope| async {
+            Err::<Dispatch, _>(HandlerError::new("ValueError", "bad input"))
+        });
+        let answer = RetryLayer::new("a", policies).layer(broken).oneshot(env).await;
+        let dispatch = answer.expect("an ordinary failure becomes a retry dispatch");
+        assert_eq!(dispatch.publications()[0].actor, "a");
     }
 }

@@ -9,6 +9,9 @@
 //!   fan-out ids are assigned (§2.5); each route advances; a finished route goes to `x-sink`
 //!   as succeeded/`Completed`, others to their next actor (overrides applied);
 //! - [`Outcome::End`]: to `x-sink` as succeeded, route not advanced (§2.4);
+//! - [`Outcome::Published`]: nothing left to publish (the handler routed each output with
+//!   [`route_output`] and published it as it was produced);
+//! - [`Outcome::Unprocessable`]: to `x-sump` as failed with `ParseError`, no retry (§2.7);
 //! - a route defect by the handler (changed `prev`/`curr`, no outputs) is a handler failure
 //!   of type `RouteViolation` / `EmptyOutcome`, left to the retry policy.
 
@@ -98,18 +101,17 @@ where
         }
 
         let attempt = env.attempt_at(&actor);
-        let received = Received {
-            id: env.id.clone(),
-            parent_id: env.parent_id.clone(),
-            // Only `prev` and `curr` are checked against the outputs; `next` is the handler's.
-            route: Route::new(env.route.prev().to_vec(), env.route.curr(), Vec::new()),
-        };
+        let received = Received::of(&env);
         let call = self.inner.call(env);
         Either::Right(
             async move {
                 match call.await? {
                     Outcome::Forward(outputs) => forward(&actor, attempt, &received, outputs),
                     Outcome::End(env) => end(&actor, attempt, &received, *env),
+                    Outcome::Published => Ok(Dispatch::new(Vec::new())),
+                    Outcome::Unprocessable { envelope, error } => {
+                        Ok(Dispatch::one(unprocessable(&actor, &received, *envelope, error)))
+                    }
                 }
             }
             .boxed(),
@@ -122,6 +124,79 @@ struct Received {
     id: String,
     parent_id: Option<String>,
     route: Route,
+}
+
+impl Received {
+    fn of(env: &Envelope) -> Self {
+        Self {
+            id: env.id.clone(),
+            parent_id: env.parent_id.clone(),
+            // Only `prev` and `curr` are checked against the outputs; `next` is the handler's.
+            route: Route::new(env.route.prev().to_vec(), env.route.curr(), Vec::new()),
+        }
+    }
+}
+
+/// Routes one output of a handler that publishes its outputs itself, each as soon as it is
+/// produced (a streaming runtime; see [`Outcome::Published`]), by the rules
+/// [`Outcome::Forward`] follows: the route checked and advanced, the status updated, `x-sink`
+/// for a finished route. `index` is the output's position in the stream: the first keeps
+/// the input's id, later ones are fan-out children with fresh ids and `parent_id` = the
+/// input's id (§2.5).
+///
+/// ```
+/// use troupe_core::{Envelope, Route};
+/// use troupe_layers::route::route_output;
+/// let input = Envelope::new(Route::through(["split", "embed"]), serde_json::json!("a b"));
+/// let mut second = input.clone();
+/// second.payload = serde_json::json!("b");
+/// let publication = route_output("split", &input, 1, second).unwrap();
+/// assert_eq!(publication.actor, "embed");
+/// assert_eq!(publication.envelope.parent_id.as_deref(), Some(input.id.as_str()));
+/// ```
+pub fn route_output(
+    actor: &str,
+    input: &Envelope,
+    index: usize,
+    mut output: Envelope,
+) -> Result<Publication, HandlerError> {
+    let received = Received::of(input);
+    check_route(&output, &received)?;
+    if index == 0 {
+        output.id.clone_from(&received.id);
+        output.parent_id.clone_from(&received.parent_id);
+    } else {
+        output.id = uuid::Uuid::new_v4().to_string();
+        output.parent_id = Some(received.id);
+    }
+    Ok(advanced(actor, input.attempt_at(actor), output))
+}
+
+fn unprocessable(actor: &str, input: &Received, mut env: Envelope, error: ErrorInfo) -> Publication {
+    env.id.clone_from(&input.id);
+    let status = env.status_mut();
+    status.error = Some(error);
+    status.mark(Phase::Failed, Some(Reason::ParseError), actor);
+    tracing::warn!(envelope.id = %env.id, actor, "the handler cannot process this envelope; sending to x-sump");
+    Publication::to(SUMP, env)
+}
+
+/// The publication of a checked output: route advanced, status updated, to `x-sink` when the
+/// route is finished.
+fn advanced(actor: &str, attempt: u32, mut env: Envelope) -> Publication {
+    // Cannot fail: the caller checked that curr equals the (unfinished) input's curr.
+    let _ = env.route.advance();
+    env.headers.shift_remove(FIRST_ATTEMPT);
+    let finished = env.route.is_finished();
+    let status = env.status_mut();
+    status.attempt = Some(attempt);
+    status.error = None;
+    if finished {
+        status.mark(Phase::Succeeded, Some(Reason::Completed), actor);
+        return Publication::to(SINK, env);
+    }
+    status.mark(Phase::Pending, None, actor);
+    to_destination(actor, env)
 }
 
 fn forward(
@@ -142,21 +217,7 @@ fn forward(
     assign_fan_out_ids(&input.id, input.parent_id.as_deref(), &mut outputs);
     let publications = outputs
         .into_iter()
-        .map(|mut env| {
-            // Cannot fail: check_route confirmed curr equals the (unfinished) input's curr.
-            let _ = env.route.advance();
-            env.headers.shift_remove(FIRST_ATTEMPT);
-            let finished = env.route.is_finished();
-            let status = env.status_mut();
-            status.attempt = Some(attempt);
-            status.error = None;
-            if finished {
-                status.mark(Phase::Succeeded, Some(Reason::Completed), actor);
-                return Publication::to(SINK, env);
-            }
-            status.mark(Phase::Pending, None, actor);
-            to_destination(actor, env)
-        })
+        .map(|env| advanced(actor, attempt, env))
         .collect();
     Ok(Dispatch::new(publications))
 }
@@ -300,6 +361,54 @@ mod tests {
             assert_eq!(p.envelope.parent_id.as_deref(), Some(input.id.as_str()));
             assert_eq!(p.actor, "next");
         }
+    }
+
+    #[tokio::test]
+    async fn streamed_outputs_follow_the_forward_rules() {
+        let input = env(Route::through(["split", "next"]));
+        let first = route_output("split", &input, 0, input.clone()).unwrap();
+        assert_eq!(
+            (first.actor.as_str(), first.envelope.id.as_str()),
+            ("next", input.id.as_str())
+        );
+        let mut last = input.clone();
+        last.route.next_mut().clear();
+        let last = route_output("split", &input, 1, last).unwrap();
+        assert_eq!(last.actor, SINK, "a finished route goes to x-sink");
+        assert_ne!(last.envelope.id, input.id);
+        assert_eq!(last.envelope.parent_id.as_deref(), Some(input.id.as_str()));
+        let mut moved = input.clone();
+        moved.route = Route::through(["elsewhere"]);
+        let err = route_output("split", &input, 2, moved).unwrap_err();
+        assert_eq!(err.type_name(), ROUTE_VIOLATION);
+
+        let h = handler_fn(|_: Envelope| async move { Ok(Outcome::Published) });
+        let d = run("split", h, input).await.unwrap();
+        assert!(d.publications().is_empty(), "nothing left to publish");
+    }
+
+    #[tokio::test]
+    async fn unprocessable_goes_to_sump_without_retry() {
+        let h = handler_fn(|e: Envelope| async move {
+            let error = ErrorInfo {
+                message: "payload is not an object".into(),
+                type_name: "msg_parsing_error".into(),
+                mro: vec![],
+                traceback: None,
+            };
+            Ok(Outcome::unprocessable(e, error))
+        });
+        let input = env(Route::through(["parse", "next"]));
+        let d = run("parse", h, input.clone()).await.unwrap();
+        let p = &d.publications()[0];
+        assert_eq!(
+            (p.actor.as_str(), p.envelope.id.as_str()),
+            (SUMP, input.id.as_str())
+        );
+        let status = p.envelope.status.as_deref().unwrap();
+        assert_eq!(status.reason, Some(Reason::ParseError));
+        assert_eq!(status.phase, Some(Phase::Failed));
+        assert_eq!(status.error.as_ref().unwrap().type_name, "msg_parsing_error");
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@ pub use handler::{HandlerFn, PayloadFn, handler_fn, payload_fn};
 pub use naming::{NameError, QueueNaming, SINK, SUMP, validate_name};
 pub use outcome::{Dispatch, HandlerError, Outcome, Publication, PublishedHook};
 pub use route::{Route, RouteError};
-pub use runner::{RunReport, Runner, RunnerConfig, RunnerError};
+pub use runner::{RunReport, Runner, RunnerConfig, RunnerError, publish_one};
 pub use status::{ErrorInfo, Phase, Reason, Status};
 pub use tokio_util::sync::CancellationToken;
 pub use transport::{

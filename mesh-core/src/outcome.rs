@@ -18,6 +18,20 @@ pub enum Outcome {
     /// End the pipeline here: the envelope goes to `x-sink` as succeeded, its route not
     /// advanced (§2.4). Boxed to keep `Outcome` small; build it with [`Outcome::end`].
     End(Box<Envelope>),
+    /// The handler has already published every output itself, as it produced them (a
+    /// streaming runtime routes each frame the moment it arrives); nothing is left to
+    /// publish. Such a handler builds each publication with the route layer's
+    /// `route_output`, so the routing rules are the same as for [`Outcome::Forward`].
+    Published,
+    /// The envelope cannot be processed at all (the runtime could not parse it): it goes to
+    /// `x-sump` with this error, without a retry (§2.7). Build it with
+    /// [`Outcome::unprocessable`].
+    Unprocessable {
+        /// The envelope as received.
+        envelope: Box<Envelope>,
+        /// Why it cannot be processed.
+        error: ErrorInfo,
+    },
 }
 
 impl Outcome {
@@ -30,6 +44,14 @@ impl Outcome {
     pub fn end(envelope: Envelope) -> Self {
         Outcome::End(Box::new(envelope))
     }
+
+    /// Set this envelope aside in `x-sump`: it cannot be processed.
+    pub fn unprocessable(envelope: Envelope, error: ErrorInfo) -> Self {
+        Outcome::Unprocessable {
+            envelope: Box::new(envelope),
+            error,
+        }
+    }
 }
 
 /// A handler failure, matched by retry rules on its type name and ancestry (`mro`).
@@ -41,10 +63,16 @@ impl Outcome {
 /// assert!(e.is_a("OSError"));
 /// assert!(!e.is_a("ValueError"));
 /// ```
+///
+/// A failure of the machinery around the handler rather than of the handler on this
+/// envelope (its runtime process is down, say) is [`HandlerError::unavailable`]: the retry
+/// layer does not spend an attempt on it but hands it to the runner, which nacks the
+/// delivery so it comes back once the handler is reachable again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {}", info.type_name, info.message)]
 pub struct HandlerError {
     info: ErrorInfo,
+    unavailable: bool,
 }
 
 impl HandlerError {
@@ -61,7 +89,22 @@ impl HandlerError {
                 type_name,
                 traceback: None,
             },
+            unavailable: false,
         }
+    }
+
+    /// The handler could not be reached at all (type `type_name`); the envelope is not at
+    /// fault, so it is redelivered rather than retried or failed.
+    pub fn unavailable(type_name: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            unavailable: true,
+            ..Self::new(type_name, message)
+        }
+    }
+
+    /// Whether this is [`HandlerError::unavailable`].
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
 
     /// Sets the ancestry (most specific first) used by retry rules.
@@ -81,9 +124,30 @@ impl HandlerError {
         &self.info.type_name
     }
 
-    /// True if the error is of type `name` or has it in its ancestry.
+    /// True if the error is of type `name` or has it in its ancestry. A dotted `name`
+    /// (`requests.exceptions.Timeout`) must equal an entry; a plain one (`Timeout`) matches
+    /// an entry's last dotted segment, so it names the class wherever it is defined.
+    ///
+    /// ```
+    /// use troupe_core::HandlerError;
+    /// let e = HandlerError::new("app.errors.Transient", "try again")
+    ///     .with_mro(["app.errors.Transient", "ConnectionError", "Exception"]);
+    /// assert!(e.is_a("Transient"));
+    /// assert!(e.is_a("app.errors.Transient"));
+    /// assert!(!e.is_a("other.Transient"));
+    /// assert!(e.is_a("ConnectionError"));
+    /// ```
     pub fn is_a(&self, name: &str) -> bool {
-        self.info.type_name == name || self.info.mro.iter().any(|m| m == name)
+        let matches = |entry: &String| {
+            if name.contains('.') {
+                entry == name
+            } else {
+                entry.rsplit('.').next() == Some(name)
+            }
+        };
+        std::iter::once(&self.info.type_name)
+            .chain(&self.info.mro)
+            .any(matches)
     }
 
     /// The protocol's error object.
@@ -99,7 +163,10 @@ impl HandlerError {
 
 impl From<ErrorInfo> for HandlerError {
     fn from(info: ErrorInfo) -> Self {
-        Self { info }
+        Self {
+            info,
+            unavailable: false,
+        }
     }
 }
 

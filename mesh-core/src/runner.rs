@@ -474,13 +474,21 @@ async fn publish<T: Transport>(shared: &Shared<T>, mut dispatch: Dispatch) -> Re
 /// Resolves the destination queue and encodes. A destination with no possible queue is a
 /// route defect: the envelope goes to `x-sump` with `InvalidRoute` rather than looping.
 fn prepare<T>(shared: &Shared<T>, p: &Publication) -> (String, Bytes, PublishOptions) {
+    prepare_publication(&shared.config.naming, &shared.config.actor, p)
+}
+
+fn prepare_publication(
+    naming: &QueueNaming,
+    actor: &str,
+    p: &Publication,
+) -> (String, Bytes, PublishOptions) {
     // The hop key the destination's idempotency layer will use: a broker that deduplicates
     // drops exactly the duplicates that layer would otherwise absorb.
     let options = PublishOptions {
         delay: p.delay,
         dedup_id: Some(p.envelope.hop_key(&p.actor)),
     };
-    match shared.config.naming.queue_for(&p.actor) {
+    match naming.queue_for(&p.actor) {
         Ok(queue) => (queue, Bytes::from(p.envelope.to_vec()), options),
         Err(error) => {
             let mut env = p.envelope.clone();
@@ -492,15 +500,25 @@ fn prepare<T>(shared: &Shared<T>, p: &Publication) -> (String, Bytes, PublishOpt
                 mro: vec!["InvalidRoute".into()],
                 traceback: None,
             });
-            status.mark(Phase::Failed, Some(Reason::InvalidRoute), &shared.config.actor);
-            let sump = shared
-                .config
-                .naming
-                .queue_for(SUMP)
-                .unwrap_or_else(|_| SUMP.to_owned());
+            status.mark(Phase::Failed, Some(Reason::InvalidRoute), actor);
+            let sump = naming.queue_for(SUMP).unwrap_or_else(|_| SUMP.to_owned());
             (sump, Bytes::from(env.to_vec()), PublishOptions::default())
         }
     }
+}
+
+/// Publishes one publication of actor `actor` the way the runner does (queue from `naming`,
+/// broker-side dedup id = hop key, `x-sump` for a destination that cannot be a queue) and
+/// returns once the broker confirmed it. For handlers that publish their own outputs as
+/// they produce them (see [`Outcome::Published`](crate::Outcome::Published)).
+pub async fn publish_one<T: Transport>(
+    transport: &T,
+    naming: &QueueNaming,
+    actor: &str,
+    publication: &Publication,
+) -> Result<(), TransportError> {
+    let (queue, body, options) = prepare_publication(naming, actor, publication);
+    transport.publish(&queue, body, options).await
 }
 
 #[cfg(test)]
