@@ -191,7 +191,13 @@ async fn run_on<T: Transport + QueueAdmin>(
     let shutdown = CancellationToken::new();
 
     if let Some(addr) = args.metrics_addr {
-        let bound = crate::http::serve(addr, Arc::new(registry), shutdown.clone()).await?;
+        let bound = crate::http::serve(
+            addr,
+            Arc::new(registry),
+            crate::http::Probes::default(),
+            shutdown.clone(),
+        )
+        .await?;
         eprintln!("metrics at http://{bound}/metrics");
     }
 

@@ -1,9 +1,11 @@
-//! The HTTP side of a troupe process: `/metrics` for Prometheus and `/healthz`.
+//! The HTTP side of a troupe process: `/metrics` for Prometheus, `/healthz` (liveness) and
+//! `/readyz` (readiness).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -19,10 +21,42 @@ pub struct ServeError {
     source: std::io::Error,
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until `shutdown`; returns the bound address.
+/// A yes/no health answer.
+pub type Probe = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// What `/healthz` and `/readyz` answer.
+#[derive(Clone)]
+pub struct Probes {
+    /// Liveness: restart the process when false.
+    pub live: Probe,
+    /// Readiness: it may take work.
+    pub ready: Probe,
+}
+
+impl Default for Probes {
+    /// Always live and ready.
+    fn default() -> Self {
+        Self {
+            live: Arc::new(|| true),
+            ready: Arc::new(|| true),
+        }
+    }
+}
+
+fn answer(ok: bool) -> (StatusCode, &'static str) {
+    if ok {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`; returns the bound
+/// address.
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
+    probes: Probes,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, ServeError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -31,6 +65,7 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|source| ServeError { addr, source })?;
+    let ready = probes.ready.clone();
     let app = Router::new()
         .route(
             "/metrics",
@@ -48,7 +83,8 @@ pub async fn serve(
                 }
             }),
         )
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(move || async move { answer((probes.live)()) }))
+        .route("/readyz", get(move || async move { answer((ready)()) }));
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

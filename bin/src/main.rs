@@ -2,15 +2,18 @@
 
 #![forbid(unsafe_code)]
 
+mod by_hand;
 mod demo;
 mod http;
+mod runtime_bench;
+mod sidecar;
 
 // The mesh allocates many small, short-lived objects per envelope (JSON nodes, futures);
 // mimalloc handles that pattern markedly better than glibc malloc (see benches/).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 /// Troupe: a routing mesh for async actors.
 #[derive(Debug, Parser)]
@@ -24,6 +27,27 @@ struct Cli {
 enum Command {
     /// Run a realistic multi-actor pipeline in this process on the embedded broker.
     Demo(demo::DemoArgs),
+    /// Serve one actor's queue with a handler runtime (e.g. Python) behind a Unix socket.
+    Sidecar(sidecar::SidecarArgs),
+    /// Publish one envelope to an actor's queue; prints its id.
+    Send(by_hand::SendArgs),
+    /// Print the envelopes arriving at an actor's queue (e.g. x-sink), one JSON line each.
+    Tail(by_hand::TailArgs),
+    /// Measure the per-call cost of a running runtime (sidecar -> runtime -> sidecar).
+    RuntimeBench(runtime_bench::RuntimeBenchArgs),
+}
+
+/// Any command's failure, for the exit message.
+#[derive(Debug, thiserror::Error)]
+enum CommandError {
+    #[error(transparent)]
+    Demo(#[from] demo::DemoError),
+    #[error(transparent)]
+    Sidecar(#[from] sidecar::SidecarError),
+    #[error(transparent)]
+    ByHand(#[from] by_hand::ByHandError),
+    #[error(transparent)]
+    Bench(#[from] runtime_bench::BenchError),
 }
 
 #[tokio::main]
@@ -35,9 +59,21 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Demo(args) => demo::run(args).await,
+    // Parsed through `ArgMatches` so the sidecar can tell flags given from defaults.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let result: Result<(), CommandError> = match cli.command {
+        Command::Demo(args) => demo::run(args).await.map_err(Into::into),
+        Command::Sidecar(args) => {
+            let sub = matches.subcommand_matches("sidecar").cloned().unwrap_or_default();
+            sidecar::run(args, &sub).await.map_err(Into::into)
+        }
+        Command::Send(args) => by_hand::send(args).await.map_err(Into::into),
+        Command::Tail(args) => by_hand::tail(args).await.map_err(Into::into),
+        Command::RuntimeBench(args) => runtime_bench::run(args).await.map_err(Into::into),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,254 @@
+//! `troupe send` and `troupe tail`: inject an envelope, watch a queue. For people trying a
+//! mesh by hand; pipelines publish and consume through the runner.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use troupe::broker::{Broker, BrokerArgs, ConnectError, WithTransport};
+use troupe::core::{
+    ConsumeOptions, Consumer, Delivery, Envelope, Phase, PublishOptions, QueueAdmin, QueueNaming, Route,
+    Transport, TransportError,
+};
+
+/// Which broker and which queues.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueueArgs {
+    /// The broker: memory, nats, amqp (or rabbitmq), sqs, kafka.
+    #[arg(long, env = "TROUPE_TRANSPORT", default_value = "nats")]
+    pub transport: Broker,
+    #[command(flatten)]
+    pub brokers: BrokerArgs,
+    /// Namespace part of queue names.
+    #[arg(long, env = "TROUPE_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Prefix of queue names.
+    #[arg(long, env = "TROUPE_QUEUE_PREFIX", default_value = "asya")]
+    pub queue_prefix: String,
+}
+
+/// `troupe send`: publish one envelope to an actor's queue.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SendArgs {
+    /// The actor that receives it (`route.curr`); defaults to the first of `--route`.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// The actors after it, comma-separated (a leading entry equal to `--actor` is skipped).
+    #[arg(long, value_delimiter = ',')]
+    pub route: Vec<String>,
+    /// The payload, JSON.
+    #[arg(long, default_value = "null")]
+    pub payload: String,
+    /// The envelope id (default: a fresh UUIDv4).
+    #[arg(long)]
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+}
+
+/// `troupe tail`: print the envelopes that arrive at a queue, one JSON line each.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TailArgs {
+    /// The actor whose queue to read, e.g. `x-sink`.
+    pub actor: String,
+    /// Stop after this many envelopes.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after this long without an envelope (e.g. `30s`); default: never.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Put each envelope back instead of removing it (it is then delivered again, so use
+    /// with `--count`).
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+}
+
+/// Why `send` or `tail` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ByHandError {
+    /// A bad argument.
+    #[error("{0}")]
+    Usage(String),
+    /// The broker could not be reached.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The broker refused.
+    #[error("{queue}: {source}")]
+    Transport {
+        /// The queue.
+        queue: String,
+        /// Why.
+        #[source]
+        source: TransportError,
+    },
+}
+
+fn naming(args: &QueueArgs) -> Result<QueueNaming, ByHandError> {
+    QueueNaming::new(&args.queue_prefix, &args.namespace).map_err(|e| ByHandError::Usage(e.to_string()))
+}
+
+/// The envelope `args` describe.
+pub fn envelope(args: &SendArgs) -> Result<Envelope, ByHandError> {
+    let mut actors = args
+        .route
+        .iter()
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty());
+    let first = match &args.actor {
+        Some(actor) => actor.clone(),
+        None => actors.next().ok_or_else(|| {
+            ByHandError::Usage("name the receiving actor: --actor A or --route a,b,c".into())
+        })?,
+    };
+    let mut rest: Vec<String> = actors.collect();
+    if rest.first() == Some(&first) && args.actor.is_some() {
+        rest.remove(0);
+    }
+    let payload = serde_json::from_str(&args.payload)
+        .map_err(|e| ByHandError::Usage(format!("--payload is not JSON: {e}")))?;
+    let mut env = Envelope::new(Route::new(Vec::new(), first, rest), payload);
+    if let Some(id) = &args.id {
+        env.id.clone_from(id);
+    }
+    let status = env.status_mut();
+    status.phase = Some(Phase::Pending);
+    status.created_at = Some(chrono::Utc::now());
+    Ok(env)
+}
+
+/// Runs `troupe send`.
+pub async fn send(args: SendArgs) -> Result<(), ByHandError> {
+    let env = envelope(&args)?;
+    let queue = naming(&args.queue)?
+        .queue_for(env.route.curr())
+        .map_err(|e| ByHandError::Usage(e.to_string()))?;
+    let job = SendJob { queue, env };
+    args.queue
+        .brokers
+        .config()
+        .connect(args.queue.transport, job)
+        .await?
+}
+
+struct SendJob {
+    queue: String,
+    env: Envelope,
+}
+
+impl WithTransport for SendJob {
+    type Output = Result<(), ByHandError>;
+
+    async fn run<T: Transport + QueueAdmin>(self, transport: T) -> Self::Output {
+        let fail = |source| ByHandError::Transport {
+            queue: self.queue.clone(),
+            source,
+        };
+        transport.ensure_queue(&self.queue).await.map_err(fail)?;
+        transport
+            .publish(
+                &self.queue,
+                Bytes::from(self.env.to_vec()),
+                PublishOptions::default(),
+            )
+            .await
+            .map_err(fail)?;
+        println!("{}", self.env.id);
+        Ok(())
+    }
+}
+
+/// Runs `troupe tail`.
+pub async fn tail(args: TailArgs) -> Result<(), ByHandError> {
+    let queue = naming(&args.queue)?
+        .queue_for(&args.actor)
+        .map_err(|e| ByHandError::Usage(e.to_string()))?;
+    let config = args.queue.brokers.config();
+    config
+        .connect(args.queue.transport, TailJob { queue, args })
+        .await?
+}
+
+struct TailJob {
+    queue: String,
+    args: TailArgs,
+}
+
+impl WithTransport for TailJob {
+    type Output = Result<(), ByHandError>;
+
+    async fn run<T: Transport + QueueAdmin>(self, transport: T) -> Self::Output {
+        let fail = |source| ByHandError::Transport {
+            queue: self.queue.clone(),
+            source,
+        };
+        transport.ensure_queue(&self.queue).await.map_err(fail)?;
+        let mut consumer = transport
+            .consume(&self.queue, ConsumeOptions::default())
+            .await
+            .map_err(fail)?;
+        let mut seen = 0u64;
+        let stop = tokio::signal::ctrl_c();
+        tokio::pin!(stop);
+        while self.args.count.is_none_or(|n| seen < n) {
+            let next = async {
+                match self.args.idle_timeout {
+                    Some(limit) => tokio::time::timeout(limit, consumer.next()).await.ok().flatten(),
+                    None => consumer.next().await,
+                }
+            };
+            let delivery = tokio::select! {
+                d = next => d,
+                _ = &mut stop => None,
+            };
+            let Some(delivery) = delivery else { break };
+            let delivery = delivery.map_err(fail)?;
+            println!("{}", String::from_utf8_lossy(delivery.body()));
+            seen += 1;
+            let settled = if self.args.keep {
+                delivery.nack(None).await
+            } else {
+                delivery.ack().await
+            };
+            settled.map_err(fail)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        send: SendArgs,
+    }
+
+    fn parse(argv: &[&str]) -> SendArgs {
+        Cli::parse_from(std::iter::once("send").chain(argv.iter().copied())).send
+    }
+
+    #[test]
+    fn route_and_actor_combine() {
+        let env = envelope(&parse(&[
+            "--actor",
+            "a",
+            "--route",
+            "b,c",
+            "--payload",
+            "{\"x\": 1}",
+        ]))
+        .unwrap();
+        assert_eq!(env.route, Route::new(vec![], "a", vec!["b".into(), "c".into()]));
+        assert_eq!(env.payload["x"], 1);
+        let env = envelope(&parse(&["--actor", "a", "--route", "a,b"])).unwrap();
+        assert_eq!(env.route, Route::new(vec![], "a", vec!["b".into()]));
+        let env = envelope(&parse(&["--route", "a,b,c"])).unwrap();
+        assert_eq!(env.route.curr(), "a");
+        assert!(envelope(&parse(&["--payload", "{}"])).is_err());
+        assert!(envelope(&parse(&["--actor", "a", "--payload", "{nope"])).is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! The runtime as a handler service: each envelope is one `POST /invoke` (protocol §4).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt as _};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::{Request, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use tower::Service;
+use troupe::core::{Envelope, HandlerError, Outcome, QueueNaming, Transport, publish_one};
+use troupe::layers::route::route_output;
+
+use super::client::{ClientError, Lent, RuntimeClient, read_body};
+use super::frames::{self, PROTOCOL_ERROR};
+use super::health::{Failure, RuntimeHealth};
+use super::sse::EventReader;
+
+/// Error type of a call the runtime did not answer; the delivery is redelivered.
+pub const RUNTIME_UNAVAILABLE: &str = "RuntimeUnavailable";
+
+/// Counts of what the runtime answered.
+#[derive(Clone, Debug, Default)]
+pub struct SidecarMetrics {
+    answers: Family<Vec<(String, String)>, Counter>,
+    upstream: Counter,
+}
+
+impl SidecarMetrics {
+    /// Registers `troupe_sidecar_runtime_answers_total{answer}` and
+    /// `troupe_sidecar_upstream_events_total`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        registry.register(
+            "troupe_sidecar_runtime_answers",
+            "Runtime answers by kind (frames, stream, end, parse_error, handler_error, unavailable)",
+            metrics.answers.clone(),
+        );
+        registry.register(
+            "troupe_sidecar_upstream_events",
+            "Progress events streamed by the runtime",
+            metrics.upstream.clone(),
+        );
+        metrics
+    }
+
+    fn answer(&self, kind: &str) {
+        self.answers
+            .get_or_create(&vec![("answer".to_owned(), kind.to_owned())])
+            .inc();
+    }
+}
+
+/// Calls the runtime for each envelope; see the module docs.
+pub struct RuntimeHandler<T> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T> Clone for RuntimeHandler<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<T> {
+    actor: Arc<str>,
+    client: Arc<RuntimeClient>,
+    /// Streamed frames are published from here, as they arrive.
+    transport: T,
+    naming: QueueNaming,
+    health: Arc<RuntimeHealth>,
+    metrics: SidecarMetrics,
+}
+
+impl<T: Transport> RuntimeHandler<T> {
+    /// A handler for actor `actor` that calls the runtime through `client`.
+    pub fn new(
+        actor: Arc<str>,
+        client: Arc<RuntimeClient>,
+        transport: T,
+        naming: QueueNaming,
+        health: Arc<RuntimeHealth>,
+        metrics: SidecarMetrics,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                actor,
+                client,
+                transport,
+                naming,
+                health,
+                metrics,
+            }),
+        }
+    }
+}
+
+impl<T: Transport> Service<Envelope> for RuntimeHandler<T> {
+    type Response = Outcome;
+    type Error = HandlerError;
+    type Future = BoxFuture<'static, Result<Outcome, HandlerError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), HandlerError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, env: Envelope) -> Self::Future {
+        let inner = self.inner.clone();
+        async move { inner.invoke(env).await }.boxed()
+    }
+}
+
+/// Reports a call that ends without an answer (dropped by its timeout, say) as timed out.
+struct CallWatch<'a> {
+    health: &'a RuntimeHealth,
+    settled: bool,
+}
+
+impl CallWatch<'_> {
+    fn answered(&mut self) {
+        self.settled = true;
+        self.health.answered();
+    }
+
+    fn unreachable(&mut self, error: impl std::fmt::Display) -> HandlerError {
+        self.settled = true;
+        self.health.unanswered(Failure::Unreachable);
+        HandlerError::unavailable(
+            RUNTIME_UNAVAILABLE,
+            format!("the runtime did not answer: {error}"),
+        )
+    }
+}
+
+impl Drop for CallWatch<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.health.unanswered(Failure::TimedOut);
+        }
+    }
+}
+
+impl<T: Transport> Inner<T> {
+    async fn invoke(&self, env: Envelope) -> Result<Outcome, HandlerError> {
+        let mut watch = CallWatch {
+            health: &self.health,
+            settled: false,
+        };
+        let request = Request::post("/invoke")
+            .header(HOST, "runtime")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(env.to_vec())))
+            .map_err(|e| HandlerError::new(PROTOCOL_ERROR, e.to_string()))?;
+        let (response, lent) = match self.client.send(request).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                self.metrics.answer("unavailable");
+                return Err(watch.unreachable(error));
+            }
+        };
+        let status = response.status();
+        let streamed = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if status == StatusCode::OK && streamed {
+            self.metrics.answer("stream");
+            return self.stream(env, response.into_body(), lent, &mut watch).await;
+        }
+        let body = match read_body(response.into_body()).await {
+            Ok(body) => body,
+            Err(error) => return Err(watch.unreachable(error)),
+        };
+        lent.release();
+        match status {
+            StatusCode::OK => {
+                watch.answered();
+                self.metrics.answer("frames");
+                let outputs = frames::outputs(&env, &body)?;
+                if outputs.is_empty() {
+                    return Ok(Outcome::end(env));
+                }
+                Ok(Outcome::Forward(outputs))
+            }
+            StatusCode::NO_CONTENT => {
+                watch.answered();
+                self.metrics.answer("end");
+                Ok(Outcome::end(env))
+            }
+            StatusCode::BAD_REQUEST => {
+                watch.answered();
+                self.metrics.answer("parse_error");
+                Ok(Outcome::unprocessable(env, frames::parse_error(&body)))
+            }
+            StatusCode::INTERNAL_SERVER_ERROR => {
+                watch.answered();
+                self.metrics.answer("handler_error");
+                Err(frames::handler_error(&body))
+            }
+            other => {
+                self.metrics.answer("unavailable");
+                Err(watch.unreachable(format!(
+                    "HTTP {other}, which the runtime protocol does not use: {}",
+                    String::from_utf8_lossy(&body)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                )))
+            }
+        }
+    }
+
+    /// Routes each `downstream` frame the moment it arrives.
+    async fn stream(
+        &self,
+        env: Envelope,
+        mut body: Incoming,
+        lent: Lent,
+        watch: &mut CallWatch<'_>,
+    ) -> Result<Outcome, HandlerError> {
+        let mut reader = EventReader::default();
+        let mut emitted = 0;
+        let mut done = false;
+        while let Some(frame) = body.frame().await {
+            let chunk = match frame {
+                Ok(frame) => match frame.into_data() {
+                    Ok(chunk) => chunk,
+                    Err(_) => continue, // trailers
+                },
+                Err(error) => return Err(watch.unreachable(ClientError::Http(error))),
+            };
+            for event in reader.push(&chunk) {
+                match event.name.as_str() {
+                    "downstream" => {
+                        let frame: Value = serde_json::from_str(&event.data).map_err(|e| {
+                            HandlerError::new(PROTOCOL_ERROR, format!("a downstream event is not JSON: {e}"))
+                        })?;
+                        let output = frames::output(&env, frame)?;
+                        let publication = route_output(&self.actor, &env, emitted, output)?;
+                        publish_one(&self.transport, &self.naming, &self.actor, &publication)
+                            .await
+                            .map_err(|e| {
+                                HandlerError::unavailable(
+                                    "PublishFailed",
+                                    format!("a streamed frame was not published: {e}"),
+                                )
+                            })?;
+                        tracing::debug!(envelope.id = %env.id, actor = %self.actor, to = %publication.actor, index = emitted, "streamed frame routed");
+                        emitted += 1;
+                    }
+                    "upstream" => {
+                        self.metrics.upstream.inc();
+                        tracing::info!(envelope.id = %env.id, actor = %self.actor, progress = %event.data, "runtime progress");
+                    }
+                    "error" => {
+                        watch.answered();
+                        return Err(frames::handler_error(event.data.as_bytes()));
+                    }
+                    "done" => done = true,
+                    other => {
+                        tracing::debug!(envelope.id = %env.id, event = other, "unknown stream event ignored")
+                    }
+                }
+            }
+        }
+        if !done || reader.is_mid_event() {
+            return Err(watch.unreachable("the event stream ended without a done event"));
+        }
+        watch.answered();
+        lent.release();
+        if emitted == 0 {
+            return Ok(Outcome::end(env));
+        }
+        Ok(Outcome::Published)
+    }
+}

@@ -1,0 +1,66 @@
+"""Handlers of the sidecar end-to-end test (bin/tests/sidecar_e2e.rs)."""
+
+import os
+import time
+
+
+def double(payload):
+    """A plain function."""
+    return {**payload, "doubled": payload["n"] * 2}
+
+
+class Model:
+    """A class handler: the "model" loads once per runtime process."""
+
+    loads = 0
+
+    def __init__(self):
+        Model.loads += 1
+        self.weights = 10
+
+    def predict(self, payload):
+        return {**payload, "score": payload["doubled"] * self.weights, "model_loads": Model.loads}
+
+
+def split(payload):
+    """A generator: two outputs, and a route rewrite that adds `audit` after this actor."""
+    route_next = yield ("GET", ".route.next")
+    yield ("SET", ".route.next", ["audit"] + list(route_next))
+    yield ("FLY", {"progress": 0.5})
+    yield {**payload, "part": 0}
+    yield {**payload, "part": 1}
+
+
+def audit(payload):
+    return {**payload, "audited": True}
+
+
+class TransientError(ConnectionError):
+    """Retryable by the test's rules."""
+
+
+_seen = set()
+
+
+def trouble(payload):
+    """Fails the way payload["mode"] says, the first time it sees an envelope."""
+    mode = payload.get("mode")
+    first = payload["key"] not in _seen
+    _seen.add(payload["key"])
+    if mode == "flaky" and first:
+        raise TransientError("model server reset the connection")
+    if mode == "fatal":
+        raise ValueError("this input can never be processed")
+    if mode == "hang" and first:
+        time.sleep(float(os.environ.get("E2E_HANG_S", "30")))
+    return {**payload, "ok": True}
+
+
+def noop(payload):
+    return payload
+
+
+def slow(payload):
+    """10 ms of work, so a run lasts long enough to kill the runtime in the middle."""
+    time.sleep(0.01)
+    return payload

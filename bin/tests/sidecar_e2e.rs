@@ -1,0 +1,341 @@
+//! `troupe sidecar` end to end: real Python runtimes (`python/troupe_runtime`) behind real
+//! sidecar processes, over NATS and RabbitMQ (both must be running; `bash .ci/run` starts
+//! them). Each test uses its own namespace, so queues never mix.
+#![cfg(all(feature = "nats", feature = "amqp"))]
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use troupe::core::{
+    ConsumeOptions, Consumer, Delivery, Envelope, PublishOptions, QueueAdmin, QueueNaming, Route, Transport,
+};
+use troupe::transports::{AmqpConfig, AmqpTransport, NatsConfig, NatsTransport};
+
+/// Kills the process when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn runtime(dir: &Path, handler: &str) -> Proc {
+    std::fs::create_dir_all(dir).unwrap();
+    let pythonpath = format!(
+        "{}:{}",
+        repo().join("python").display(),
+        repo().join("bin/tests/python").display()
+    );
+    let child = Command::new("python3")
+        .args(["-m", "troupe_runtime"])
+        .env("PYTHONPATH", pythonpath)
+        .env("ASYA_HANDLER", format!("e2e_handlers.{handler}"))
+        .env("ASYA_SOCKET_DIR", dir)
+        .env("E2E_HANG_S", "20")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("python3 must be installed");
+    Proc(child)
+}
+
+#[derive(Clone, Copy)]
+enum Broker {
+    Nats,
+    Amqp,
+}
+
+fn nats_url() -> String {
+    std::env::var("TROUPE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+fn amqp_url() -> String {
+    std::env::var("TROUPE_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+fn sidecar(broker: Broker, namespace: &str, actor: &str, dir: &Path, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_troupe"));
+    cmd.args(["sidecar", "--actor", actor, "--namespace", namespace])
+        .arg("--socket-dir")
+        .arg(dir)
+        .args(["--metrics-addr", "127.0.0.1:0", "--runtime-ready-timeout", "60s"])
+        .args(extra)
+        .env_remove("TROUPE_TRANSPORT")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+        );
+    match broker {
+        Broker::Nats => cmd.args(["--transport", "nats", "--nats-url", &nats_url()]),
+        Broker::Amqp => cmd.args(["--transport", "amqp", "--amqp-url", &amqp_url()]),
+    };
+    Proc(cmd.spawn().unwrap())
+}
+
+async fn run_on(broker: Broker, test: impl AsyncFnOnce(Broker, Box<dyn Mesh>)) {
+    match broker {
+        Broker::Nats => {
+            let t = NatsTransport::connect(NatsConfig {
+                url: nats_url(),
+                ..NatsConfig::default()
+            })
+            .await
+            .unwrap();
+            test(broker, Box::new(t)).await;
+        }
+        Broker::Amqp => {
+            let t = AmqpTransport::connect(AmqpConfig {
+                url: amqp_url(),
+                ..AmqpConfig::default()
+            })
+            .await
+            .unwrap();
+            test(broker, Box::new(t)).await;
+        }
+    }
+}
+
+/// Says when enough envelopes arrived.
+type Done<'a> = Box<dyn Fn(&[Value]) -> bool + Send + 'a>;
+
+/// What the tests need of a transport, object-safe.
+trait Mesh {
+    fn send(&self, queue: String, env: Envelope) -> futures_util::future::BoxFuture<'_, ()>;
+    /// Envelopes arriving at `queue` until `done` says stop or `limit` passes.
+    fn collect<'a>(
+        &'a self,
+        queue: String,
+        limit: Duration,
+        done: Done<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Vec<Value>>;
+}
+
+impl<T: Transport + QueueAdmin> Mesh for T {
+    fn send(&self, queue: String, env: Envelope) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.ensure_queue(&queue).await.unwrap();
+            self.publish(&queue, Bytes::from(env.to_vec()), PublishOptions::default())
+                .await
+                .unwrap();
+        })
+    }
+
+    fn collect<'a>(
+        &'a self,
+        queue: String,
+        limit: Duration,
+        done: Done<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            self.ensure_queue(&queue).await.unwrap();
+            let mut consumer = self.consume(&queue, ConsumeOptions::default()).await.unwrap();
+            let deadline = Instant::now() + limit;
+            let mut got = Vec::new();
+            while !done(&got) && Instant::now() < deadline {
+                let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(1), consumer.next()).await
+                else {
+                    continue;
+                };
+                got.push(serde_json::from_slice(d.body()).unwrap());
+                d.ack().await.unwrap();
+            }
+            got
+        })
+    }
+}
+
+fn namespace(test: &str, broker: Broker) -> String {
+    let b = match broker {
+        Broker::Nats => "nats",
+        Broker::Amqp => "amqp",
+    };
+    format!("e2e-{test}-{b}-{}", std::process::id())
+}
+
+fn scratch(ns: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(ns);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+const RETRY_POLICIES: &str = r#"{"default": {"maxAttempts": 3, "backoff": "constant", "initialDelay": "200ms"}, "hard-fail": {"maxAttempts": 1}}"#;
+const RETRY_RULES: &str = r#"[{"errors": ["ValueError"], "policy": "hard-fail"}]"#;
+
+async fn pipeline(broker: Broker, mesh: Box<dyn Mesh>) {
+    const COUNT: usize = 1_000;
+    let ns = namespace("pipeline", broker);
+    let dir = scratch(&ns);
+    let naming = QueueNaming::new("asya", &ns).unwrap();
+    let mut procs = Vec::new();
+    for (actor, handler) in [
+        ("double", "double"),
+        ("model", "Model.predict"),
+        ("split", "split"),
+        ("audit", "audit"),
+        ("trouble", "trouble"),
+    ] {
+        let socket_dir = dir.join(actor);
+        procs.push(runtime(&socket_dir, handler));
+        procs.push(sidecar(
+            broker,
+            &ns,
+            actor,
+            &socket_dir,
+            &[
+                "--runtime-concurrency",
+                "4",
+                "--timeout",
+                "2s",
+                "--retry-policies",
+                RETRY_POLICIES,
+                "--retry-rules",
+                RETRY_RULES,
+            ],
+        ));
+    }
+    let started = Instant::now();
+    for n in 0..COUNT {
+        let env = Envelope::new(Route::through(["double", "model", "split"]), json!({"n": n}));
+        mesh.send(naming.queue_for("double").unwrap(), env).await;
+    }
+    let mut troubled = HashMap::new();
+    for (key, mode) in [("f1", "flaky"), ("f2", "flaky"), ("x1", "fatal"), ("h1", "hang")] {
+        let env = Envelope::new(Route::through(["trouble"]), json!({"key": key, "mode": mode}));
+        troubled.insert(env.id.clone(), mode);
+        mesh.send(naming.queue_for("trouble").unwrap(), env).await;
+    }
+    let expected = 2 * COUNT + troubled.len();
+    let sink = mesh
+        .collect(
+            naming.queue_for("x-sink").unwrap(),
+            Duration::from_secs(150),
+            Box::new(move |got| got.len() >= expected),
+        )
+        .await;
+    eprintln!(
+        "{} envelopes reached x-sink in {:?}",
+        sink.len(),
+        started.elapsed()
+    );
+    assert_eq!(sink.len(), expected, "every envelope reaches x-sink once");
+
+    let mut parts = HashSet::new();
+    for env in &sink {
+        if let Some(mode) = troubled.get(env["id"].as_str().unwrap()) {
+            let status = &env["status"];
+            match *mode {
+                "fatal" => {
+                    assert_eq!(status["phase"], "failed", "{env}");
+                    assert_eq!(status["reason"], "PolicyExhausted", "{env}");
+                    let kind = status["error"]["type"].as_str().unwrap();
+                    assert!(kind.ends_with("ValueError"), "{env}");
+                    assert!(
+                        status["error"]["traceback"]
+                            .as_str()
+                            .unwrap()
+                            .contains("never be processed"),
+                        "{env}"
+                    );
+                }
+                _ => {
+                    assert_eq!(status["phase"], "succeeded", "{env}");
+                    assert_eq!(env["payload"]["ok"], true, "{env}");
+                    assert_eq!(status["attempt"], 2, "{mode} succeeded on its retry: {env}");
+                }
+            }
+            continue;
+        }
+        let p = &env["payload"];
+        let n = p["n"].as_u64().unwrap();
+        assert_eq!(p["doubled"], n * 2, "{env}");
+        assert_eq!(p["score"], n * 20, "{env}");
+        assert_eq!(p["model_loads"], 1, "the model loads once: {env}");
+        assert_eq!(p["audited"], true, "{env}");
+        assert_eq!(
+            env["route"]["prev"],
+            json!(["double", "model", "split", "audit"]),
+            "{env}"
+        );
+        assert_eq!(env["status"]["phase"], "succeeded", "{env}");
+        let part = p["part"].as_u64().unwrap();
+        if part == 1 {
+            assert!(
+                env["parent_id"].is_string(),
+                "the second part is a fan-out child: {env}"
+            );
+        }
+        assert!(parts.insert((n, part)), "no duplicates: {env}");
+    }
+    assert_eq!(parts.len(), 2 * COUNT);
+    drop(procs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_actors_over_nats() {
+    run_on(Broker::Nats, pipeline).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_actors_over_rabbitmq() {
+    run_on(Broker::Amqp, pipeline).await;
+}
+
+async fn runtime_killed(broker: Broker, mesh: Box<dyn Mesh>) {
+    const COUNT: usize = 600;
+    let ns = namespace("kill", broker);
+    let dir = scratch(&ns);
+    let naming = QueueNaming::new("asya", &ns).unwrap();
+    let socket_dir = dir.join("slow");
+    let mut runtime_proc = runtime(&socket_dir, "slow");
+    let _sidecar = sidecar(broker, &ns, "slow", &socket_dir, &["--runtime-concurrency", "2"]);
+    for n in 0..COUNT {
+        let env = Envelope::new(Route::through(["slow"]), json!({"n": n}));
+        mesh.send(naming.queue_for("slow").unwrap(), env).await;
+    }
+    // Kill the runtime while the sidecar is busy with the queue, then start a new one, as
+    // Kubernetes restarts a crashed container.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    runtime_proc.0.kill().unwrap();
+    let _ = runtime_proc.0.wait();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _restarted = runtime(&socket_dir, "slow");
+    let sink = mesh
+        .collect(
+            naming.queue_for("x-sink").unwrap(),
+            Duration::from_secs(120),
+            Box::new(move |got| {
+                got.iter()
+                    .filter_map(|e| e["payload"]["n"].as_u64())
+                    .collect::<HashSet<_>>()
+                    .len()
+                    >= COUNT
+            }),
+        )
+        .await;
+    let arrived: HashSet<u64> = sink.iter().filter_map(|e| e["payload"]["n"].as_u64()).collect();
+    assert_eq!(arrived.len(), COUNT, "no envelope lost when the runtime died");
+    assert!(
+        sink.iter().all(|e| e["status"]["phase"] == "succeeded"),
+        "a dead runtime costs no attempt: nothing fails"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_runtime_loses_nothing_over_nats() {
+    run_on(Broker::Nats, runtime_killed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_runtime_loses_nothing_over_rabbitmq() {
+    run_on(Broker::Amqp, runtime_killed).await;
+}
