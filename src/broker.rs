@@ -304,6 +304,23 @@ pub struct BrokerArgs {
         env = "TROUPE_AMQP_URL"
     )]
     pub amqp_url: String,
+    /// RabbitMQ management API, e.g. `http://127.0.0.1:15672` (`--transport amqp`): depth
+    /// then counts every process's unacknowledged and delayed messages, which the autoscaler
+    /// needs. Unset: ready messages plus this process's own.
+    #[arg(long, env = "TROUPE_AMQP_MANAGEMENT_URL")]
+    pub amqp_management_url: Option<String>,
+    /// Management API user (needs the `monitoring` tag).
+    #[arg(long, default_value = "guest", env = "TROUPE_AMQP_MANAGEMENT_USER")]
+    pub amqp_management_user: String,
+    /// Management API password.
+    #[arg(
+        long,
+        default_value = "guest",
+        env = "TROUPE_AMQP_MANAGEMENT_PASSWORD",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub amqp_management_password: String,
     /// SQS endpoint, e.g. `http://127.0.0.1:4566` for a local emulator (`--transport sqs`);
     /// unset means AWS itself, with credentials and region from the `AWS_*` variables.
     #[arg(long, env = "TROUPE_SQS_URL")]
@@ -338,6 +355,14 @@ impl BrokerArgs {
         #[cfg(feature = "amqp")]
         {
             config.amqp.url = self.amqp_url.clone();
+            config.amqp.management =
+                self.amqp_management_url
+                    .as_ref()
+                    .map(|url| troupe_transports::ManagementApi {
+                        url: url.clone(),
+                        user: self.amqp_management_user.clone(),
+                        password: self.amqp_management_password.clone(),
+                    });
         }
         #[cfg(feature = "sqs")]
         if let Some(url) = &self.sqs_url {

@@ -34,6 +34,8 @@
 #![forbid(unsafe_code)]
 
 pub mod broker;
+#[cfg(feature = "http")]
+pub mod http;
 
 pub use troupe_core as core;
 pub use troupe_layers as layers;

@@ -80,7 +80,7 @@ pub enum DemoError {
     Runner(#[from] RunnerError),
     /// The metrics endpoint could not start.
     #[error(transparent)]
-    Serve(#[from] crate::http::ServeError),
+    Serve(#[from] troupe::http::ServeError),
     /// The pipeline stopped making progress.
     #[error(
         "the pipeline stalled: {received} of {expected} envelopes reached x-sink, then nothing for {idle:?}"
@@ -191,10 +191,10 @@ async fn run_on<T: Transport + QueueAdmin>(
     let shutdown = CancellationToken::new();
 
     if let Some(addr) = args.metrics_addr {
-        let bound = crate::http::serve(
+        let bound = troupe::http::serve(
             addr,
             Arc::new(registry),
-            crate::http::Probes::default(),
+            troupe::http::Probes::default(),
             shutdown.clone(),
         )
         .await?;

@@ -4,7 +4,6 @@
 
 mod by_hand;
 mod demo;
-mod http;
 mod runtime_bench;
 mod sidecar;
 

@@ -38,7 +38,7 @@ use self::client::{RuntimeClient, read_body};
 use self::config::{ConfigError, SidecarConfig};
 use self::handler::{RuntimeHandler, SidecarMetrics};
 use self::health::{Failure, RuntimeHealth};
-use crate::http::{Probes, ServeError};
+use troupe::http::{Probes, ServeError};
 
 pub use self::config::SidecarArgs;
 
@@ -108,7 +108,7 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
             Arc::new(move || health.is_ready() && alive.load(Ordering::Acquire))
         },
     };
-    let bound = crate::http::serve(
+    let bound = troupe::http::serve(
         config.args.metrics_addr,
         Arc::new(registry),
         probes,

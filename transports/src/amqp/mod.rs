@@ -71,8 +71,9 @@ pub struct AmqpConfig {
     /// (`x-expires`, for short-lived queues such as tests); `None` keeps queues until
     /// deleted.
     pub queue_expires: Option<Duration>,
-    /// Read depth from the management API (counts unacked and delayed messages of every
-    /// process); `None` counts ready messages at the broker plus this process's own
+    /// Read unacknowledged and delayed messages of every process from the management API
+    /// (its statistics lag by up to RabbitMQ's `collect_statistics_interval`; ready
+    /// messages are always counted live at the broker); `None` counts this process's own
     /// unsettled and delayed ones.
     pub management: Option<ManagementApi>,
 }
@@ -392,7 +393,12 @@ impl QueueAdmin for AmqpTransport {
     async fn depth(&self, queue: &str) -> Result<QueueDepth, TransportError> {
         check_queue(queue)?;
         if let Some(management) = &self.inner.management {
-            return management.depth(queue, &format!("{queue}{BUCKET_INFIX}")).await;
+            // The management API's statistics lag by up to `collect_statistics_interval`
+            // (5 s by default); the broker counts ready messages live. Taking ready from
+            // the broker lets an autoscaler see a burst on an idle queue at once.
+            let stats = management.depth(queue, &format!("{queue}{BUCKET_INFIX}")).await?;
+            let ready = self.ready(queue).await?;
+            return Ok(QueueDepth { ready, ..stats });
         }
         let ready = self.ready(queue).await?;
         let in_flight = self.in_flight_counter(queue).load(Ordering::Relaxed);

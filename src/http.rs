@@ -1,5 +1,6 @@
-//! The HTTP side of a troupe process: `/metrics` for Prometheus, `/healthz` (liveness) and
-//! `/readyz` (readiness).
+//! The HTTP side of a troupe process (feature `http`): `/metrics` for Prometheus,
+//! `/healthz` (liveness) and `/readyz` (readiness). The sidecar, the demo and the autoscaler
+//! all serve these.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
+use troupe_core::CancellationToken;
 
 /// Binding the metrics address failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +78,7 @@ pub async fn serve(
                             CONTENT_TYPE,
                             "application/openmetrics-text; version=1.0.0; charset=utf-8",
                         )],
-                        troupe::layers::metrics::render(&registry),
+                        troupe_layers::metrics::render(&registry),
                     )
                         .into_response()
                 }
