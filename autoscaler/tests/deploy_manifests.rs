@@ -1,0 +1,1378 @@
+//! Offline checks of the Kubernetes manifests in `deploy/`: every kustomization renders with
+//! `kubectl kustomize`, built-in objects pass `kubernetes-validate --strict`, `AsyncActor`s
+//! pass both the CRD's schema and the Rust type, and the objects agree with each other: scale
+//! targets, the sidecar's settings, probes, grace periods, RBAC, and credentials that stay in
+//! Secrets created out of band.
+//!
+//! Needs `kubectl` (or `TROUPE_KUBECTL`) and kubernetes-validate, which
+//! `bash .ci/k8s-validate-setup.sh` installs (or `TROUPE_K8S_VALIDATE`).
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use troupe_autoscaler::crd::AsyncActor;
+
+/// Broker overlays, each named after the transport it selects.
+const BROKER_OVERLAYS: [&str; 4] = ["nats", "kafka", "sqs", "amqp"];
+/// The GPU overlay and the broker overlay it builds on.
+const GPU_OVERLAY: (&str, &str) = ("gpu", "nats");
+/// The oldest Kubernetes the manifests must be valid for: the API level the autoscaler is
+/// built against (k8s-openapi's `v1_33`). Each render is also checked against the newest
+/// version the tool knows.
+const OLDEST_KUBERNETES: &str = "1.33.0";
+
+/// The sidecar's defaults (bin/src/sidecar/config.rs) for settings a manifest may leave out.
+const DEFAULT_SOCKET_DIR: &str = "/var/run/asya";
+const DEFAULT_METRICS_PORT: u16 = 8080;
+const DEFAULT_ACTOR_TIMEOUT: &str = "5m";
+const DEFAULT_QUEUE_PREFIX: &str = "asya";
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE_SECONDS: u64 = 30;
+/// `Scaling::default().max_replica_count`.
+const DEFAULT_MAX_REPLICAS: u64 = 10;
+
+/// Everything the autoscaler may do, as (API group, resource, verb); nothing more.
+const AUTOSCALER_RULES: [(&str, &str, &str); 10] = [
+    ("asya.sh", "asyncactors", "get"),
+    ("asya.sh", "asyncactors", "list"),
+    ("asya.sh", "asyncactors", "watch"),
+    ("asya.sh", "asyncactors/status", "get"),
+    ("asya.sh", "asyncactors/status", "patch"),
+    ("asya.sh", "asyncactors/status", "update"),
+    ("apps", "deployments/scale", "get"),
+    ("apps", "deployments/scale", "patch"),
+    ("events.k8s.io", "events", "create"),
+    ("events.k8s.io", "events", "patch"),
+];
+
+/// Broker connection settings: never written inline in a manifest, whatever their value.
+const BROKER_SETTINGS: [&str; 13] = [
+    "TROUPE_NATS_URL",
+    "TROUPE_AMQP_URL",
+    "TROUPE_AMQP_MANAGEMENT_URL",
+    "TROUPE_AMQP_MANAGEMENT_USER",
+    "TROUPE_AMQP_MANAGEMENT_PASSWORD",
+    "TROUPE_SQS_URL",
+    "TROUPE_KAFKA_BOOTSTRAP",
+    "TROUPE_KAFKA_PROPERTIES",
+    "ASYA_RABBITMQ_URL",
+    "ASYA_SQS_ENDPOINT",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+/// The same settings as command-line flags.
+const BROKER_FLAGS: [&str; 8] = [
+    "--nats-url",
+    "--amqp-url",
+    "--amqp-management-url",
+    "--amqp-management-user",
+    "--amqp-management-password",
+    "--sqs-url",
+    "--kafka-bootstrap",
+    "--kafka-property",
+];
+/// Words that mark a variable or key as a credential.
+const SENSITIVE_WORDS: [&str; 8] = [
+    "PASSWORD",
+    "PASSWD",
+    "SECRET",
+    "TOKEN",
+    "CREDENTIAL",
+    "ACCESS_KEY",
+    "PRIVATE_KEY",
+    "API_KEY",
+];
+
+/// A test failure whose `Debug` is its text, so that multi-line reports print as lines.
+struct Failure(String);
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(text: String) -> Self {
+        Failure(text)
+    }
+}
+
+type TestResult = Result<(), Failure>;
+
+/// Passes when nothing was found; otherwise lists every problem.
+fn finish(what: &str, problems: Vec<String>) -> TestResult {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Failure(format!(
+        "{what}: {} problem(s)\n  - {}",
+        problems.len(),
+        problems.join("\n  - ")
+    )))
+}
+
+/// One kustomization's output.
+struct Render {
+    /// `base` or `overlays/<name>`, under `deploy/`.
+    name: String,
+    objects: Vec<Value>,
+}
+
+impl Render {
+    fn overlay(&self) -> Option<&str> {
+        self.name.strip_prefix("overlays/")
+    }
+
+    fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> {
+        self.objects.iter().filter(move |o| kind_of(o) == kind)
+    }
+
+    fn find(&self, kind: &str, namespace: &str, name: &str) -> Option<&Value> {
+        self.objects
+            .iter()
+            .find(|o| kind_of(o) == kind && namespace_of(o) == namespace && name_of(o) == name)
+    }
+
+    /// Each `AsyncActor` with the Deployment its `scaleTargetRef` names, if the render has it.
+    fn scaled_actors(&self) -> Vec<(&Value, Option<&Value>)> {
+        self.of_kind("AsyncActor")
+            .map(|actor| {
+                let target = text(actor, "/spec/scaleTargetRef/name")
+                    .and_then(|name| self.find("Deployment", namespace_of(actor), name));
+                (actor, target)
+            })
+            .collect()
+    }
+
+    /// Objects with a pod template (or pods), with that pod spec.
+    fn workloads(&self) -> impl Iterator<Item = (&Value, &Value)> {
+        self.objects
+            .iter()
+            .filter_map(|o| pod_spec(o).map(|pod| (o, pod)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Rendering and parsing
+
+fn repo_root() -> Result<PathBuf, String> {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "the autoscaler crate has no parent folder".to_owned())
+}
+
+/// `base`, then every overlay (sorted); fails when an expected overlay is missing.
+fn kustomization_dirs(root: &Path) -> Result<Vec<String>, String> {
+    let overlays = root.join("deploy/overlays");
+    let entries = fs::read_dir(&overlays).map_err(|e| format!("cannot list {}: {e}", overlays.display()))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot list {}: {e}", overlays.display()))?;
+        if entry.path().join("kustomization.yaml").is_file() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    for expected in BROKER_OVERLAYS.into_iter().chain([GPU_OVERLAY.0]) {
+        if !names.iter().any(|n| n == expected) {
+            return Err(format!(
+                "deploy/overlays/{expected}/kustomization.yaml is missing"
+            ));
+        }
+    }
+    Ok(std::iter::once("base".to_owned())
+        .chain(names.into_iter().map(|n| format!("overlays/{n}")))
+        .collect())
+}
+
+fn kubectl() -> OsString {
+    std::env::var_os("TROUPE_KUBECTL").unwrap_or_else(|| OsString::from("kubectl"))
+}
+
+fn render(root: &Path, dir: &str) -> Result<Render, String> {
+    let path = root.join("deploy").join(dir);
+    let output = Command::new(kubectl())
+        .arg("kustomize")
+        .arg(path)
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run `kubectl kustomize` ({e}): install kubectl (it bundles kustomize) \
+                 or set TROUPE_KUBECTL to it"
+            )
+        })?;
+    if !output.status.success() {
+        return Err(format!(
+            "`kubectl kustomize deploy/{dir}` failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let yaml = String::from_utf8(output.stdout)
+        .map_err(|e| format!("`kubectl kustomize deploy/{dir}` printed non-UTF-8 text: {e}"))?;
+    let objects = parse_documents(&yaml).map_err(|e| format!("deploy/{dir}: {e}"))?;
+    if objects.is_empty() {
+        return Err(format!("deploy/{dir} renders no objects"));
+    }
+    Ok(Render {
+        name: dir.to_owned(),
+        objects,
+    })
+}
+
+/// Every document of a multi-document YAML stream, as JSON values (empty documents dropped).
+fn parse_documents(yaml: &str) -> Result<Vec<Value>, String> {
+    let mut objects = Vec::new();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(yaml).enumerate() {
+        let value = Value::deserialize(document).map_err(|e| format!("YAML document {index}: {e}"))?;
+        if !value.is_null() {
+            objects.push(value);
+        }
+    }
+    Ok(objects)
+}
+
+/// Every kustomization, rendered once for all tests.
+fn renders() -> Result<&'static [Render], String> {
+    static RENDERS: OnceLock<Result<Vec<Render>, String>> = OnceLock::new();
+    RENDERS
+        .get_or_init(|| {
+            let root = repo_root()?;
+            kustomization_dirs(&root)?
+                .iter()
+                .map(|dir| render(&root, dir))
+                .collect()
+        })
+        .as_deref()
+        .map_err(Clone::clone)
+}
+
+fn find_render(name: &str) -> Result<&'static Render, String> {
+    renders()?
+        .iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| format!("no render of deploy/{name}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading objects
+
+fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
+    value.pointer(pointer).and_then(Value::as_str)
+}
+
+fn items<'a>(value: &'a Value, pointer: &str) -> &'a [Value] {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+fn strings<'a>(value: &'a Value, pointer: &str) -> Vec<&'a str> {
+    items(value, pointer).iter().filter_map(Value::as_str).collect()
+}
+
+fn kind_of(object: &Value) -> &str {
+    text(object, "/kind").unwrap_or("")
+}
+
+fn name_of(object: &Value) -> &str {
+    text(object, "/metadata/name").unwrap_or("")
+}
+
+fn namespace_of(object: &Value) -> &str {
+    text(object, "/metadata/namespace").unwrap_or("default")
+}
+
+fn describe(object: &Value) -> String {
+    format!("{}/{}", kind_of(object), name_of(object))
+}
+
+fn pod_spec(object: &Value) -> Option<&Value> {
+    match kind_of(object) {
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+            object.pointer("/spec/template/spec")
+        }
+        "CronJob" => object.pointer("/spec/jobTemplate/spec/template/spec"),
+        "Pod" => object.get("spec"),
+        _ => None,
+    }
+}
+
+/// The pod template's annotations (for scrape settings).
+fn pod_annotation<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object
+        .pointer("/spec/template/metadata/annotations")
+        .and_then(|a| a.get(key))
+        .and_then(Value::as_str)
+}
+
+fn containers(pod: &Value) -> impl Iterator<Item = &Value> {
+    items(pod, "/containers")
+        .iter()
+        .chain(items(pod, "/initContainers"))
+}
+
+fn command_line(container: &Value) -> Vec<&str> {
+    let mut words = strings(container, "/command");
+    words.extend(strings(container, "/args"));
+    words
+}
+
+fn is_sidecar(container: &Value) -> bool {
+    command_line(container).contains(&"sidecar")
+}
+
+fn is_autoscaler(container: &Value) -> bool {
+    text(container, "/image").is_some_and(|image| image.contains("/troupe-autoscaler"))
+}
+
+fn sidecar_of(pod: &Value) -> Result<&Value, String> {
+    let sidecars: Vec<&Value> = items(pod, "/containers")
+        .iter()
+        .filter(|c| is_sidecar(c))
+        .collect();
+    match sidecars.as_slice() {
+        [one] => Ok(*one),
+        other => Err(format!(
+            "has {} `troupe sidecar` containers, expected 1",
+            other.len()
+        )),
+    }
+}
+
+/// `--flag value` or `--flag=value` in the container's command line.
+fn flag_value(container: &Value, flag: &str) -> Option<String> {
+    let words = command_line(container);
+    let with_value = format!("{flag}=");
+    for (index, word) in words.iter().enumerate() {
+        if let Some(value) = word.strip_prefix(with_value.as_str()) {
+            return Some(value.to_owned());
+        }
+        if *word == flag {
+            return words.get(index + 1).map(|value| (*value).to_owned());
+        }
+    }
+    None
+}
+
+/// The entry Kubernetes uses for a variable: the last one of that name.
+fn env_var<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    items(container, "/env")
+        .iter()
+        .rev()
+        .find(|e| text(e, "/name") == Some(name))
+}
+
+fn env_literal<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
+    env_var(container, name).and_then(|e| text(e, "/value"))
+}
+
+/// A setting as the sidecar reads it: the flag, else a variable with a literal value (the
+/// sidecar refuses a Troupe and an Asya variable that disagree, so either one is the value).
+fn sidecar_setting(container: &Value, flag: &str, variables: &[&str]) -> Option<String> {
+    flag_value(container, flag).or_else(|| {
+        variables
+            .iter()
+            .find_map(|v| env_literal(container, v).map(str::to_owned))
+    })
+}
+
+/// The names of the Secrets a container loads whole (`envFrom`).
+fn env_from_secrets(container: &Value) -> BTreeSet<&str> {
+    items(container, "/envFrom")
+        .iter()
+        .filter_map(|e| text(e, "/secretRef/name"))
+        .collect()
+}
+
+fn metrics_port(container: &Value, variables: &[&str]) -> Result<u16, String> {
+    match sidecar_setting(container, "--metrics-addr", variables) {
+        None => Ok(DEFAULT_METRICS_PORT),
+        Some(address) => address
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .ok_or_else(|| format!("metrics address {address:?} has no port")),
+    }
+}
+
+/// The port an HTTP probe hits, a named port resolved through the container's ports.
+fn probe_port(container: &Value, probe: &str) -> Option<u16> {
+    let as_port = |n: &Value| n.as_u64().and_then(|n| u16::try_from(n).ok());
+    match container.pointer(&format!("/{probe}/httpGet/port"))? {
+        Value::String(name) => items(container, "/ports")
+            .iter()
+            .find(|p| text(p, "/name") == Some(name.as_str()))
+            .and_then(|p| p.get("containerPort"))
+            .and_then(as_port),
+        number => as_port(number),
+    }
+}
+
+/// The volume mounted at `path` in the container.
+fn mounted_volume<'a>(container: &'a Value, path: &str) -> Option<&'a str> {
+    let path = path.trim_end_matches('/');
+    items(container, "/volumeMounts")
+        .iter()
+        .find(|m| text(m, "/mountPath").map(|p| p.trim_end_matches('/')) == Some(path))
+        .and_then(|m| text(m, "/name"))
+}
+
+/// Where a runtime container puts its socket (python/README.md's variables).
+fn runtime_socket_dir(container: &Value) -> String {
+    let socket_path = ["TROUPE_SOCKET_PATH", "ASYA_SOCKET_PATH"]
+        .iter()
+        .find_map(|v| env_literal(container, v));
+    if let Some(path) = socket_path {
+        return Path::new(path)
+            .parent()
+            .map_or_else(|| "/".to_owned(), |p| p.display().to_string());
+    }
+    ["TROUPE_SOCKET_DIR", "ASYA_SOCKET_DIR"]
+        .iter()
+        .find_map(|v| env_literal(container, v))
+        .unwrap_or(DEFAULT_SOCKET_DIR)
+        .to_owned()
+}
+
+/// Checks a container's HTTP probes: liveness on /healthz and readiness on /readyz, both on
+/// the metrics port; and the pod's Prometheus scrape annotations for that port.
+fn check_probes(workload: &Value, container: &Value, port: u16, who: &str, problems: &mut Vec<String>) {
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let actual = text(container, &format!("/{probe}/httpGet/path"));
+        if actual != Some(path) {
+            problems.push(format!("{who}: {probe} should GET {path}, has {actual:?}"));
+        }
+        let actual = probe_port(container, probe);
+        if actual != Some(port) {
+            problems.push(format!(
+                "{who}: {probe} should hit the metrics port {port}, hits {actual:?}"
+            ));
+        }
+    }
+    let port = port.to_string();
+    for (key, expected) in [
+        ("prometheus.io/scrape", "true"),
+        ("prometheus.io/port", port.as_str()),
+        ("prometheus.io/path", "/metrics"),
+    ] {
+        let actual = pod_annotation(workload, key);
+        if actual != Some(expected) {
+            problems.push(format!(
+                "{who}: pod annotation {key} should be {expected:?}, is {actual:?}"
+            ));
+        }
+    }
+}
+
+fn normalize_transport(name: &str) -> String {
+    let name = name.trim().to_ascii_lowercase();
+    if name == "rabbitmq" {
+        "amqp".to_owned()
+    } else {
+        name
+    }
+}
+
+/// Why a name/value pair is a credential written in plain text, if it is one.
+fn credential_in(name: &str, value: &str) -> Option<&'static str> {
+    let upper = name.to_ascii_uppercase();
+    if SENSITIVE_WORDS.iter().any(|word| upper.contains(word)) {
+        return Some("its name marks a credential");
+    }
+    if has_userinfo_url(value) {
+        return Some("it is a URL with user:password@");
+    }
+    let lower = value.to_ascii_lowercase();
+    if ["password=", "secret=", "token="]
+        .iter()
+        .any(|k| lower.contains(k))
+    {
+        return Some("it holds a password property");
+    }
+    None
+}
+
+/// `scheme://user:password@host...` anywhere in the text.
+fn has_userinfo_url(value: &str) -> bool {
+    value.match_indices("://").any(|(index, _)| {
+        let rest = &value[index + 3..];
+        let authority = rest.split(['/', '?', '#', ' ', ',', ';']).next().unwrap_or("");
+        authority
+            .split_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation tools
+
+fn k8s_validate_tool() -> Result<PathBuf, String> {
+    if let Some(tool) = std::env::var_os("TROUPE_K8S_VALIDATE") {
+        return Ok(PathBuf::from(tool));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let tool = Path::new(&home).join(".cache/troupe/k8s-validate/bin/kubernetes-validate");
+        if tool.is_file() {
+            return Ok(tool);
+        }
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("kubernetes-validate"))
+                .find(|tool| tool.is_file())
+        })
+        .ok_or_else(|| {
+            "kubernetes-validate is not installed: run `bash .ci/k8s-validate-setup.sh` \
+             (or set TROUPE_K8S_VALIDATE to the tool)"
+                .to_owned()
+        })
+}
+
+/// Writes each object to its own file, named after it, so the tool's report names it too.
+fn write_objects<'a>(dir: &Path, objects: impl Iterator<Item = &'a Value>) -> Result<Vec<PathBuf>, String> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let mut files = Vec::new();
+    for (index, object) in objects.enumerate() {
+        let label: String = format!("{}-{}", kind_of(object), name_of(object))
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let file = dir.join(format!("{index:03}-{label}.yaml"));
+        // JSON is YAML, and serde_json writes it without a second YAML library.
+        let body = serde_json::to_string_pretty(object)
+            .map_err(|e| format!("cannot serialize {}: {e}", describe(object)))?;
+        fs::write(&file, body).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+        files.push(file);
+    }
+    Ok(files)
+}
+
+/// Runs `kubernetes-validate --strict`; an unknown kind or version, which the tool only
+/// warns about, fails too.
+fn run_k8s_validate(tool: &Path, files: &[PathBuf], version: Option<&str>) -> Result<(), String> {
+    let mut command = Command::new(tool);
+    command.arg("--strict").arg("--quiet");
+    if let Some(version) = version {
+        command.arg("--kubernetes-version").arg(version);
+    }
+    let output = command.args(files).output().map_err(|e| {
+        format!(
+            "cannot run {} ({e}): run `bash .ci/k8s-validate-setup.sh`",
+            tool.display()
+        )
+    })?;
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let flagged = report
+        .lines()
+        .any(|line| line.starts_with("ERROR") || line.starts_with("WARN"));
+    if output.status.success() && !flagged {
+        return Ok(());
+    }
+    let against = version.unwrap_or("the newest version it knows");
+    Err(format!(
+        "kubernetes-validate --strict against {against} ({}):\n{}",
+        output.status,
+        report.trim_end()
+    ))
+}
+
+fn crd_schema(root: &Path) -> Result<Value, String> {
+    let path = root.join("deploy/base/asyncactor-crd.yaml");
+    let source = fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "cannot read {} ({e}): generate it with `troupe-autoscaler crd`",
+            path.display()
+        )
+    })?;
+    let crd: Value = serde_yaml_ng::from_str(&source).map_err(|e| format!("{}: {e}", path.display()))?;
+    items(&crd, "/spec/versions")
+        .iter()
+        .find(|v| text(v, "/name") == Some("v1alpha1"))
+        .and_then(|v| v.pointer("/schema/openAPIV3Schema"))
+        .cloned()
+        .ok_or_else(|| format!("{} has no v1alpha1 openAPIV3Schema", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn built_in_objects_pass_kubernetes_validate() -> TestResult {
+    let tool = k8s_validate_tool()?;
+    let scratch = std::env::temp_dir().join(format!("troupe-deploy-manifests-{}", std::process::id()));
+    let mut problems = Vec::new();
+    for render in renders()? {
+        let dir = scratch.join(render.name.replace('/', "-"));
+        let files = write_objects(&dir, render.objects.iter().filter(|o| kind_of(o) != "AsyncActor"))?;
+        for version in [Some(OLDEST_KUBERNETES), None] {
+            if let Err(e) = run_k8s_validate(&tool, &files, version) {
+                problems.push(format!("[{}] {e}", render.name));
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(scratch);
+    finish("kubernetes-validate", problems)
+}
+
+#[test]
+fn async_actors_match_the_crd_schema_and_the_rust_type() -> TestResult {
+    let root = repo_root()?;
+    let schema = crd_schema(&root)?;
+    let validator = jsonschema::validator_for(&schema)
+        .map_err(|e| format!("the CRD's openAPIV3Schema is not a usable JSON Schema: {e}"))?;
+    let mut problems = Vec::new();
+    for render in renders()? {
+        let actors: Vec<&Value> = render.of_kind("AsyncActor").collect();
+        if actors.is_empty() {
+            problems.push(format!("[{}] renders no AsyncActor", render.name));
+        }
+        for actor in actors {
+            let who = format!("[{}] {}", render.name, describe(actor));
+            if text(actor, "/apiVersion") != Some("asya.sh/v1alpha1") {
+                problems.push(format!("{who}: apiVersion should be asya.sh/v1alpha1"));
+            }
+            for error in validator.iter_errors(actor) {
+                problems.push(format!(
+                    "{who}: CRD schema: {error} (at {})",
+                    error.instance_path()
+                ));
+            }
+            if let Err(e) = serde_json::from_value::<AsyncActor>(actor.clone()) {
+                problems.push(format!(
+                    "{who}: troupe_autoscaler::crd::AsyncActor refuses it: {e}"
+                ));
+            }
+        }
+    }
+    finish("AsyncActor validation", problems)
+}
+
+#[test]
+fn every_render_installs_the_crd_it_uses() -> TestResult {
+    let mut problems = Vec::new();
+    for render in renders()? {
+        let crds: Vec<&Value> = render
+            .of_kind("CustomResourceDefinition")
+            .filter(|c| name_of(c) == "asyncactors.asya.sh")
+            .collect();
+        let [crd] = crds.as_slice() else {
+            problems.push(format!(
+                "[{}] should render the asyncactors.asya.sh CRD once, renders it {} times",
+                render.name,
+                crds.len()
+            ));
+            continue;
+        };
+        for (pointer, expected) in [
+            ("/spec/group", "asya.sh"),
+            ("/spec/scope", "Namespaced"),
+            ("/spec/names/kind", "AsyncActor"),
+            ("/spec/names/plural", "asyncactors"),
+        ] {
+            let actual = text(crd, pointer);
+            if actual != Some(expected) {
+                problems.push(format!(
+                    "[{}] CRD {pointer} should be {expected:?}, is {actual:?}",
+                    render.name
+                ));
+            }
+        }
+        let version = items(crd, "/spec/versions")
+            .iter()
+            .find(|v| text(v, "/name") == Some("v1alpha1"));
+        match version {
+            None => problems.push(format!("[{}] CRD has no version v1alpha1", render.name)),
+            Some(v) if v.pointer("/subresources/status").is_none() => {
+                problems.push(format!(
+                    "[{}] CRD v1alpha1 lacks the status subresource",
+                    render.name
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    finish("AsyncActor CRD", problems)
+}
+
+#[test]
+fn autoscaled_deployments_leave_replicas_to_the_autoscaler() -> TestResult {
+    let mut problems = Vec::new();
+    for render in renders()? {
+        for (actor, deployment) in render.scaled_actors() {
+            let who = format!("[{}] {}", render.name, describe(actor));
+            let Some(deployment) = deployment else {
+                problems.push(format!(
+                    "{who}: scaleTargetRef names Deployment {:?}, which is not in namespace {} of the render",
+                    text(actor, "/spec/scaleTargetRef/name").unwrap_or(""),
+                    namespace_of(actor)
+                ));
+                continue;
+            };
+            if let Some(replicas) = deployment.pointer("/spec/replicas") {
+                problems.push(format!(
+                    "{who}: its Deployment sets spec.replicas ({replicas}); every apply would reset \
+                     the autoscaler's choice, so leave it out"
+                ));
+            }
+        }
+    }
+    finish("scale targets", problems)
+}
+
+#[test]
+fn actor_pods_share_the_socket_folder_and_probe_the_sidecar() -> TestResult {
+    let mut problems = Vec::new();
+    for render in renders()? {
+        for (actor, deployment) in render.scaled_actors() {
+            let Some(deployment) = deployment else { continue };
+            let who = format!("[{}] {}", render.name, describe(deployment));
+            let Some(pod) = pod_spec(deployment) else { continue };
+            let sidecar = match sidecar_of(pod) {
+                Ok(sidecar) => sidecar,
+                Err(e) => {
+                    problems.push(format!("{who} (scaled by {}): {e}", describe(actor)));
+                    continue;
+                }
+            };
+
+            let socket_dir =
+                sidecar_setting(sidecar, "--socket-dir", &["TROUPE_SOCKET_DIR", "ASYA_SOCKET_DIR"])
+                    .unwrap_or_else(|| DEFAULT_SOCKET_DIR.to_owned());
+            match mounted_volume(sidecar, &socket_dir) {
+                None => problems.push(format!(
+                    "{who}: the sidecar mounts no volume at its socket folder {socket_dir}"
+                )),
+                Some(volume) => {
+                    let declared = items(pod, "/volumes")
+                        .iter()
+                        .find(|v| text(v, "/name") == Some(volume));
+                    if declared.is_none_or(|v| v.get("emptyDir").is_none()) {
+                        problems.push(format!(
+                            "{who}: socket volume {volume:?} should be an emptyDir of the pod"
+                        ));
+                    }
+                    let runtimes: Vec<&Value> = items(pod, "/containers")
+                        .iter()
+                        .filter(|c| !is_sidecar(c))
+                        .collect();
+                    if runtimes.is_empty() {
+                        problems.push(format!("{who}: no runtime container beside the sidecar"));
+                    }
+                    for runtime in runtimes {
+                        let dir = runtime_socket_dir(runtime);
+                        if mounted_volume(runtime, &dir) != Some(volume) {
+                            problems.push(format!(
+                                "{who}: container {:?} should mount volume {volume:?} at its socket \
+                                 folder {dir}, as the sidecar does",
+                                name_of_container(runtime)
+                            ));
+                        }
+                    }
+                }
+            }
+
+            match metrics_port(sidecar, &["TROUPE_METRICS_ADDR", "ASYA_METRICS_ADDR"]) {
+                Ok(port) => check_probes(
+                    deployment,
+                    sidecar,
+                    port,
+                    &format!("{who} sidecar"),
+                    &mut problems,
+                ),
+                Err(e) => problems.push(format!("{who} sidecar: {e}")),
+            }
+        }
+    }
+    finish("actor pods", problems)
+}
+
+fn name_of_container(container: &Value) -> &str {
+    text(container, "/name").unwrap_or("")
+}
+
+#[test]
+fn sidecars_consume_the_queue_their_async_actor_measures() -> TestResult {
+    let mut problems = Vec::new();
+    for render in renders()? {
+        let overlay_transport = match render.overlay() {
+            Some(overlay) if BROKER_OVERLAYS.contains(&overlay) => Some(overlay),
+            Some(overlay) if overlay == GPU_OVERLAY.0 => Some(GPU_OVERLAY.1),
+            _ => None,
+        };
+        for (actor, deployment) in render.scaled_actors() {
+            let who = format!("[{}] {}", render.name, describe(actor));
+            let transport = text(actor, "/spec/transport/type").unwrap_or("");
+            if let Some(expected) = overlay_transport
+                && transport != expected
+            {
+                problems.push(format!(
+                    "{who}: spec.transport.type is {transport:?}, but overlay {} is for {expected:?}",
+                    render.name
+                ));
+            }
+            let Some(pod) = deployment.and_then(pod_spec) else {
+                continue;
+            };
+            let Ok(sidecar) = sidecar_of(pod) else { continue };
+
+            let sidecar_transport = normalize_transport(
+                &sidecar_setting(sidecar, "--transport", &["TROUPE_TRANSPORT", "ASYA_TRANSPORT"])
+                    .unwrap_or_else(|| "memory".to_owned()),
+            );
+            if sidecar_transport != transport {
+                problems.push(format!(
+                    "{who}: the sidecar's transport is {sidecar_transport:?}, the AsyncActor's {transport:?}"
+                ));
+            }
+
+            let actor_name = text(actor, "/spec/actor").unwrap_or("");
+            let sidecar_actor = sidecar_setting(sidecar, "--actor", &["TROUPE_ACTOR", "ASYA_ACTOR_NAME"]);
+            if sidecar_actor.as_deref() != Some(actor_name) {
+                problems.push(format!(
+                    "{who}: the sidecar serves actor {sidecar_actor:?}, the AsyncActor measures {actor_name:?}"
+                ));
+            }
+
+            let prefix = text(actor, "/spec/queuePrefix").unwrap_or(DEFAULT_QUEUE_PREFIX);
+            let sidecar_prefix = sidecar_setting(sidecar, "--queue-prefix", &["TROUPE_QUEUE_PREFIX"])
+                .unwrap_or_else(|| DEFAULT_QUEUE_PREFIX.to_owned());
+            if sidecar_prefix != prefix {
+                problems.push(format!(
+                    "{who}: the sidecar's queue prefix is {sidecar_prefix:?}, the AsyncActor's {prefix:?}"
+                ));
+            }
+
+            let namespace = text(actor, "/spec/queueNamespace").unwrap_or(namespace_of(actor));
+            let sidecar_namespace =
+                match sidecar_setting(sidecar, "--namespace", &["TROUPE_NAMESPACE", "ASYA_NAMESPACE"]) {
+                    Some(literal) => literal,
+                    None => {
+                        let field = ["TROUPE_NAMESPACE", "ASYA_NAMESPACE"]
+                            .iter()
+                            .find_map(|v| env_var(sidecar, v))
+                            .and_then(|e| text(e, "/valueFrom/fieldRef/fieldPath"));
+                        match (field, deployment) {
+                            (Some("metadata.namespace"), Some(d)) => namespace_of(d).to_owned(),
+                            (Some(other), _) => format!("<fieldRef {other}>"),
+                            (None, _) => "default".to_owned(),
+                        }
+                    }
+                };
+            if sidecar_namespace != namespace {
+                problems.push(format!(
+                    "{who}: the sidecar's queue namespace is {sidecar_namespace:?}, the AsyncActor's {namespace:?}"
+                ));
+            }
+        }
+    }
+    finish("queues and transports", problems)
+}
+
+#[test]
+fn grace_period_covers_the_handler_timeout() -> TestResult {
+    let mut problems = Vec::new();
+    for render in renders()? {
+        for (_, deployment) in render.scaled_actors() {
+            let Some(deployment) = deployment else { continue };
+            let who = format!("[{}] {}", render.name, describe(deployment));
+            let Some(pod) = pod_spec(deployment) else { continue };
+            let Ok(sidecar) = sidecar_of(pod) else { continue };
+            let raw = sidecar_setting(
+                sidecar,
+                "--timeout",
+                &["TROUPE_ACTOR_TIMEOUT", "ASYA_RESILIENCY_ACTOR_TIMEOUT"],
+            )
+            .unwrap_or_else(|| DEFAULT_ACTOR_TIMEOUT.to_owned());
+            let timeout = match humantime::parse_duration(raw.trim()) {
+                Ok(timeout) => timeout,
+                Err(e) => {
+                    problems.push(format!(
+                        "{who}: the sidecar's timeout {raw:?} does not parse: {e}"
+                    ));
+                    continue;
+                }
+            };
+            let grace = pod
+                .pointer("/terminationGracePeriodSeconds")
+                .and_then(Value::as_u64)
+                .unwrap_or(DEFAULT_GRACE_SECONDS);
+            if Duration::from_secs(grace) < timeout {
+                problems.push(format!(
+                    "{who}: terminationGracePeriodSeconds {grace} is shorter than the handler timeout \
+                     {raw}: a scale-down would kill calls in flight"
+                ));
+            }
+            for runtime in items(pod, "/containers").iter().filter(|c| !is_sidecar(c)) {
+                for variable in ["TROUPE_RUNTIME_SHUTDOWN_GRACE_S", "ASYA_RUNTIME_SHUTDOWN_GRACE_S"] {
+                    let Some(value) = env_literal(runtime, variable) else {
+                        continue;
+                    };
+                    let container = name_of_container(runtime);
+                    match value.trim().parse::<f64>() {
+                        Ok(seconds) if seconds < timeout.as_secs_f64() => problems.push(format!(
+                            "{who}: {container} {variable}={value} is shorter than the handler timeout \
+                             {raw}: SIGTERM would cut calls in flight"
+                        )),
+                        Ok(seconds) if seconds > grace as f64 => problems.push(format!(
+                            "{who}: {container} {variable}={value} outlasts terminationGracePeriodSeconds \
+                             {grace}"
+                        )),
+                        Ok(_) => {}
+                        Err(e) => problems.push(format!("{who}: {container} {variable}={value:?}: {e}")),
+                    }
+                }
+            }
+        }
+    }
+    finish("grace periods", problems)
+}
+
+#[test]
+fn credentials_stay_in_secrets_created_out_of_band() -> TestResult {
+    let mut problems = Vec::new();
+    for render in renders()? {
+        for secret in render.of_kind("Secret") {
+            problems.push(format!(
+                "[{}] renders {}: broker Secrets are created by the operator (docs/deploy.md), \
+                 never kept in git",
+                render.name,
+                describe(secret)
+            ));
+        }
+        for config_map in render.of_kind("ConfigMap") {
+            let data = config_map
+                .get("data")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten();
+            for (key, value) in data {
+                if let Some(why) = credential_in(key, value.as_str().unwrap_or("")) {
+                    problems.push(format!(
+                        "[{}] {} key {key}: {why}; put it in a Secret",
+                        render.name,
+                        describe(config_map)
+                    ));
+                }
+            }
+        }
+        for (workload, pod) in render.workloads() {
+            for container in containers(pod) {
+                let who = format!(
+                    "[{}] {} container {:?}",
+                    render.name,
+                    describe(workload),
+                    name_of_container(container)
+                );
+                for entry in items(container, "/env") {
+                    let name = text(entry, "/name").unwrap_or("");
+                    let Some(value) = text(entry, "/value") else {
+                        continue;
+                    };
+                    if BROKER_SETTINGS.contains(&name) {
+                        problems.push(format!(
+                            "{who}: {name} is written inline; broker settings come from the Secret \
+                             (envFrom or secretKeyRef)"
+                        ));
+                    } else if let Some(why) = credential_in(name, value) {
+                        problems.push(format!("{who}: env {name} is inline and {why}"));
+                    }
+                }
+                for word in command_line(container) {
+                    if BROKER_FLAGS
+                        .iter()
+                        .any(|flag| word == *flag || word.starts_with(&format!("{flag}=")))
+                    {
+                        problems.push(format!(
+                            "{who}: argument {word:?} sets a broker setting inline; use the Secret"
+                        ));
+                    } else if has_userinfo_url(word) {
+                        problems.push(format!("{who}: an argument holds a URL with user:password@"));
+                    }
+                }
+            }
+        }
+    }
+    finish("inline credentials", problems)
+}
+
+#[test]
+fn broker_settings_reach_the_sidecar_and_the_autoscaler_from_the_secret() -> TestResult {
+    let mut problems = Vec::new();
+    for render in renders()? {
+        let autoscaler_secrets: Vec<(&str, BTreeSet<&str>)> = render
+            .workloads()
+            .flat_map(|(workload, pod)| {
+                items(pod, "/containers")
+                    .iter()
+                    .filter(|c| is_autoscaler(c))
+                    .map(move |c| (namespace_of(workload), env_from_secrets(c)))
+            })
+            .collect();
+        for (actor, deployment) in render.scaled_actors() {
+            let who = format!("[{}] {}", render.name, describe(actor));
+            let Some(secret) = text(actor, "/spec/transport/connectionSecretRef/name") else {
+                problems.push(format!("{who}: spec.transport.connectionSecretRef is not set"));
+                continue;
+            };
+            if let Some(sidecar) = deployment.and_then(pod_spec).and_then(|pod| sidecar_of(pod).ok())
+                && !env_from_secrets(sidecar).contains(secret)
+            {
+                problems.push(format!(
+                    "{who}: the sidecar does not load Secret {secret:?} (envFrom)"
+                ));
+            }
+            for (namespace, secrets) in &autoscaler_secrets {
+                if *namespace == namespace_of(actor) && !secrets.contains(secret) {
+                    problems.push(format!(
+                        "{who}: the autoscaler does not load Secret {secret:?} (envFrom)"
+                    ));
+                }
+            }
+        }
+    }
+    finish("broker Secret", problems)
+}
+
+#[test]
+fn autoscaler_is_one_least_privilege_replica() -> TestResult {
+    let expected: BTreeSet<(String, String, String)> = AUTOSCALER_RULES
+        .iter()
+        .map(|(group, resource, verb)| ((*group).to_owned(), (*resource).to_owned(), (*verb).to_owned()))
+        .collect();
+    let mut problems = Vec::new();
+    for render in renders()? {
+        let at = render.name.as_str();
+        let deployments: Vec<&Value> = render
+            .of_kind("Deployment")
+            .filter(|d| pod_spec(d).is_some_and(|pod| items(pod, "/containers").iter().any(is_autoscaler)))
+            .collect();
+        let [deployment] = deployments.as_slice() else {
+            problems.push(format!(
+                "[{at}] should run the autoscaler in one Deployment, has {}",
+                deployments.len()
+            ));
+            continue;
+        };
+        let who = format!("[{at}] {}", describe(deployment));
+        if deployment.pointer("/spec/replicas").and_then(Value::as_u64) != Some(1) {
+            problems.push(format!("{who}: spec.replicas should be exactly 1"));
+        }
+        if text(deployment, "/spec/strategy/type") != Some("Recreate") {
+            problems.push(format!(
+                "{who}: strategy should be Recreate, so a rollout never runs two autoscalers"
+            ));
+        }
+        let Some(pod) = pod_spec(deployment) else { continue };
+        for container in items(pod, "/containers").iter().filter(|c| is_autoscaler(c)) {
+            if !command_line(container).contains(&"run") {
+                problems.push(format!(
+                    "{who}: the autoscaler container should run `troupe-autoscaler run`"
+                ));
+            }
+            for (variable, field) in [
+                ("POD_NAME", "metadata.name"),
+                ("POD_NAMESPACE", "metadata.namespace"),
+            ] {
+                let actual =
+                    env_var(container, variable).and_then(|e| text(e, "/valueFrom/fieldRef/fieldPath"));
+                if actual != Some(field) {
+                    problems.push(format!(
+                        "{who}: {variable} should come from the downward API ({field})"
+                    ));
+                }
+            }
+            match metrics_port(container, &["TROUPE_METRICS_ADDR"]) {
+                Ok(port) => check_probes(deployment, container, port, &who, &mut problems),
+                Err(e) => problems.push(format!("{who}: {e}")),
+            }
+        }
+
+        let namespace = namespace_of(deployment);
+        let account = text(pod, "/serviceAccountName").unwrap_or("default");
+        if account == "default" {
+            problems.push(format!("{who}: should run as its own ServiceAccount"));
+        } else if render.find("ServiceAccount", namespace, account).is_none() {
+            problems.push(format!(
+                "{who}: ServiceAccount {namespace}/{account} is not in the render"
+            ));
+        }
+        for kind in ["Role", "RoleBinding"] {
+            for object in render.of_kind(kind) {
+                problems.push(format!(
+                    "[{at}] unexpected {}: the autoscaler's rights are one ClusterRole",
+                    describe(object)
+                ));
+            }
+        }
+        let bindings: Vec<&Value> = render
+            .of_kind("ClusterRoleBinding")
+            .filter(|b| {
+                items(b, "/subjects").iter().any(|s| {
+                    text(s, "/kind") == Some("ServiceAccount")
+                        && text(s, "/name") == Some(account)
+                        && text(s, "/namespace") == Some(namespace)
+                })
+            })
+            .collect();
+        let [binding] = bindings.as_slice() else {
+            problems.push(format!(
+                "[{at}] ServiceAccount {namespace}/{account} should be bound by one ClusterRoleBinding, is by {}",
+                bindings.len()
+            ));
+            continue;
+        };
+        if items(binding, "/subjects").len() != 1 {
+            problems.push(format!(
+                "[{at}] {} should bind only the autoscaler",
+                describe(binding)
+            ));
+        }
+        if text(binding, "/roleRef/kind") != Some("ClusterRole") {
+            problems.push(format!("[{at}] {} should grant a ClusterRole", describe(binding)));
+        }
+        let role_name = text(binding, "/roleRef/name").unwrap_or("");
+        let roles: Vec<&Value> = render.of_kind("ClusterRole").collect();
+        if roles.len() != 1 {
+            problems.push(format!(
+                "[{at}] should render exactly one ClusterRole, renders {}",
+                roles.len()
+            ));
+        }
+        let Some(role) = roles.iter().find(|r| name_of(r) == role_name) else {
+            problems.push(format!(
+                "[{at}] ClusterRole {role_name:?} (bound to the autoscaler) is not in the render"
+            ));
+            continue;
+        };
+        let mut granted = BTreeSet::new();
+        for rule in items(role, "/rules") {
+            for key in ["resourceNames", "nonResourceURLs"] {
+                if rule.get(key).is_some() {
+                    problems.push(format!("[{at}] {}: unexpected {key} in a rule", describe(role)));
+                }
+            }
+            for group in strings(rule, "/apiGroups") {
+                for resource in strings(rule, "/resources") {
+                    for verb in strings(rule, "/verbs") {
+                        granted.insert((group.to_owned(), resource.to_owned(), verb.to_owned()));
+                    }
+                }
+            }
+        }
+        for (group, resource, verb) in granted.difference(&expected) {
+            problems.push(format!(
+                "[{at}] {} grants more than needed: {verb} {resource} (group {group:?})",
+                describe(role)
+            ));
+        }
+        for (group, resource, verb) in expected.difference(&granted) {
+            problems.push(format!(
+                "[{at}] {} lacks {verb} {resource} (group {group:?})",
+                describe(role)
+            ));
+        }
+    }
+    finish("autoscaler", problems)
+}
+
+/// The GPUs a container asks for (`nvidia.com/gpu` limit; 0 when none).
+fn gpu_limit(container: &Value) -> u64 {
+    let limit = container
+        .pointer("/resources/limits")
+        .and_then(|l| l.get("nvidia.com/gpu"));
+    match limit {
+        Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
+        Some(Value::String(s)) => s.trim().parse().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[test]
+fn gpu_overlay_asks_for_gpus_and_scales_on_its_own_terms() -> TestResult {
+    let gpu = find_render(&format!("overlays/{}", GPU_OVERLAY.0))?;
+    let base = find_render("base")?;
+    let mut problems = Vec::new();
+    let actors = gpu.scaled_actors();
+    if actors.is_empty() {
+        problems.push(format!("[{}] renders no AsyncActor", gpu.name));
+    }
+    for (actor, deployment) in actors {
+        let who = format!("[{}] {}", gpu.name, describe(actor));
+        let Some(pod) = deployment.and_then(pod_spec) else {
+            continue;
+        };
+        let runtimes: Vec<&Value> = items(pod, "/containers")
+            .iter()
+            .filter(|c| !is_sidecar(c))
+            .collect();
+        if !runtimes.iter().any(|c| gpu_limit(c) >= 1) {
+            problems.push(format!("{who}: no runtime container has an nvidia.com/gpu limit"));
+        }
+        if !runtimes
+            .iter()
+            .any(|c| text(c, "/image").is_some_and(|i| i.contains("troupe-gpu-worker")))
+        {
+            problems.push(format!(
+                "{who}: the runtime should be the troupe-gpu-worker image"
+            ));
+        }
+        if let Ok(sidecar) = sidecar_of(pod)
+            && gpu_limit(sidecar) > 0
+        {
+            problems.push(format!("{who}: the sidecar should not hold a GPU"));
+        }
+        if pod
+            .get("nodeSelector")
+            .and_then(Value::as_object)
+            .is_none_or(|selector| selector.is_empty())
+        {
+            problems.push(format!("{who}: no nodeSelector for the GPU node pool"));
+        }
+        if !items(pod, "/tolerations")
+            .iter()
+            .any(|t| text(t, "/key").is_some_and(|k| k.contains("gpu")))
+        {
+            problems.push(format!("{who}: no toleration for the GPU nodes' taint"));
+        }
+        let max = |a: &Value| {
+            a.pointer("/spec/scaling/maxReplicaCount")
+                .and_then(Value::as_u64)
+                .unwrap_or(DEFAULT_MAX_REPLICAS)
+        };
+        match base.find("AsyncActor", namespace_of(actor), name_of(actor)) {
+            None => problems.push(format!(
+                "{who}: base has no AsyncActor of that name to compare with"
+            )),
+            Some(base_actor) if max(base_actor) == max(actor) => problems.push(format!(
+                "{who}: maxReplicaCount {} is the base's; GPU actors need their own limit",
+                max(actor)
+            )),
+            Some(_) => {}
+        }
+    }
+    for render in renders()?.iter().filter(|r| r.name != gpu.name) {
+        for (workload, pod) in render.workloads() {
+            if containers(pod).any(|c| gpu_limit(c) > 0) {
+                problems.push(format!(
+                    "[{}] {} asks for a GPU outside the gpu overlay",
+                    render.name,
+                    describe(workload)
+                ));
+            }
+        }
+    }
+    finish("gpu overlay", problems)
+}
+
+#[test]
+fn pods_run_as_non_root_under_the_restricted_profile() -> TestResult {
+    let mut problems = Vec::new();
+    for render in renders()? {
+        for (workload, pod) in render.workloads() {
+            let who = format!("[{}] {}", render.name, describe(workload));
+            for key in ["hostNetwork", "hostPID", "hostIPC"] {
+                if pod.get(key).and_then(Value::as_bool) == Some(true) {
+                    problems.push(format!("{who}: {key} is not allowed"));
+                }
+            }
+            for volume in items(pod, "/volumes") {
+                if volume.get("hostPath").is_some() {
+                    problems.push(format!("{who}: hostPath volume {:?}", text(volume, "/name")));
+                }
+            }
+            let pod_level = |pointer: &str| pod.pointer(&format!("/securityContext{pointer}"));
+            for container in containers(pod) {
+                let who = format!("{who} container {:?}", name_of_container(container));
+                let setting = |pointer: &str| {
+                    container
+                        .pointer(&format!("/securityContext{pointer}"))
+                        .or_else(|| pod_level(pointer))
+                };
+                if setting("/runAsNonRoot").and_then(Value::as_bool) != Some(true) {
+                    problems.push(format!("{who}: runAsNonRoot should be true"));
+                }
+                if setting("/runAsUser").and_then(Value::as_u64) == Some(0) {
+                    problems.push(format!("{who}: runAsUser is 0 (root)"));
+                }
+                let own = |pointer: &str| container.pointer(&format!("/securityContext{pointer}"));
+                if own("/allowPrivilegeEscalation").and_then(Value::as_bool) != Some(false) {
+                    problems.push(format!("{who}: allowPrivilegeEscalation should be false"));
+                }
+                if own("/privileged").and_then(Value::as_bool) == Some(true) {
+                    problems.push(format!("{who}: privileged"));
+                }
+                if own("/readOnlyRootFilesystem").and_then(Value::as_bool) != Some(true) {
+                    problems.push(format!("{who}: readOnlyRootFilesystem should be true"));
+                }
+                if !strings(container, "/securityContext/capabilities/drop").contains(&"ALL") {
+                    problems.push(format!("{who}: capabilities should drop ALL"));
+                }
+                let added = strings(container, "/securityContext/capabilities/add");
+                if added.iter().any(|c| *c != "NET_BIND_SERVICE") {
+                    problems.push(format!("{who}: adds capabilities {added:?}"));
+                }
+                let seccomp = setting("/seccompProfile/type").and_then(Value::as_str);
+                if !matches!(seccomp, Some("RuntimeDefault" | "Localhost")) {
+                    problems.push(format!(
+                        "{who}: seccompProfile should be RuntimeDefault, is {seccomp:?}"
+                    ));
+                }
+            }
+        }
+    }
+    finish("pod security", problems)
+}
+
+#[test]
+fn images_are_pinned_to_a_tag_or_digest() -> TestResult {
+    let pinned = |image: &str| {
+        if image.contains("@sha256:") {
+            return true;
+        }
+        let last = image.rsplit('/').next().unwrap_or(image);
+        matches!(last.split_once(':'), Some((_, tag)) if !tag.is_empty() && tag != "latest")
+    };
+    let mut problems = Vec::new();
+    for render in renders()? {
+        for (workload, pod) in render.workloads() {
+            for container in containers(pod) {
+                let image = text(container, "/image").unwrap_or("");
+                if !pinned(image) {
+                    problems.push(format!(
+                        "[{}] {} container {:?}: image {image:?} has no tag (set it in `images:`)",
+                        render.name,
+                        describe(workload),
+                        name_of_container(container)
+                    ));
+                }
+            }
+        }
+    }
+    finish("images", problems)
+}
