@@ -141,8 +141,12 @@ impl Context {
 #[derive(Debug, Default)]
 pub struct ActorState {
     history: Option<History>,
-    queue_ensured: bool,
+    /// The queue created last, as (broker, name): a spec change may name another.
+    queue_ensured: Option<(troupe::broker::Broker, String)>,
     problem: Option<&'static str>,
+    /// When the last full poll (scale read, decision, status write) ran, and the replicas
+    /// it left.
+    last_full_poll: Option<(Duration, u32)>,
 }
 
 /// A poll that could not decide.
@@ -221,11 +225,32 @@ async fn try_poll(
         .and_then(|naming| naming.queue_for(&spec.actor))
         .map_err(|e| PollError::Spec(e.to_string()))?;
     let broker = spec.transport.kind.broker();
-    if !state.queue_ensured {
+    let ensured = (broker, queue.clone());
+    if state.queue_ensured.as_ref() != Some(&ensured) {
         ctx.probes.ensure_queue(broker, &queue).await?;
-        state.queue_ensured = true;
+        state.queue_ensured = Some(ensured);
     }
     let depth = ctx.probes.depth(broker, &queue).await?;
+
+    // The fast polls of an idle actor at zero only look at the queue. Reading /scale and
+    // writing status 4 times a second per idle actor would load the API server for
+    // nothing; a full poll still runs every pollingInterval (someone may have scaled by
+    // hand, or the warm pool may need filling).
+    if let Some((at, 0)) = state.last_full_poll
+        && depth.total() <= u64::from(policy.activation)
+        && ctx.clock.now().saturating_sub(at) < policy.polling_interval
+    {
+        ctx.metrics
+            .decided(labels, depth.total(), depth.in_flight, 0, 0, Reason::Idle);
+        return Ok(Outcome {
+            decision: Decision {
+                desired: 0,
+                reason: Reason::Idle,
+                active: false,
+                next_poll: policy.idle_polling_interval,
+            },
+        });
+    }
     let scaler = Scaler::new(ctx.client.clone(), &labels.namespace);
     let target = &spec.scale_target_ref.name;
 
@@ -316,6 +341,7 @@ async fn try_poll(
         )
         .await;
     }
+    state.last_full_poll = Some((ctx.clock.now(), written));
     let ready = condition(
         "Ready",
         true,

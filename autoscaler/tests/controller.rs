@@ -394,3 +394,40 @@ async fn a_restarted_autoscaler_keeps_the_cooldown_from_status() -> TestResult {
     assert_eq!(h.kube.replicas("ml", "embed"), Some(0));
     Ok(())
 }
+
+#[tokio::test]
+async fn idle_polls_at_zero_read_only_the_queue() -> TestResult {
+    let mut h = Harness::new(scaling()).await?;
+    // A full poll at t=0, then fast polls every 250 ms for 4.75 s: the queue only.
+    for i in 0..20u32 {
+        h.poll_at(f64::from(i) * 0.25, 0).await?;
+    }
+    assert_eq!(h.kube.requests_to(&Method::GET, "/scale").len(), 1);
+    assert_eq!(h.kube.requests_to(&Method::PATCH, "/status").len(), 1);
+    // pollingInterval (5 s) later, a full poll again.
+    h.poll_at(5.0, 0).await?;
+    assert_eq!(h.kube.requests_to(&Method::GET, "/scale").len(), 2);
+    // Work arriving is acted on at the next fast poll, not at the next full one.
+    h.poll_at(5.25, 3).await?;
+    assert_eq!(h.kube.replicas("ml", "embed"), Some(1));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_changed_queue_name_is_created_too() -> TestResult {
+    let mut h = Harness::new(scaling()).await?;
+    h.poll_at(0.0, 0).await?;
+    let mut actor = h.kube.actor("ml", "embed");
+    actor["spec"]["actor"] = json!("embed-v2");
+    actor["metadata"]["generation"] = json!(2);
+    h.kube.put_actor(actor);
+    h.poll_at(5.0, 0).await?;
+    let queues = h
+        .probe
+        .queues
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    assert_eq!(queues, ["asya-ml-embed", "asya-ml-embed-v2"]);
+    Ok(())
+}

@@ -314,6 +314,13 @@ fn scale_of(ns: &str, name: &str, replicas: i64, version: u64) -> Response {
 }
 
 async fn get_scale(State(world): Shared, Path((ns, name)): Path<(String, String)>) -> Response {
+    record(
+        &world,
+        Method::GET,
+        format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale"),
+        None,
+        &Bytes::new(),
+    );
     let world = lock(&world);
     match world.deployments.get(&(ns.clone(), name.clone())) {
         Some((replicas, version)) => scale_of(&ns, &name, *replicas, *version),
