@@ -1,7 +1,15 @@
-//! Troupe GPU worker — not built yet.
+//! Troupe GPU worker: TorchScript inference through libtorch, with dynamic batching.
 //!
-//! This crate will hold the libtorch (`tch`) inference actor with dynamic batching
-//! (see `gpu-worker/README.md`). It deliberately exports nothing today: nothing here
-//! pretends to work before it does.
+//! What exists so far:
+//!
+//! - [`torch_model`] (feature `torch`): a TorchScript model loaded on `auto`, `cpu` or
+//!   `cuda:N`, optionally in half precision, run under `no_grad`, with warm-up. Its
+//!   outputs match Python's on the committed fixtures (`gpu-worker/fixtures/`).
+//!
+//! Still to come (see `gpu-worker/README.md`): the payload codecs, the dynamic batcher, the
+//! runner integration and the `troupe-gpu-worker` binary.
 
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "torch")]
+pub mod torch_model;

@@ -1,0 +1,203 @@
+//! TorchScript models run by libtorch through `tch` (feature `torch`).
+//!
+//! The model is loaded once on the chosen device, optionally converted to half precision,
+//! and run under `no_grad`. Inputs and outputs cross this boundary as `f32` data with a
+//! shape, so the rest of the worker (codecs, batcher) never touches libtorch.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use tch::{CModule, Kind, TchError, Tensor};
+/// libtorch's device and CUDA queries, for callers that report or test the device.
+pub use tch::{Cuda, Device};
+
+/// Where to run the model: `auto` (CUDA when available, else CPU), `cpu`, `cuda` or
+/// `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// CUDA device 0 when libtorch sees one, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// CUDA device N.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::Cuda)
+                .ok_or_else(|| format!("device {other:?}: expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// What went wrong loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum TorchError {
+    /// The TorchScript file could not be loaded.
+    #[error("cannot load TorchScript model {path}: {source}")]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// libtorch's error.
+        #[source]
+        source: TchError,
+    },
+    /// CUDA was asked for and libtorch sees no such device.
+    #[error(
+        "device {requested} asked for, but libtorch sees {available} CUDA device(s); use --device cpu or auto"
+    )]
+    NoCuda {
+        /// The device asked for.
+        requested: DeviceChoice,
+        /// CUDA devices libtorch sees.
+        available: usize,
+    },
+    /// The input's data does not fill its shape.
+    #[error("input of {len} values cannot have shape {shape:?} ({expected} values)")]
+    Shape {
+        /// Values given.
+        len: usize,
+        /// The shape given.
+        shape: Vec<usize>,
+        /// Values that shape holds.
+        expected: usize,
+    },
+    /// The forward pass failed (usually an input of the wrong shape for the model).
+    #[error("forward pass failed: {0}")]
+    Forward(#[source] TchError),
+    /// The model returned something other than one tensor.
+    #[error("the model returned {0}, expected one tensor")]
+    Output(String),
+}
+
+/// A TorchScript model on one device.
+pub struct TorchModel {
+    module: CModule,
+    device: Device,
+    half: bool,
+}
+
+impl fmt::Debug for TorchModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TorchModel")
+            .field("device", &self.device)
+            .field("half", &self.half)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TorchModel {
+    /// Loads `path` on `device`; `half` runs it in float16 (GPUs).
+    pub fn load(path: &Path, device: DeviceChoice, half: bool) -> Result<Self, TorchError> {
+        let available = tch::Cuda::device_count().max(0) as usize;
+        let device = match device {
+            DeviceChoice::Auto if available > 0 => Device::Cuda(0),
+            DeviceChoice::Auto | DeviceChoice::Cpu => Device::Cpu,
+            DeviceChoice::Cuda(n) if n < available => Device::Cuda(n),
+            requested @ DeviceChoice::Cuda(_) => return Err(TorchError::NoCuda { requested, available }),
+        };
+        let mut module = CModule::load_on_device(path, device).map_err(|source| TorchError::Load {
+            path: path.to_owned(),
+            source,
+        })?;
+        module.set_eval();
+        if half {
+            module.to(device, Kind::Half, false);
+        }
+        tracing::info!(model = %path.display(), ?device, half, "model loaded");
+        Ok(Self { module, device, half })
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Runs the model on `data` of `shape` (batch dimension first); returns the output's
+    /// data and shape.
+    pub fn forward(&self, data: &[f32], shape: &[usize]) -> Result<(Vec<f32>, Vec<usize>), TorchError> {
+        let expected: usize = shape.iter().product();
+        if expected != data.len() {
+            return Err(TorchError::Shape {
+                len: data.len(),
+                shape: shape.to_vec(),
+                expected,
+            });
+        }
+        let size: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        tch::no_grad(|| {
+            let mut input = Tensor::from_slice(data)
+                .f_reshape(&size)
+                .map_err(TorchError::Forward)?
+                .to_device(self.device);
+            if self.half {
+                input = input.to_kind(Kind::Half);
+            }
+            let output = self
+                .module
+                .forward_is(&[tch::IValue::Tensor(input)])
+                .map_err(TorchError::Forward)?;
+            let tch::IValue::Tensor(output) = output else {
+                return Err(TorchError::Output(format!("{output:?}")));
+            };
+            let output = output.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
+            let shape: Vec<usize> = output.size().iter().map(|&d| d.max(0) as usize).collect();
+            let values = Vec::<f32>::try_from(output.flatten(0, -1)).map_err(TorchError::Forward)?;
+            Ok((values, shape))
+        })
+    }
+
+    /// Runs `batches` forward passes on zeros of `shape` (first calls allocate and pick
+    /// kernels); returns how long they took.
+    pub fn warm_up(&self, shape: &[usize], batches: usize) -> Result<Duration, TorchError> {
+        let zeros = vec![0.0f32; shape.iter().product()];
+        let started = Instant::now();
+        for _ in 0..batches {
+            self.forward(&zeros, shape)?;
+        }
+        Ok(started.elapsed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_choices_parse_and_print() {
+        for (text, choice) in [
+            ("auto", DeviceChoice::Auto),
+            ("cpu", DeviceChoice::Cpu),
+            ("cuda:1", DeviceChoice::Cuda(1)),
+        ] {
+            assert_eq!(text.parse::<DeviceChoice>(), Ok(choice));
+            assert_eq!(choice.to_string(), text);
+        }
+        assert_eq!("cuda".parse::<DeviceChoice>(), Ok(DeviceChoice::Cuda(0)));
+        let error = "gpu".parse::<DeviceChoice>().err().unwrap_or_default();
+        assert!(error.contains("expected auto, cpu, cuda or cuda:N"), "{error}");
+    }
+}
