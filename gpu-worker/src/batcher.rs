@@ -1,0 +1,1 @@
+//! Batcher (in progress).
