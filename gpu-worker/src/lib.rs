@@ -10,7 +10,7 @@
 //! - [`batcher`]: a Triton-style dynamic batcher over any synchronous [`batcher::Model`],
 //!   with a bounded queue (back-pressure), grouping by input shape, preferred batch sizes and
 //!   Prometheus metrics.
-//! - [`torch_model`] (feature `torch`): a TorchScript model loaded on `auto`, `cpu` or
+//! - `torch_model` (feature `torch`): a TorchScript model loaded on `auto`, `cpu` or
 //!   `cuda:N`, optionally in half precision, run under `no_grad`, with warm-up. Its
 //!   outputs match Python's on the committed fixtures (`gpu-worker/fixtures/`).
 //!
