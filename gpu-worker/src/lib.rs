@@ -11,12 +11,12 @@
 //!   with a bounded queue (back-pressure), grouping by input shape, preferred batch sizes and
 //!   Prometheus metrics.
 //! - `torch_model` (feature `torch`): a TorchScript model loaded on `auto`, `cpu` or
-//!   `cuda:N`, optionally in half precision, run under `no_grad`, with warm-up. Its
-//!   outputs match Python's on the committed fixtures (`gpu-worker/fixtures/`).
+//!   `cuda:N`, optionally in half precision, run under `no_grad`, with warm-up; it is a
+//!   [`batcher::Model`]. Its outputs match Python's on the committed fixtures
+//!   (`gpu-worker/fixtures/`), alone, batched, and through the batcher.
 //!
-//! Still to come (see `gpu-worker/README.md`): [`batcher::Model`] for the TorchScript model,
-//! the handler that joins codec and batcher for the runner, and the `troupe-gpu-worker`
-//! binary.
+//! Still to come (see `gpu-worker/README.md`): the handler that joins codec and batcher for
+//! the runner, and the `troupe-gpu-worker` binary.
 
 #![forbid(unsafe_code)]
 
