@@ -182,6 +182,65 @@ impl TorchModel {
     }
 }
 
+impl TorchModel {
+    /// Runs the model on a batch of any supported dtype; float16 outputs come back as
+    /// float32.
+    pub fn forward_tensor(&self, batch: &crate::tensor::Tensor) -> Result<crate::tensor::Tensor, TorchError> {
+        use crate::tensor::{DType, Tensor as Owned};
+        let kind = match batch.dtype() {
+            DType::F32 => Kind::Float,
+            DType::F64 => Kind::Double,
+            DType::I64 => Kind::Int64,
+            DType::I32 => Kind::Int,
+            DType::U8 => Kind::Uint8,
+        };
+        let size: Vec<i64> = batch.shape().iter().map(|&d| d as i64).collect();
+        tch::no_grad(|| {
+            let mut input = Tensor::f_from_data_size(batch.as_le_bytes(), &size, kind)
+                .map_err(TorchError::Forward)?
+                .to_device(self.device);
+            if self.half && input.is_floating_point() {
+                input = input.to_kind(Kind::Half);
+            }
+            let output = self
+                .module
+                .forward_is(&[tch::IValue::Tensor(input)])
+                .map_err(TorchError::Forward)?;
+            let tch::IValue::Tensor(output) = output else {
+                return Err(TorchError::Output(format!("{output:?}")));
+            };
+            let output = output.to_device(Device::Cpu);
+            let (output, dtype) = match output.kind() {
+                Kind::Float => (output, DType::F32),
+                Kind::Double => (output, DType::F64),
+                Kind::Int64 => (output, DType::I64),
+                Kind::Int => (output, DType::I32),
+                Kind::Uint8 => (output, DType::U8),
+                Kind::Half | Kind::BFloat16 => (output.to_kind(Kind::Float), DType::F32),
+                other => return Err(TorchError::Output(format!("a tensor of {other:?}"))),
+            };
+            let output = output.contiguous();
+            let shape: Vec<usize> = output.size().iter().map(|&d| d.max(0) as usize).collect();
+            let numel = output.numel();
+            let mut bytes = vec![0u8; numel * output.kind().elt_size_in_bytes()];
+            output
+                .f_copy_data_u8(&mut bytes, numel)
+                .map_err(TorchError::Forward)?;
+            Owned::from_le_bytes(dtype, shape, bytes).map_err(|e| TorchError::Output(e.to_string()))
+        })
+    }
+}
+
+impl crate::batcher::Model for TorchModel {
+    fn forward(
+        &self,
+        batch: crate::tensor::Tensor,
+    ) -> Result<crate::tensor::Tensor, crate::batcher::ModelError> {
+        self.forward_tensor(&batch)
+            .map_err(|e| crate::batcher::ModelError::new(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use troupe_gpu_worker::batcher::{Batcher, BatcherConfig};
+use troupe_gpu_worker::tensor::Tensor;
 use troupe_gpu_worker::torch_model::{Cuda, Device, DeviceChoice, TorchError, TorchModel};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -173,4 +175,38 @@ fn cuda_asked_for_without_a_gpu_is_refused_clearly() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(error.contains("sees 0 CUDA device(s)"), "{error}");
+}
+
+/// The fixtures' inputs, all at once and in mixed shapes, through the dynamic batcher and
+/// libtorch: every envelope gets Python's output for its own input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batcher_over_libtorch_gives_each_input_its_python_output() -> TestResult {
+    let config = BatcherConfig {
+        max_batch_size: 4,
+        max_queue_delay: std::time::Duration::from_millis(20),
+        ..BatcherConfig::default()
+    };
+    let batcher = Batcher::start(load("convnet.pt")?, config)?;
+    let cases = cases("convnet")?;
+    let handles: Vec<_> = cases
+        .iter()
+        .map(|case| {
+            let batcher = batcher.clone();
+            let input = Tensor::from_vec(case.shape.clone(), &case.input);
+            tokio::spawn(async move {
+                let input = input.map_err(|e| e.to_string())?;
+                batcher.infer(input).await.map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    for (i, (handle, case)) in handles.into_iter().zip(&cases).enumerate() {
+        let output = handle.await??;
+        assert_eq!(output.shape(), [2]);
+        assert_close(
+            &output.to_vec::<f32>()?,
+            &case.output,
+            &format!("convnet case {i}"),
+        );
+    }
+    Ok(())
 }
