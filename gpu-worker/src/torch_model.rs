@@ -149,25 +149,32 @@ impl TorchModel {
         }
         let size: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
         tch::no_grad(|| {
-            let mut input = Tensor::from_slice(data)
+            let input = Tensor::from_slice(data)
                 .f_reshape(&size)
-                .map_err(TorchError::Forward)?
-                .to_device(self.device);
-            if self.half {
-                input = input.to_kind(Kind::Half);
-            }
-            let output = self
-                .module
-                .forward_is(&[tch::IValue::Tensor(input)])
                 .map_err(TorchError::Forward)?;
-            let tch::IValue::Tensor(output) = output else {
-                return Err(TorchError::Output(format!("{output:?}")));
-            };
-            let output = output.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
+            let output = self.run(input)?.to_kind(Kind::Float).contiguous();
             let shape: Vec<usize> = output.size().iter().map(|&d| d.max(0) as usize).collect();
             let values = Vec::<f32>::try_from(output.flatten(0, -1)).map_err(TorchError::Forward)?;
             Ok((values, shape))
         })
+    }
+
+    /// One forward pass of a CPU tensor, on the model's device (in half precision when
+    /// asked, for floating-point input); the output comes back to the CPU. Call under
+    /// `no_grad`.
+    fn run(&self, input: Tensor) -> Result<Tensor, TorchError> {
+        let mut input = input.to_device(self.device);
+        if self.half && input.is_floating_point() {
+            input = input.to_kind(Kind::Half);
+        }
+        let output = self
+            .module
+            .forward_is(&[tch::IValue::Tensor(input)])
+            .map_err(TorchError::Forward)?;
+        match output {
+            tch::IValue::Tensor(output) => Ok(output.to_device(Device::Cpu)),
+            other => Err(TorchError::Output(format!("{other:?}"))),
+        }
     }
 
     /// Runs `batches` forward passes on zeros of `shape` (first calls allocate and pick
@@ -196,20 +203,9 @@ impl TorchModel {
         };
         let size: Vec<i64> = batch.shape().iter().map(|&d| d as i64).collect();
         tch::no_grad(|| {
-            let mut input = Tensor::f_from_data_size(batch.as_le_bytes(), &size, kind)
-                .map_err(TorchError::Forward)?
-                .to_device(self.device);
-            if self.half && input.is_floating_point() {
-                input = input.to_kind(Kind::Half);
-            }
-            let output = self
-                .module
-                .forward_is(&[tch::IValue::Tensor(input)])
-                .map_err(TorchError::Forward)?;
-            let tch::IValue::Tensor(output) = output else {
-                return Err(TorchError::Output(format!("{output:?}")));
-            };
-            let output = output.to_device(Device::Cpu);
+            let input =
+                Tensor::f_from_data_size(batch.as_le_bytes(), &size, kind).map_err(TorchError::Forward)?;
+            let output = self.run(input)?;
             let (output, dtype) = match output.kind() {
                 Kind::Float => (output, DType::F32),
                 Kind::Double => (output, DType::F64),
