@@ -127,6 +127,10 @@ impl Harness {
     }
 }
 
+fn assert_metric(metrics: &str, line: &str) {
+    assert!(metrics.contains(line), "no {line} in:\n{metrics}");
+}
+
 fn scaling() -> Value {
     json!({
         "maxReplicaCount": 10,
@@ -197,13 +201,13 @@ async fn a_depth_timeline_sends_exactly_these_scale_patches() -> TestResult {
         ),
         "{metrics}"
     );
-    assert!(
-        metrics.contains(r#"troupe_autoscaler_desired_replicas{namespace="ml",name="embed"} 0"#),
-        "{metrics}"
+    assert_metric(
+        &metrics,
+        r#"troupe_autoscaler_desired_replicas{namespace="ml",name="embed"} 0"#,
     );
-    assert!(
-        metrics.contains(r#"troupe_autoscaler_scales_total{namespace="ml",name="embed",direction="Down"} 3"#),
-        "{metrics}"
+    assert_metric(
+        &metrics,
+        r#"troupe_autoscaler_scales_total{namespace="ml",name="embed",direction="Down"} 3"#,
     );
     Ok(())
 }
@@ -341,9 +345,9 @@ async fn an_unreachable_queue_keeps_the_replicas_and_says_why() -> TestResult {
     assert_eq!(h.kube.replicas("ml", "embed"), Some(3), "fail static");
     assert_eq!(h.kube.event_reasons(), ["Activated", "ProbeFailed"]);
     let metrics = h.metrics();
-    assert!(
-        metrics.contains(r#"troupe_autoscaler_errors_total{namespace="ml",name="embed",kind="probe"} 1"#),
-        "{metrics}"
+    assert_metric(
+        &metrics,
+        r#"troupe_autoscaler_errors_total{namespace="ml",name="embed",kind="probe"} 1"#,
     );
     Ok(())
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use serde_json::{Value, json};
@@ -199,14 +199,16 @@ fn lock(world: &Arc<Mutex<World>>) -> MutexGuard<'_, World> {
     world.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn record(world: &Arc<Mutex<World>>, method: Method, path: String, query: Option<String>, body: &Bytes) {
-    let body = serde_json::from_slice(body).unwrap_or(Value::Null);
+/// Records the request and returns its JSON body (`Null` without one).
+fn record(world: &Arc<Mutex<World>>, method: Method, uri: &Uri, body: &Bytes) -> Value {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     lock(world).requests.push(Recorded {
         method,
-        path,
-        query: query.unwrap_or_default(),
-        body,
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or_default().to_owned(),
+        body: body.clone(),
     });
+    body
 }
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Response {
@@ -275,17 +277,10 @@ fn merge(target: &mut Value, patch: &Value) {
 async fn patch_actor_status(
     State(world): Shared,
     Path((ns, name)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
+    uri: Uri,
     body: Bytes,
 ) -> Response {
-    record(
-        &world,
-        Method::PATCH,
-        format!("/apis/asya.sh/v1alpha1/namespaces/{ns}/asyncactors/{name}/status"),
-        query,
-        &body,
-    );
-    let patch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let patch = record(&world, Method::PATCH, &uri, &body);
     let mut world = lock(&world);
     let version = world.next_version();
     let Some(actor) = world.actors.get_mut(&(ns, name.clone())) else {
@@ -313,14 +308,8 @@ fn scale_of(ns: &str, name: &str, replicas: i64, version: u64) -> Response {
     .into_response()
 }
 
-async fn get_scale(State(world): Shared, Path((ns, name)): Path<(String, String)>) -> Response {
-    record(
-        &world,
-        Method::GET,
-        format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale"),
-        None,
-        &Bytes::new(),
-    );
+async fn get_scale(State(world): Shared, Path((ns, name)): Path<(String, String)>, uri: Uri) -> Response {
+    record(&world, Method::GET, &uri, &Bytes::new());
     let world = lock(&world);
     match world.deployments.get(&(ns.clone(), name.clone())) {
         Some((replicas, version)) => scale_of(&ns, &name, *replicas, *version),
@@ -335,17 +324,10 @@ async fn get_scale(State(world): Shared, Path((ns, name)): Path<(String, String)
 async fn patch_scale(
     State(world): Shared,
     Path((ns, name)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
+    uri: Uri,
     body: Bytes,
 ) -> Response {
-    record(
-        &world,
-        Method::PATCH,
-        format!("/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale"),
-        query,
-        &body,
-    );
-    let patch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let patch = record(&world, Method::PATCH, &uri, &body);
     let mut world = lock(&world);
     let key = (ns.clone(), name.clone());
     let Some((_, seen_version)) = world.deployments.get(&key).copied() else {
@@ -375,36 +357,12 @@ async fn patch_scale(
     scale_of(&ns, &name, replicas, version)
 }
 
-async fn create_event(
-    State(world): Shared,
-    Path(ns): Path<String>,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    record(
-        &world,
-        Method::POST,
-        format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"),
-        query,
-        &body,
-    );
-    let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+async fn create_event(State(world): Shared, uri: Uri, body: Bytes) -> Response {
+    let event = record(&world, Method::POST, &uri, &body);
     (StatusCode::CREATED, axum::Json(event)).into_response()
 }
 
-async fn patch_event(
-    State(world): Shared,
-    Path((ns, name)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    record(
-        &world,
-        Method::PATCH,
-        format!("/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}"),
-        query,
-        &body,
-    );
-    let event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+async fn patch_event(State(world): Shared, uri: Uri, body: Bytes) -> Response {
+    let event = record(&world, Method::PATCH, &uri, &body);
     axum::Json(event).into_response()
 }
