@@ -36,6 +36,8 @@
 pub mod broker;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "http")]
+pub mod signal;
 
 pub use troupe_core as core;
 pub use troupe_layers as layers;

@@ -143,28 +143,8 @@ fn run(args: RunArgs) -> Result<(), Error> {
             Some(namespace) => Api::namespaced(client, namespace),
             None => Api::all(client),
         };
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("stopping");
-            stop.cancel();
-        });
+        troupe::signal::cancel_on_signal(shutdown.clone());
         controller::run(api, ctx, shutdown).await;
         Ok(())
     })
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

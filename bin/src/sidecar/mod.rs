@@ -90,7 +90,7 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
     let env: Vec<(String, String)> = std::env::vars().collect();
     let config = config::resolve(args, matches, &env)?;
     let shutdown = CancellationToken::new();
-    spawn_signal_watch(shutdown.clone());
+    troupe::signal::cancel_on_signal(shutdown.clone());
 
     let mut registry = prometheus_client::registry::Registry::default();
     let mesh = MeshMetrics::new(&mut registry);
@@ -150,31 +150,6 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
         Some(unresponsive) => Err(SidecarError::RuntimeUnresponsive(unresponsive)),
         None => Ok(()),
     }
-}
-
-fn spawn_signal_watch(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = tokio::signal::ctrl_c() => {}
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot watch SIGTERM; only Ctrl-C stops the sidecar");
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("stopping: finishing in-flight work");
-        shutdown.cancel();
-    });
 }
 
 /// Waits for the `runtime-ready` file, then for `GET /healthz` to answer 200.
