@@ -1,8 +1,9 @@
 //! Offline checks of the Kubernetes manifests in `deploy/`: every kustomization renders with
 //! `kubectl kustomize`, built-in objects pass `kubernetes-validate --strict`, `AsyncActor`s
 //! pass both the CRD's schema and the Rust type, and the objects agree with each other: scale
-//! targets, the sidecar's settings, probes, grace periods, RBAC, and credentials that stay in
-//! Secrets created out of band.
+//! targets, the settings of the container that consumes each queue (the `troupe sidecar`, or
+//! the standalone `troupe-gpu-worker`), probes, grace periods, RBAC, and credentials that stay
+//! in Secrets created out of band.
 //!
 //! Needs `kubectl` (or `TROUPE_KUBECTL`) and kubernetes-validate, which
 //! `bash .ci/k8s-validate-setup.sh` installs (or `TROUPE_K8S_VALIDATE`).
@@ -29,15 +30,18 @@ const GPU_OVERLAY: (&str, &str) = ("gpu", "nats");
 /// version the tool knows.
 const OLDEST_KUBERNETES: &str = "1.33.0";
 
-/// The sidecar's defaults (bin/src/sidecar/config.rs) for settings a manifest may leave out.
+/// The sidecar's defaults (bin/src/sidecar/config.rs) for settings a manifest may leave out;
+/// the GPU worker's (gpu-worker/src/args.rs) are the same, socket aside.
 const DEFAULT_SOCKET_DIR: &str = "/var/run/asya";
 const DEFAULT_METRICS_PORT: u16 = 8080;
 const DEFAULT_ACTOR_TIMEOUT: &str = "5m";
 const DEFAULT_QUEUE_PREFIX: &str = "asya";
 /// Kubernetes' default `terminationGracePeriodSeconds`.
 const DEFAULT_GRACE_SECONDS: u64 = 30;
-/// `Scaling::default().max_replica_count`.
-const DEFAULT_MAX_REPLICAS: u64 = 10;
+/// The GPU worker's `--max-batch-size` default; its `--prefetch` defaults to twice that.
+const DEFAULT_MAX_BATCH_SIZE: u64 = 16;
+/// The least time a GPU actor's startup probe must allow for loading and warming up a model.
+const MIN_MODEL_LOAD_SECONDS: u64 = 300;
 
 /// Everything the autoscaler may do, as (API group, resource, verb); nothing more.
 const AUTOSCALER_RULES: [(&str, &str, &str); 10] = [
@@ -339,15 +343,86 @@ fn is_autoscaler(container: &Value) -> bool {
     text(container, "/image").is_some_and(|image| image.contains("/troupe-autoscaler"))
 }
 
-fn sidecar_of(pod: &Value) -> Result<&Value, String> {
-    let sidecars: Vec<&Value> = items(pod, "/containers")
+fn is_gpu_worker(container: &Value) -> bool {
+    !is_sidecar(container)
+        && text(container, "/image").is_some_and(|image| image.contains("/troupe-gpu-worker"))
+}
+
+/// What consumes an actor's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConsumerKind {
+    /// `troupe sidecar`, calling a runtime container over a socket.
+    Sidecar,
+    /// `troupe-gpu-worker`, alone: it runs the model itself.
+    GpuWorker,
+}
+
+/// The container that consumes an actor's queue, and of which kind.
+#[derive(Clone, Copy)]
+struct Consumer<'a> {
+    kind: ConsumerKind,
+    container: &'a Value,
+}
+
+impl<'a> Consumer<'a> {
+    /// "the sidecar" or "the GPU worker", for messages.
+    fn what(&self) -> &'static str {
+        match self.kind {
+            ConsumerKind::Sidecar => "the sidecar",
+            ConsumerKind::GpuWorker => "the GPU worker",
+        }
+    }
+
+    /// A setting as this consumer reads it: the flag, else its Troupe variable, else (the
+    /// sidecar only, which also reads Asya's names) one of the Asya variables.
+    fn setting(&self, flag: &str, troupe: &str, asya: &[&str]) -> Option<String> {
+        let mut variables = vec![troupe];
+        if self.kind == ConsumerKind::Sidecar {
+            variables.extend_from_slice(asya);
+        }
+        sidecar_setting(self.container, flag, &variables)
+    }
+
+    /// The entry of the first of these variables it reads that is set.
+    fn variable(&self, troupe: &str, asya: &[&str]) -> Option<&'a Value> {
+        let asya = if self.kind == ConsumerKind::Sidecar {
+            asya
+        } else {
+            &[]
+        };
+        std::iter::once(&troupe)
+            .chain(asya)
+            .find_map(|v| env_var(self.container, v))
+    }
+
+    fn metrics_port(&self) -> Result<u16, String> {
+        let variables: &[&str] = match self.kind {
+            ConsumerKind::Sidecar => &["TROUPE_METRICS_ADDR", "ASYA_METRICS_ADDR"],
+            ConsumerKind::GpuWorker => &["TROUPE_METRICS_ADDR"],
+        };
+        metrics_port(self.container, variables)
+    }
+}
+
+/// The pod's one queue consumer: a `troupe sidecar` or a `troupe-gpu-worker` container.
+fn consumer_of(pod: &Value) -> Result<Consumer<'_>, String> {
+    let consumers: Vec<Consumer<'_>> = items(pod, "/containers")
         .iter()
-        .filter(|c| is_sidecar(c))
+        .filter_map(|container| {
+            let kind = if is_sidecar(container) {
+                ConsumerKind::Sidecar
+            } else if is_gpu_worker(container) {
+                ConsumerKind::GpuWorker
+            } else {
+                return None;
+            };
+            Some(Consumer { kind, container })
+        })
         .collect();
-    match sidecars.as_slice() {
+    match consumers.as_slice() {
         [one] => Ok(*one),
         other => Err(format!(
-            "has {} `troupe sidecar` containers, expected 1",
+            "has {} queue consumers (`troupe sidecar` or troupe-gpu-worker containers), expected 1",
             other.len()
         )),
     }
@@ -746,70 +821,84 @@ fn autoscaled_deployments_leave_replicas_to_the_autoscaler() -> TestResult {
 }
 
 #[test]
-fn actor_pods_share_the_socket_folder_and_probe_the_sidecar() -> TestResult {
+fn actor_pods_have_one_queue_consumer_with_its_socket_and_probes() -> TestResult {
     let mut problems = Vec::new();
     for render in renders()? {
         for (actor, deployment) in render.scaled_actors() {
             let Some(deployment) = deployment else { continue };
             let who = format!("[{}] {}", render.name, describe(deployment));
             let Some(pod) = pod_spec(deployment) else { continue };
-            let sidecar = match sidecar_of(pod) {
-                Ok(sidecar) => sidecar,
+            let consumer = match consumer_of(pod) {
+                Ok(consumer) => consumer,
                 Err(e) => {
                     problems.push(format!("{who} (scaled by {}): {e}", describe(actor)));
                     continue;
                 }
             };
-
-            let socket_dir =
-                sidecar_setting(sidecar, "--socket-dir", &["TROUPE_SOCKET_DIR", "ASYA_SOCKET_DIR"])
-                    .unwrap_or_else(|| DEFAULT_SOCKET_DIR.to_owned());
-            match mounted_volume(sidecar, &socket_dir) {
-                None => problems.push(format!(
-                    "{who}: the sidecar mounts no volume at its socket folder {socket_dir}"
-                )),
-                Some(volume) => {
-                    let declared = items(pod, "/volumes")
-                        .iter()
-                        .find(|v| text(v, "/name") == Some(volume));
-                    if declared.is_none_or(|v| v.get("emptyDir").is_none()) {
+            match consumer.kind {
+                ConsumerKind::Sidecar => check_socket(pod, consumer.container, &who, &mut problems),
+                // It runs the model itself: a container beside it would be idle or a runtime
+                // left over from the sidecar layout.
+                ConsumerKind::GpuWorker => {
+                    for other in items(pod, "/containers").iter().filter(|c| !is_gpu_worker(c)) {
                         problems.push(format!(
-                            "{who}: socket volume {volume:?} should be an emptyDir of the pod"
+                            "{who}: container {:?} beside the GPU worker, which needs no sidecar \
+                             and no runtime",
+                            name_of_container(other)
                         ));
-                    }
-                    let runtimes: Vec<&Value> = items(pod, "/containers")
-                        .iter()
-                        .filter(|c| !is_sidecar(c))
-                        .collect();
-                    if runtimes.is_empty() {
-                        problems.push(format!("{who}: no runtime container beside the sidecar"));
-                    }
-                    for runtime in runtimes {
-                        let dir = runtime_socket_dir(runtime);
-                        if mounted_volume(runtime, &dir) != Some(volume) {
-                            problems.push(format!(
-                                "{who}: container {:?} should mount volume {volume:?} at its socket \
-                                 folder {dir}, as the sidecar does",
-                                name_of_container(runtime)
-                            ));
-                        }
                     }
                 }
             }
-
-            match metrics_port(sidecar, &["TROUPE_METRICS_ADDR", "ASYA_METRICS_ADDR"]) {
+            match consumer.metrics_port() {
                 Ok(port) => check_probes(
                     deployment,
-                    sidecar,
+                    consumer.container,
                     port,
-                    &format!("{who} sidecar"),
+                    &format!("{who} {}", consumer.what()),
                     &mut problems,
                 ),
-                Err(e) => problems.push(format!("{who} sidecar: {e}")),
+                Err(e) => problems.push(format!("{who} {}: {e}", consumer.what())),
             }
         }
     }
     finish("actor pods", problems)
+}
+
+/// The sidecar and every runtime beside it mount one emptyDir at their socket folders.
+fn check_socket(pod: &Value, sidecar: &Value, who: &str, problems: &mut Vec<String>) {
+    let socket_dir = sidecar_setting(sidecar, "--socket-dir", &["TROUPE_SOCKET_DIR", "ASYA_SOCKET_DIR"])
+        .unwrap_or_else(|| DEFAULT_SOCKET_DIR.to_owned());
+    let Some(volume) = mounted_volume(sidecar, &socket_dir) else {
+        problems.push(format!(
+            "{who}: the sidecar mounts no volume at its socket folder {socket_dir}"
+        ));
+        return;
+    };
+    let declared = items(pod, "/volumes")
+        .iter()
+        .find(|v| text(v, "/name") == Some(volume));
+    if declared.is_none_or(|v| v.get("emptyDir").is_none()) {
+        problems.push(format!(
+            "{who}: socket volume {volume:?} should be an emptyDir of the pod"
+        ));
+    }
+    let runtimes: Vec<&Value> = items(pod, "/containers")
+        .iter()
+        .filter(|c| !is_sidecar(c))
+        .collect();
+    if runtimes.is_empty() {
+        problems.push(format!("{who}: no runtime container beside the sidecar"));
+    }
+    for runtime in runtimes {
+        let dir = runtime_socket_dir(runtime);
+        if mounted_volume(runtime, &dir) != Some(volume) {
+            problems.push(format!(
+                "{who}: container {:?} should mount volume {volume:?} at its socket \
+                 folder {dir}, as the sidecar does",
+                name_of_container(runtime)
+            ));
+        }
+    }
 }
 
 fn name_of_container(container: &Value) -> &str {
@@ -817,7 +906,7 @@ fn name_of_container(container: &Value) -> &str {
 }
 
 #[test]
-fn sidecars_consume_the_queue_their_async_actor_measures() -> TestResult {
+fn queue_consumers_read_the_queue_their_async_actor_measures() -> TestResult {
     let mut problems = Vec::new();
     for render in renders()? {
         let overlay_transport = match render.overlay() {
@@ -839,43 +928,45 @@ fn sidecars_consume_the_queue_their_async_actor_measures() -> TestResult {
             let Some(pod) = deployment.and_then(pod_spec) else {
                 continue;
             };
-            let Ok(sidecar) = sidecar_of(pod) else { continue };
+            let Ok(consumer) = consumer_of(pod) else { continue };
+            let what = consumer.what();
 
-            let sidecar_transport = normalize_transport(
-                &sidecar_setting(sidecar, "--transport", &["TROUPE_TRANSPORT", "ASYA_TRANSPORT"])
+            let consumer_transport = normalize_transport(
+                &consumer
+                    .setting("--transport", "TROUPE_TRANSPORT", &["ASYA_TRANSPORT"])
                     .unwrap_or_else(|| "memory".to_owned()),
             );
-            if sidecar_transport != transport {
+            if consumer_transport != transport {
                 problems.push(format!(
-                    "{who}: the sidecar's transport is {sidecar_transport:?}, the AsyncActor's {transport:?}"
+                    "{who}: {what}'s transport is {consumer_transport:?}, the AsyncActor's {transport:?}"
                 ));
             }
 
             let actor_name = text(actor, "/spec/actor").unwrap_or("");
-            let sidecar_actor = sidecar_setting(sidecar, "--actor", &["TROUPE_ACTOR", "ASYA_ACTOR_NAME"]);
-            if sidecar_actor.as_deref() != Some(actor_name) {
+            let consumer_actor = consumer.setting("--actor", "TROUPE_ACTOR", &["ASYA_ACTOR_NAME"]);
+            if consumer_actor.as_deref() != Some(actor_name) {
                 problems.push(format!(
-                    "{who}: the sidecar serves actor {sidecar_actor:?}, the AsyncActor measures {actor_name:?}"
+                    "{who}: {what} serves actor {consumer_actor:?}, the AsyncActor measures {actor_name:?}"
                 ));
             }
 
             let prefix = text(actor, "/spec/queuePrefix").unwrap_or(DEFAULT_QUEUE_PREFIX);
-            let sidecar_prefix = sidecar_setting(sidecar, "--queue-prefix", &["TROUPE_QUEUE_PREFIX"])
+            let consumer_prefix = consumer
+                .setting("--queue-prefix", "TROUPE_QUEUE_PREFIX", &[])
                 .unwrap_or_else(|| DEFAULT_QUEUE_PREFIX.to_owned());
-            if sidecar_prefix != prefix {
+            if consumer_prefix != prefix {
                 problems.push(format!(
-                    "{who}: the sidecar's queue prefix is {sidecar_prefix:?}, the AsyncActor's {prefix:?}"
+                    "{who}: {what}'s queue prefix is {consumer_prefix:?}, the AsyncActor's {prefix:?}"
                 ));
             }
 
             let namespace = text(actor, "/spec/queueNamespace").unwrap_or(namespace_of(actor));
-            let sidecar_namespace =
-                match sidecar_setting(sidecar, "--namespace", &["TROUPE_NAMESPACE", "ASYA_NAMESPACE"]) {
+            let consumer_namespace =
+                match consumer.setting("--namespace", "TROUPE_NAMESPACE", &["ASYA_NAMESPACE"]) {
                     Some(literal) => literal,
                     None => {
-                        let field = ["TROUPE_NAMESPACE", "ASYA_NAMESPACE"]
-                            .iter()
-                            .find_map(|v| env_var(sidecar, v))
+                        let field = consumer
+                            .variable("TROUPE_NAMESPACE", &["ASYA_NAMESPACE"])
                             .and_then(|e| text(e, "/valueFrom/fieldRef/fieldPath"));
                         match (field, deployment) {
                             (Some("metadata.namespace"), Some(d)) => namespace_of(d).to_owned(),
@@ -884,9 +975,9 @@ fn sidecars_consume_the_queue_their_async_actor_measures() -> TestResult {
                         }
                     }
                 };
-            if sidecar_namespace != namespace {
+            if consumer_namespace != namespace {
                 problems.push(format!(
-                    "{who}: the sidecar's queue namespace is {sidecar_namespace:?}, the AsyncActor's {namespace:?}"
+                    "{who}: {what}'s queue namespace is {consumer_namespace:?}, the AsyncActor's {namespace:?}"
                 ));
             }
         }
@@ -902,18 +993,20 @@ fn grace_period_covers_the_handler_timeout() -> TestResult {
             let Some(deployment) = deployment else { continue };
             let who = format!("[{}] {}", render.name, describe(deployment));
             let Some(pod) = pod_spec(deployment) else { continue };
-            let Ok(sidecar) = sidecar_of(pod) else { continue };
-            let raw = sidecar_setting(
-                sidecar,
-                "--timeout",
-                &["TROUPE_ACTOR_TIMEOUT", "ASYA_RESILIENCY_ACTOR_TIMEOUT"],
-            )
-            .unwrap_or_else(|| DEFAULT_ACTOR_TIMEOUT.to_owned());
+            let Ok(consumer) = consumer_of(pod) else { continue };
+            let raw = consumer
+                .setting(
+                    "--timeout",
+                    "TROUPE_ACTOR_TIMEOUT",
+                    &["ASYA_RESILIENCY_ACTOR_TIMEOUT"],
+                )
+                .unwrap_or_else(|| DEFAULT_ACTOR_TIMEOUT.to_owned());
             let timeout = match humantime::parse_duration(raw.trim()) {
                 Ok(timeout) => timeout,
                 Err(e) => {
                     problems.push(format!(
-                        "{who}: the sidecar's timeout {raw:?} does not parse: {e}"
+                        "{who}: {}'s timeout {raw:?} does not parse: {e}",
+                        consumer.what()
                     ));
                     continue;
                 }
@@ -928,7 +1021,10 @@ fn grace_period_covers_the_handler_timeout() -> TestResult {
                      {raw}: a scale-down would kill calls in flight"
                 ));
             }
-            for runtime in items(pod, "/containers").iter().filter(|c| !is_sidecar(c)) {
+            let runtimes = items(pod, "/containers")
+                .iter()
+                .filter(|c| consumer.kind == ConsumerKind::Sidecar && !is_sidecar(c));
+            for runtime in runtimes {
                 for variable in ["TROUPE_RUNTIME_SHUTDOWN_GRACE_S", "ASYA_RUNTIME_SHUTDOWN_GRACE_S"] {
                     let Some(value) = env_literal(runtime, variable) else {
                         continue;
@@ -1022,7 +1118,7 @@ fn credentials_stay_in_secrets_created_out_of_band() -> TestResult {
 }
 
 #[test]
-fn broker_settings_reach_the_sidecar_and_the_autoscaler_from_the_secret() -> TestResult {
+fn broker_settings_reach_the_queue_consumer_and_the_autoscaler_from_the_secret() -> TestResult {
     let mut problems = Vec::new();
     for render in renders()? {
         let autoscaler_secrets: Vec<(&str, BTreeSet<&str>)> = render
@@ -1040,11 +1136,14 @@ fn broker_settings_reach_the_sidecar_and_the_autoscaler_from_the_secret() -> Tes
                 problems.push(format!("{who}: spec.transport.connectionSecretRef is not set"));
                 continue;
             };
-            if let Some(sidecar) = deployment.and_then(pod_spec).and_then(|pod| sidecar_of(pod).ok())
-                && !env_from_secrets(sidecar).contains(secret)
+            if let Some(consumer) = deployment
+                .and_then(pod_spec)
+                .and_then(|pod| consumer_of(pod).ok())
+                && !env_from_secrets(consumer.container).contains(secret)
             {
                 problems.push(format!(
-                    "{who}: the sidecar does not load Secret {secret:?} (envFrom)"
+                    "{who}: {} does not load Secret {secret:?} (envFrom)",
+                    consumer.what()
                 ));
             }
             for (namespace, secrets) in &autoscaler_secrets {
@@ -1214,67 +1313,35 @@ fn gpu_limit(container: &Value) -> u64 {
 }
 
 #[test]
-fn gpu_overlay_asks_for_gpus_and_scales_on_its_own_terms() -> TestResult {
+fn gpu_overlay_runs_the_gpu_worker_on_gpu_nodes_and_scales_on_its_own_terms() -> TestResult {
     let gpu = find_render(&format!("overlays/{}", GPU_OVERLAY.0))?;
-    let base = find_render("base")?;
     let mut problems = Vec::new();
-    let actors = gpu.scaled_actors();
-    if actors.is_empty() {
-        problems.push(format!("[{}] renders no AsyncActor", gpu.name));
-    }
-    for (actor, deployment) in actors {
+    let mut gpu_actors = 0;
+    for (actor, deployment) in gpu.scaled_actors() {
         let who = format!("[{}] {}", gpu.name, describe(actor));
         let Some(pod) = deployment.and_then(pod_spec) else {
             continue;
         };
-        let runtimes: Vec<&Value> = items(pod, "/containers")
-            .iter()
-            .filter(|c| !is_sidecar(c))
-            .collect();
-        if !runtimes.iter().any(|c| gpu_limit(c) >= 1) {
-            problems.push(format!("{who}: no runtime container has an nvidia.com/gpu limit"));
+        for sidecar in items(pod, "/containers").iter().filter(|c| is_sidecar(c)) {
+            if gpu_limit(sidecar) > 0 {
+                problems.push(format!(
+                    "{who}: sidecar {:?} should not hold a GPU",
+                    name_of_container(sidecar)
+                ));
+            }
         }
-        if !runtimes
-            .iter()
-            .any(|c| text(c, "/image").is_some_and(|i| i.contains("troupe-gpu-worker")))
-        {
-            problems.push(format!(
-                "{who}: the runtime should be the troupe-gpu-worker image"
-            ));
+        // A pod without exactly one consumer is reported by the actor pod test.
+        let Ok(consumer) = consumer_of(pod) else { continue };
+        if consumer.kind == ConsumerKind::GpuWorker {
+            gpu_actors += 1;
+            check_gpu_actor(actor, pod, consumer, &who, &mut problems);
         }
-        if let Ok(sidecar) = sidecar_of(pod)
-            && gpu_limit(sidecar) > 0
-        {
-            problems.push(format!("{who}: the sidecar should not hold a GPU"));
-        }
-        if pod
-            .get("nodeSelector")
-            .and_then(Value::as_object)
-            .is_none_or(|selector| selector.is_empty())
-        {
-            problems.push(format!("{who}: no nodeSelector for the GPU node pool"));
-        }
-        if !items(pod, "/tolerations")
-            .iter()
-            .any(|t| text(t, "/key").is_some_and(|k| k.contains("gpu")))
-        {
-            problems.push(format!("{who}: no toleration for the GPU nodes' taint"));
-        }
-        let max = |a: &Value| {
-            a.pointer("/spec/scaling/maxReplicaCount")
-                .and_then(Value::as_u64)
-                .unwrap_or(DEFAULT_MAX_REPLICAS)
-        };
-        match base.find("AsyncActor", namespace_of(actor), name_of(actor)) {
-            None => problems.push(format!(
-                "{who}: base has no AsyncActor of that name to compare with"
-            )),
-            Some(base_actor) if max(base_actor) == max(actor) => problems.push(format!(
-                "{who}: maxReplicaCount {} is the base's; GPU actors need their own limit",
-                max(actor)
-            )),
-            Some(_) => {}
-        }
+    }
+    if gpu_actors == 0 {
+        problems.push(format!(
+            "[{}] has no actor served by the troupe-gpu-worker image",
+            gpu.name
+        ));
     }
     for render in renders()?.iter().filter(|r| r.name != gpu.name) {
         for (workload, pod) in render.workloads() {
@@ -1288,6 +1355,177 @@ fn gpu_overlay_asks_for_gpus_and_scales_on_its_own_terms() -> TestResult {
         }
     }
     finish("gpu overlay", problems)
+}
+
+/// A GPU worker actor: one GPU on a GPU node, its model on a read-only volume, probes that
+/// wait for the model, batching the worker accepts, and GPU-sized scaling.
+fn check_gpu_actor(
+    actor: &Value,
+    pod: &Value,
+    consumer: Consumer<'_>,
+    who: &str,
+    problems: &mut Vec<String>,
+) {
+    let worker = consumer.container;
+    if gpu_limit(worker) < 1 {
+        problems.push(format!("{who}: the GPU worker has no nvidia.com/gpu limit"));
+    }
+    if consumer.setting("--device", "TROUPE_DEVICE", &[]).as_deref() == Some("cpu") {
+        problems.push(format!(
+            "{who}: the GPU worker runs on the CPU (TROUPE_DEVICE=cpu)"
+        ));
+    }
+    if pod
+        .get("nodeSelector")
+        .and_then(Value::as_object)
+        .is_none_or(|selector| selector.is_empty())
+    {
+        problems.push(format!("{who}: no nodeSelector for the GPU node pool"));
+    }
+    if !items(pod, "/tolerations")
+        .iter()
+        .any(|t| text(t, "/key").is_some_and(|k| k.contains("gpu")))
+    {
+        problems.push(format!("{who}: no toleration for the GPU nodes' taint"));
+    }
+
+    match consumer.setting("--model", "TROUPE_MODEL", &[]) {
+        None => problems.push(format!("{who}: TROUPE_MODEL (the TorchScript file) is not set")),
+        Some(model) if !model.starts_with('/') => {
+            problems.push(format!(
+                "{who}: TROUPE_MODEL {model:?} should be an absolute path"
+            ));
+        }
+        Some(model) => check_model_volume(pod, worker, &model, who, problems),
+    }
+
+    // Liveness answers while the model loads; readiness and the startup probe wait for it.
+    let readiness = text(worker, "/readinessProbe/httpGet/path");
+    if readiness != Some("/readyz") {
+        problems.push(format!(
+            "{who}: the GPU worker's readinessProbe should GET /readyz (model loaded and warmed \
+             up), has {readiness:?}"
+        ));
+    }
+    match worker.get("startupProbe") {
+        None => problems.push(format!(
+            "{who}: the GPU worker has no startupProbe; loading and warming up a model takes minutes"
+        )),
+        Some(probe) => {
+            let path = text(probe, "/httpGet/path");
+            if path != Some("/readyz") {
+                problems.push(format!(
+                    "{who}: the startupProbe should GET /readyz, so it waits for the model; has {path:?}"
+                ));
+            }
+            let budget = startup_budget(probe);
+            if budget < MIN_MODEL_LOAD_SECONDS {
+                problems.push(format!(
+                    "{who}: the startupProbe gives up after {budget} s; a model load needs at least \
+                     {MIN_MODEL_LOAD_SECONDS} s"
+                ));
+            }
+        }
+    }
+
+    let count = |flag: &str, variable: &str| -> Result<Option<u64>, String> {
+        consumer
+            .setting(flag, variable, &[])
+            .map(|raw| {
+                raw.trim()
+                    .parse::<u64>()
+                    .map_err(|e| format!("{who}: {variable}={raw:?}: {e}"))
+            })
+            .transpose()
+    };
+    let (max_batch, prefetch) = match (
+        count("--max-batch-size", "TROUPE_MAX_BATCH_SIZE"),
+        count("--prefetch", "TROUPE_PREFETCH"),
+    ) {
+        (Ok(max_batch), Ok(prefetch)) => {
+            let max_batch = max_batch.unwrap_or(DEFAULT_MAX_BATCH_SIZE);
+            (max_batch, prefetch.unwrap_or(2 * max_batch))
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            problems.push(e);
+            return;
+        }
+    };
+    if prefetch < 2 * max_batch {
+        problems.push(format!(
+            "{who}: TROUPE_PREFETCH {prefetch} is less than twice TROUPE_MAX_BATCH_SIZE {max_batch}: \
+             the worker refuses to start"
+        ));
+    }
+    // A parse failure is reported by the CRD test.
+    if let Ok(parsed) = serde_json::from_value::<AsyncActor>(actor.clone()) {
+        let queue_length = u64::from(parsed.spec.scaling.queue_length);
+        if queue_length < max_batch {
+            problems.push(format!(
+                "{who}: queueLength {queue_length} is below TROUPE_MAX_BATCH_SIZE {max_batch}: \
+                 replicas would be added before one fills a batch"
+            ));
+        }
+    }
+    if actor.pointer("/spec/scaling/maxReplicaCount").is_none() {
+        problems.push(format!(
+            "{who}: maxReplicaCount is not set; GPU actors need their own limit, not the default"
+        ));
+    }
+}
+
+/// The model file lies on a volume of the pod, mounted read-only.
+fn check_model_volume(pod: &Value, worker: &Value, model: &str, who: &str, problems: &mut Vec<String>) {
+    let Some(mount) = mount_holding(worker, model) else {
+        problems.push(format!(
+            "{who}: no volume is mounted over the model {model}; the image holds no model"
+        ));
+        return;
+    };
+    let name = text(mount, "/name").unwrap_or("");
+    let at = text(mount, "/mountPath").unwrap_or("");
+    if mount.get("readOnly").and_then(Value::as_bool) != Some(true) {
+        problems.push(format!(
+            "{who}: the model volume {name:?} at {at} should be mounted readOnly"
+        ));
+    }
+    match items(pod, "/volumes")
+        .iter()
+        .find(|v| text(v, "/name") == Some(name))
+    {
+        None => problems.push(format!(
+            "{who}: the model volume {name:?} is not a volume of the pod"
+        )),
+        Some(volume) => {
+            if let Some(claim) = volume.get("persistentVolumeClaim")
+                && claim.get("readOnly").and_then(Value::as_bool) != Some(true)
+            {
+                problems.push(format!(
+                    "{who}: the model's PersistentVolumeClaim (volume {name:?}) should be readOnly"
+                ));
+            }
+        }
+    }
+}
+
+/// The mount whose folder holds `path` (the deepest one), if any.
+fn mount_holding<'a>(container: &'a Value, path: &str) -> Option<&'a Value> {
+    items(container, "/volumeMounts")
+        .iter()
+        .filter(|m| {
+            text(m, "/mountPath").is_some_and(|dir| {
+                path.strip_prefix(dir.trim_end_matches('/'))
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+        })
+        .max_by_key(|m| text(m, "/mountPath").map_or(0, str::len))
+}
+
+/// Seconds a startup probe allows before the container is restarted (Kubernetes' defaults
+/// for the fields left out).
+fn startup_budget(probe: &Value) -> u64 {
+    let field = |name: &str, default: u64| probe.get(name).and_then(Value::as_u64).unwrap_or(default);
+    field("initialDelaySeconds", 0) + field("periodSeconds", 10) * field("failureThreshold", 3)
 }
 
 #[test]
