@@ -227,7 +227,35 @@ async fn pipeline(broker: Broker, mesh: Box<dyn Mesh>) {
         sink.len(),
         started.elapsed()
     );
-    assert_eq!(sink.len(), expected, "every envelope reaches x-sink once");
+    if sink.len() != expected {
+        // Say which ones, and what sits in x-sump, so an intermittent shortfall can be traced.
+        let seen: HashSet<(u64, u64)> = sink
+            .iter()
+            .filter_map(|e| Some((e["payload"]["n"].as_u64()?, e["payload"]["part"].as_u64()?)))
+            .collect();
+        let missing: Vec<(usize, u64)> = (0..COUNT)
+            .flat_map(|n| [(n, 0), (n, 1)])
+            .filter(|&(n, part)| !seen.contains(&(n as u64, part)))
+            .collect();
+        let troubled_missing: Vec<&str> = troubled
+            .iter()
+            .filter(|(id, _)| !sink.iter().any(|e| e["id"].as_str() == Some(id.as_str())))
+            .map(|(_, mode)| *mode)
+            .collect();
+        let sump = mesh
+            .collect(
+                naming.queue_for("x-sump").unwrap(),
+                Duration::from_secs(3),
+                Box::new(|_| false),
+            )
+            .await;
+        panic!(
+            "{} of {expected} envelopes reached x-sink; missing (n, part): {missing:?}; \
+             missing troubled modes: {troubled_missing:?}; x-sump holds {}: {sump:?}",
+            sink.len(),
+            sump.len()
+        );
+    }
 
     let mut parts = HashSet::new();
     for env in &sink {
