@@ -334,6 +334,48 @@ pub struct BrokerArgs {
     pub kafka_properties: Vec<(String, String)>,
 }
 
+/// Which queue a process serves and on which broker (feature `cli`): the flags an actor
+/// process (`troupe sidecar`, `troupe-gpu-worker`) shares, each with a `TROUPE_*` fallback.
+/// The actor's own name stays with the program, which may read it from elsewhere too.
+#[cfg(feature = "cli")]
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueueArgs {
+    /// Namespace part of queue names.
+    #[arg(long, env = "TROUPE_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Prefix of queue names.
+    #[arg(long, env = "TROUPE_QUEUE_PREFIX", default_value = "asya")]
+    pub queue_prefix: String,
+    /// The broker: memory, nats, amqp (or rabbitmq), sqs, kafka.
+    #[arg(long, env = "TROUPE_TRANSPORT", default_value = "memory")]
+    pub transport: Broker,
+    /// Broker addresses and credentials.
+    #[command(flatten)]
+    pub brokers: BrokerArgs,
+    /// AWS region of the SQS queues.
+    #[arg(long, env = "TROUPE_SQS_REGION", default_value = "us-east-1")]
+    pub sqs_region: String,
+}
+
+#[cfg(feature = "cli")]
+impl QueueArgs {
+    /// The broker settings these flags name, the SQS region included.
+    pub fn broker_config(&self) -> BrokerConfig {
+        #[allow(unused_mut)]
+        let mut config = self.brokers.config();
+        #[cfg(feature = "sqs")]
+        {
+            config.sqs.region = self.sqs_region.clone();
+        }
+        config
+    }
+
+    /// Queue naming from the prefix and namespace.
+    pub fn naming(&self) -> Result<troupe_core::QueueNaming, troupe_core::NameError> {
+        troupe_core::QueueNaming::new(&self.queue_prefix, &self.namespace)
+    }
+}
+
 #[cfg(feature = "cli")]
 fn key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use troupe::broker::{Broker, BrokerArgs, BrokerConfig};
-use troupe::core::{NameError, QueueNaming};
+use troupe::broker::QueueArgs;
+use troupe::core::NameError;
 use troupe::layers::RetryPolicies;
 
 use crate::batcher::{self, BatcherConfig};
@@ -39,21 +39,9 @@ pub struct WorkerArgs {
     /// The actor served (its queue is `{prefix}-{namespace}-{actor}`).
     #[arg(long, env = "TROUPE_ACTOR")]
     pub actor: String,
-    /// Namespace part of queue names.
-    #[arg(long, env = "TROUPE_NAMESPACE", default_value = "default")]
-    pub namespace: String,
-    /// Prefix of queue names.
-    #[arg(long, env = "TROUPE_QUEUE_PREFIX", default_value = "asya")]
-    pub queue_prefix: String,
-    /// The broker: memory, nats, amqp (or rabbitmq), sqs, kafka.
-    #[arg(long, env = "TROUPE_TRANSPORT", default_value = "memory")]
-    pub transport: Broker,
-    /// Broker addresses and credentials.
+    /// The queue's namespace and prefix, and the broker.
     #[command(flatten)]
-    pub brokers: BrokerArgs,
-    /// AWS region of the SQS queues.
-    #[arg(long, env = "TROUPE_SQS_REGION", default_value = "us-east-1")]
-    pub sqs_region: String,
+    pub queue: QueueArgs,
 
     /// How tensors are carried in the payload: json (nested arrays) or base64
     /// (`{"dtype", "shape", "data"}`).
@@ -175,17 +163,6 @@ pub enum ArgsError {
 }
 
 impl WorkerArgs {
-    /// The broker settings these flags name.
-    pub fn broker_config(&self) -> BrokerConfig {
-        #[allow(unused_mut)]
-        let mut config = self.brokers.config();
-        #[cfg(feature = "sqs")]
-        {
-            config.sqs.region = self.sqs_region.clone();
-        }
-        config
-    }
-
     /// Checks every setting and splits them into the worker's and the model's.
     pub fn settings(&self) -> Result<(WorkerSettings, ModelSettings), ArgsError> {
         let mut codec = CodecConfig::new(self.codec, &self.input_pointer, &self.output_pointer)?
@@ -211,7 +188,7 @@ impl WorkerArgs {
         if self.torch_threads == Some(0) {
             return Err(ArgsError::TorchThreads);
         }
-        let naming = QueueNaming::new(&self.queue_prefix, &self.namespace)?;
+        let naming = self.queue.naming()?;
         naming.queue_for(&self.actor)?;
         let worker = WorkerSettings {
             actor: self.actor.clone(),

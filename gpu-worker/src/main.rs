@@ -93,7 +93,7 @@ async fn run(args: WorkerArgs) -> Result<(), Error> {
     tracing::info!(
         actor = %settings.actor,
         metrics = %bound,
-        transport = %args.transport,
+        transport = %args.queue.transport,
         cuda_devices = Cuda::device_count(),
         cudnn = Cuda::cudnn_is_available(),
         "gpu worker starting"
@@ -112,7 +112,11 @@ async fn run(args: WorkerArgs) -> Result<(), Error> {
         mesh,
         shutdown: shutdown.clone(),
     };
-    let result = args.broker_config().connect(args.transport, job).await;
+    let result = args
+        .queue
+        .broker_config()
+        .connect(args.queue.transport, job)
+        .await;
     alive.store(false, Ordering::Release);
     shutdown.cancel();
     result??;

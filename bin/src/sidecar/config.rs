@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use clap::ArgMatches;
 use clap::parser::ValueSource;
-use troupe::broker::{Broker, BrokerArgs, BrokerConfig};
+use troupe::broker::{Broker, BrokerConfig, QueueArgs};
 use troupe::layers::RetryPolicies;
 use troupe::layers::asya_resiliency::{AsyaResiliencyError, retry_policies};
 
@@ -37,20 +37,9 @@ pub struct SidecarArgs {
     /// The actor served (its queue is `{prefix}-{namespace}-{actor}`).
     #[arg(long, env = "TROUPE_ACTOR")]
     pub actor: Option<String>,
-    /// Namespace part of queue names.
-    #[arg(long, env = "TROUPE_NAMESPACE", default_value = "default")]
-    pub namespace: String,
-    /// Prefix of queue names.
-    #[arg(long, env = "TROUPE_QUEUE_PREFIX", default_value = "asya")]
-    pub queue_prefix: String,
-    /// The broker: memory, nats, amqp (or rabbitmq), sqs, kafka.
-    #[arg(long, env = "TROUPE_TRANSPORT", default_value = "memory")]
-    pub transport: Broker,
+    /// The queue's namespace and prefix, and the broker.
     #[command(flatten)]
-    pub brokers: BrokerArgs,
-    /// AWS region of the SQS queues.
-    #[arg(long, env = "TROUPE_SQS_REGION", default_value = "us-east-1")]
-    pub sqs_region: String,
+    pub queue: QueueArgs,
     /// Folder of the runtime's socket (`asya-runtime.sock`) and its `runtime-ready` file.
     #[arg(long, env = "TROUPE_SOCKET_DIR", default_value = "/var/run/asya")]
     pub socket_dir: PathBuf,
@@ -232,7 +221,7 @@ pub fn resolve(
         "namespace",
         "namespace",
         "TROUPE_NAMESPACE",
-        args.namespace,
+        args.queue.namespace,
         text,
         show_text
     );
@@ -241,7 +230,7 @@ pub fn resolve(
         "transport",
         "transport",
         "TROUPE_TRANSPORT",
-        args.transport,
+        args.queue.transport,
         |s: &str| Broker::from_str(s).map_err(|e| e.to_string()),
         |b: &Broker| b.to_string()
     );
@@ -259,7 +248,7 @@ pub fn resolve(
         "amqp_url",
         "amqp-url",
         "TROUPE_AMQP_URL",
-        args.brokers.amqp_url,
+        args.queue.brokers.amqp_url,
         text,
         show_text
     );
@@ -268,7 +257,7 @@ pub fn resolve(
         "sqs_url",
         "sqs-url",
         "TROUPE_SQS_URL",
-        args.brokers.sqs_url,
+        args.queue.brokers.sqs_url,
         some_text,
         show_opt
     );
@@ -277,7 +266,7 @@ pub fn resolve(
         "sqs_region",
         "sqs-region",
         "TROUPE_SQS_REGION",
-        args.sqs_region,
+        args.queue.sqs_region,
         text,
         show_text
     );
@@ -330,12 +319,7 @@ pub fn resolve(
         });
     }
     let retry = retry_policies(args.retry_policies.as_deref(), args.retry_rules.as_deref())?;
-    #[allow(unused_mut)]
-    let mut brokers = args.brokers.config();
-    #[cfg(feature = "sqs")]
-    {
-        brokers.sqs.region = args.sqs_region.clone();
-    }
+    let brokers = args.queue.broker_config();
     Ok(SidecarConfig {
         actor,
         args,
@@ -384,8 +368,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.actor, "judge");
-        assert_eq!(c.args.namespace, "prod");
-        assert_eq!(c.args.transport, Broker::Amqp);
+        assert_eq!(c.args.queue.namespace, "prod");
+        assert_eq!(c.args.queue.transport, Broker::Amqp);
         assert_eq!(c.socket(), PathBuf::from("/tmp/sock/asya-runtime.sock"));
         assert_eq!(c.args.timeout, Duration::from_secs(90));
         assert_eq!(c.args.metrics_addr, "0.0.0.0:9090".parse().unwrap());

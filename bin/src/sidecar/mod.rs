@@ -29,8 +29,7 @@ use hyper::header::HOST;
 use tokio_util::sync::CancellationToken;
 use troupe::broker::{ConnectError, WithTransport};
 use troupe::core::{
-    ConsumeOptions, QueueAdmin, QueueNaming, Runner, RunnerConfig, RunnerError, SINK, SUMP, Transport,
-    TransportError,
+    ConsumeOptions, QueueAdmin, Runner, RunnerConfig, RunnerError, SINK, SUMP, Transport, TransportError,
 };
 use troupe::layers::{MemoryStore, MeshMetrics, StackConfig, actor_stack};
 
@@ -115,7 +114,7 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
         shutdown.clone(),
     )
     .await?;
-    tracing::info!(actor = %config.actor, metrics = %bound, transport = %config.args.transport, "sidecar starting");
+    tracing::info!(actor = %config.actor, metrics = %bound, transport = %config.args.queue.transport, "sidecar starting");
 
     let client = RuntimeClient::new(config.socket(), config.args.runtime_concurrency);
     tokio::select! {
@@ -141,7 +140,7 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
         sidecar_metrics,
         shutdown: shutdown.clone(),
     };
-    let result = config.brokers.connect(config.args.transport, job).await;
+    let result = config.brokers.connect(config.args.queue.transport, job).await;
     runner_alive.store(false, Ordering::Release);
     shutdown.cancel();
     result??;
@@ -261,7 +260,7 @@ impl WithTransport for SidecarJob<'_> {
     async fn run<T: Transport + QueueAdmin>(self, transport: T) -> Self::Output {
         let config = self.config;
         let args = &config.args;
-        let naming = QueueNaming::new(&args.queue_prefix, &args.namespace).map_err(RunnerError::from)?;
+        let naming = args.queue.naming().map_err(RunnerError::from)?;
         // Its own queue, and the two it sends finished and failed envelopes to.
         for actor in [config.actor.as_str(), SINK, SUMP] {
             let queue = naming.queue_for(actor).map_err(RunnerError::from)?;
