@@ -16,9 +16,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use troupe::core::{ConsumeOptions, QueueAdmin, QueueNaming, RunReport, Runner, RunnerConfig, RunnerError};
+use troupe::core::{
+    ConsumeOptions, QueueAdmin, QueueNaming, QueueSetupError, RunReport, Runner, RunnerConfig, RunnerError,
+    ensure_actor_queues,
+};
 use troupe::layers::{MemoryStore, MeshMetrics, RetryPolicies, StackConfig, actor_stack};
-use troupe::{CancellationToken, SINK, SUMP, Transport, TransportError};
+use troupe::{CancellationToken, Transport};
 
 use crate::batcher::{BatcherConfig, BatcherHandle, Model, ModelError};
 use crate::codec::CodecConfig;
@@ -76,15 +79,9 @@ impl WorkerSettings {
 /// Why the worker could not serve its queue.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// A queue could not be created or checked.
-    #[error("cannot set up queue {queue:?}: {source}")]
-    Queue {
-        /// The queue.
-        queue: String,
-        /// What the transport said.
-        #[source]
-        source: TransportError,
-    },
+    /// The actor's queues could not be set up.
+    #[error(transparent)]
+    Queues(#[from] QueueSetupError),
     /// The runner could not run (a bad actor name, a refused consumer).
     #[error(transparent)]
     Runner(#[from] RunnerError),
@@ -102,13 +99,7 @@ pub async fn serve<T: Transport + QueueAdmin>(
     mesh: &MeshMetrics,
     shutdown: CancellationToken,
 ) -> Result<RunReport, WorkerError> {
-    for actor in [settings.actor.as_str(), SINK, SUMP] {
-        let queue = settings.naming.queue_for(actor).map_err(RunnerError::from)?;
-        transport
-            .ensure_queue(&queue)
-            .await
-            .map_err(|source| WorkerError::Queue { queue, source })?;
-    }
+    ensure_actor_queues(&transport, &settings.naming, &settings.actor).await?;
     let actor: Arc<str> = settings.actor.as_str().into();
     let stack = actor_stack(
         StackConfig {

@@ -16,6 +16,7 @@ pub mod naming;
 pub mod outcome;
 pub mod route;
 pub mod runner;
+pub mod setup;
 pub mod status;
 pub mod sump;
 pub mod transport;
@@ -27,6 +28,7 @@ pub use naming::{NameError, QueueNaming, SINK, SUMP, validate_name};
 pub use outcome::{Dispatch, HandlerError, Outcome, Publication, PublishedHook};
 pub use route::{Route, RouteError};
 pub use runner::{RunReport, Runner, RunnerConfig, RunnerError, publish_one};
+pub use setup::{QueueSetupError, ensure_actor_queues};
 pub use status::{ErrorInfo, Phase, Reason, Status};
 pub use tokio_util::sync::CancellationToken;
 pub use transport::{

@@ -29,7 +29,8 @@ use hyper::header::HOST;
 use tokio_util::sync::CancellationToken;
 use troupe::broker::{ConnectError, WithTransport};
 use troupe::core::{
-    ConsumeOptions, QueueAdmin, Runner, RunnerConfig, RunnerError, SINK, SUMP, Transport, TransportError,
+    ConsumeOptions, QueueAdmin, QueueSetupError, Runner, RunnerConfig, RunnerError, Transport,
+    ensure_actor_queues,
 };
 use troupe::layers::{MemoryStore, MeshMetrics, StackConfig, actor_stack};
 
@@ -70,15 +71,9 @@ pub enum SidecarError {
     /// The broker could not be reached.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// A queue could not be set up.
-    #[error("cannot set up queue {queue:?}: {source}")]
-    Queue {
-        /// The queue.
-        queue: String,
-        /// Why.
-        #[source]
-        source: TransportError,
-    },
+    /// The actor's queues could not be set up.
+    #[error(transparent)]
+    Queues(#[from] QueueSetupError),
     /// The runner could not run.
     #[error(transparent)]
     Runner(#[from] RunnerError),
@@ -261,14 +256,7 @@ impl WithTransport for SidecarJob<'_> {
         let config = self.config;
         let args = &config.args;
         let naming = args.queue.naming().map_err(RunnerError::from)?;
-        // Its own queue, and the two it sends finished and failed envelopes to.
-        for actor in [config.actor.as_str(), SINK, SUMP] {
-            let queue = naming.queue_for(actor).map_err(RunnerError::from)?;
-            transport
-                .ensure_queue(&queue)
-                .await
-                .map_err(|source| SidecarError::Queue { queue, source })?;
-        }
+        ensure_actor_queues(&transport, &naming, &config.actor).await?;
         let actor: Arc<str> = config.actor.as_str().into();
         let handler = RuntimeHandler::new(
             actor.clone(),
