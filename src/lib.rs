@@ -36,6 +36,8 @@
 pub mod broker;
 #[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "cli")]
+pub mod logging;
 #[cfg(feature = "http")]
 pub mod signal;
 

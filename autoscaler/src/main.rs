@@ -84,13 +84,7 @@ enum Error {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    troupe::logging::init("info");
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Crd => crd(),

@@ -51,13 +51,7 @@ enum CommandError {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    troupe::logging::init("warn");
     // Parsed through `ArgMatches` so the sidecar can tell flags given from defaults.
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {

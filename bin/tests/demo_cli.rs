@@ -106,3 +106,28 @@ fn demo_serves_metrics_while_it_runs() {
     }
     assert!(health.contains("200") && health.ends_with("ok"), "{health}");
 }
+
+#[test]
+fn demo_logs_one_json_object_per_line_when_asked() {
+    let out = troupe()
+        .args(["demo", "--count", "10", "--latency", "1ms"])
+        .env("RUST_LOG", "info")
+        .env("TROUPE_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let started: Vec<&str> = lines
+        .iter()
+        .filter(|line| line["fields"]["message"] == "runner started")
+        .filter_map(|line| line["fields"]["actor"].as_str())
+        .collect();
+    assert!(
+        started.contains(&"tokenize"),
+        "no runner started for tokenize in:\n{stderr}"
+    );
+}
