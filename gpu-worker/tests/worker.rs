@@ -87,6 +87,26 @@ fn start(pause: Duration, lease: Duration, max_batch_size: usize) -> Running {
 }
 
 impl Running {
+    /// Sends `payloads` along `route`, returning the envelopes sent.
+    async fn send<I>(&self, route: &[&str], payloads: I) -> Vec<troupe::Envelope>
+    where
+        I: IntoIterator<Item = serde_json::Value>,
+    {
+        support::send_through(&self.transport, &self.naming, route, payloads).await
+    }
+
+    /// Waits up to 20 s for `count` envelopes on `actor`'s queue.
+    async fn collect(&self, actor: &str, count: usize) -> Vec<troupe::Envelope> {
+        support::collect(
+            &self.transport,
+            &self.naming,
+            actor,
+            count,
+            Duration::from_secs(20),
+        )
+        .await
+    }
+
     async fn stop(self) -> (RunReport, Vec<usize>) {
         self.shutdown.cancel();
         let report = self.worker.await.expect("worker task");
@@ -99,21 +119,13 @@ impl Running {
 async fn envelopes_are_batched_across_deliveries_and_each_gets_its_own_row() {
     let running = start(Duration::from_millis(30), Duration::from_secs(30), 8);
     let count = 64;
-    let sent = support::send_through(
-        &running.transport,
-        &running.naming,
-        &["infer"],
-        (0..count as i64).map(|i| json!({"x": [i, -i], "i": i})),
-    )
-    .await;
-    let out = support::collect(
-        &running.transport,
-        &running.naming,
-        SINK,
-        count,
-        Duration::from_secs(20),
-    )
-    .await;
+    let sent = running
+        .send(
+            &["infer"],
+            (0..count as i64).map(|i| json!({"x": [i, -i], "i": i})),
+        )
+        .await;
+    let out = running.collect(SINK, count).await;
     for envelope in &out {
         let i = envelope.payload["i"].as_i64().expect("i kept");
         assert_eq!(
@@ -141,21 +153,10 @@ async fn leases_are_extended_while_a_batch_runs_longer_than_a_lease() {
     let lease = Duration::from_millis(200);
     let running = start(3 * lease, lease, 4);
     let count = 12;
-    support::send_through(
-        &running.transport,
-        &running.naming,
-        &["infer"],
-        (0..count).map(|i| json!({"x": [i, i]})),
-    )
-    .await;
-    let out = support::collect(
-        &running.transport,
-        &running.naming,
-        SINK,
-        count,
-        Duration::from_secs(20),
-    )
-    .await;
+    running
+        .send(&["infer"], (0..count).map(|i| json!({"x": [i, i]})))
+        .await;
+    let out = running.collect(SINK, count).await;
     let ids: HashSet<_> = out.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids.len(), count);
     let (report, batches) = running.stop().await;
@@ -182,27 +183,13 @@ async fn a_bad_input_goes_to_the_sump_with_what_was_expected_and_its_batch_mates
         json!({"x": "text"}),
         json!({"x": [5, 6]}),
     ];
-    let sent = support::send_through(&running.transport, &running.naming, &["infer", "next"], payloads).await;
-    let forwarded = support::collect(
-        &running.transport,
-        &running.naming,
-        "next",
-        3,
-        Duration::from_secs(20),
-    )
-    .await;
+    let sent = running.send(&["infer", "next"], payloads).await;
+    let forwarded = running.collect("next", 3).await;
     let mut outputs: Vec<_> = forwarded.iter().map(|e| e.payload["y"].clone()).collect();
     outputs.sort_by_key(|y| y[0].as_f64().map(|v| v as i64));
     assert_eq!(outputs, [json!([2.0, 3.0]), json!([4.0, 5.0]), json!([6.0, 7.0])]);
 
-    let sumped = support::collect(
-        &running.transport,
-        &running.naming,
-        SUMP,
-        3,
-        Duration::from_secs(20),
-    )
-    .await;
+    let sumped = running.collect(SUMP, 3).await;
     let mut messages = Vec::new();
     for envelope in &sumped {
         let status = envelope.status.as_ref().expect("status");
