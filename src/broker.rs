@@ -332,6 +332,13 @@ pub struct BrokerArgs {
     /// `security.protocol=SASL_SSL`).
     #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = key_value, env = "TROUPE_KAFKA_PROPERTIES", value_delimiter = ',')]
     pub kafka_properties: Vec<(String, String)>,
+    /// librdkafka property for the producer only, `KEY=VALUE` (e.g. `compression.type=lz4`,
+    /// `batch.num.messages=1`); a consumer would warn that it ignores it.
+    #[arg(long = "kafka-producer-property", value_name = "KEY=VALUE", value_parser = key_value, env = "TROUPE_KAFKA_PRODUCER_PROPERTIES", value_delimiter = ',')]
+    pub kafka_producer_properties: Vec<(String, String)>,
+    /// librdkafka property for consumers only, `KEY=VALUE` (e.g. `fetch.wait.max.ms=10`).
+    #[arg(long = "kafka-consumer-property", value_name = "KEY=VALUE", value_parser = key_value, env = "TROUPE_KAFKA_CONSUMER_PROPERTIES", value_delimiter = ',')]
+    pub kafka_consumer_properties: Vec<(String, String)>,
 }
 
 /// Which queue a process serves and on which broker (feature `cli`): the flags an actor
@@ -413,10 +420,14 @@ impl BrokerArgs {
         #[cfg(feature = "kafka")]
         {
             config.kafka.bootstrap_servers = self.kafka_bootstrap.clone();
-            config
-                .kafka
-                .properties
-                .extend(self.kafka_properties.iter().cloned());
+            let kafka = &mut config.kafka;
+            kafka.properties.extend(self.kafka_properties.iter().cloned());
+            kafka
+                .producer_properties
+                .extend(self.kafka_producer_properties.iter().cloned());
+            kafka
+                .consumer_properties
+                .extend(self.kafka_consumer_properties.iter().cloned());
         }
         config
     }
@@ -438,5 +449,45 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("memory, nats, amqp, sqs, kafka"), "{err}");
+    }
+
+    #[cfg(all(feature = "cli", feature = "kafka"))]
+    #[test]
+    fn kafka_properties_reach_the_clients_they_are_for() {
+        use clap::Parser;
+
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            brokers: BrokerArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "troupe",
+            "--kafka-property",
+            "security.protocol=SASL_SSL",
+            "--kafka-producer-property",
+            "batch.num.messages=1",
+            "--kafka-producer-property",
+            "compression.type = lz4",
+            "--kafka-consumer-property",
+            "fetch.wait.max.ms=10",
+        ])
+        .expect("flags parse");
+        let kafka = cli.brokers.config().kafka;
+        let pairs = |map: &std::collections::BTreeMap<String, String>| {
+            map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>()
+        };
+        assert_eq!(pairs(&kafka.properties), ["security.protocol=SASL_SSL"]);
+        assert_eq!(
+            pairs(&kafka.producer_properties),
+            ["batch.num.messages=1", "compression.type=lz4"]
+        );
+        assert_eq!(pairs(&kafka.consumer_properties), ["fetch.wait.max.ms=10"]);
+
+        let bad = Cli::try_parse_from(["troupe", "--kafka-consumer-property", "fetch.wait.max.ms"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(bad.contains("expected KEY=VALUE"), "{bad}");
     }
 }

@@ -58,7 +58,7 @@ const AUTOSCALER_RULES: [(&str, &str, &str); 10] = [
 ];
 
 /// Broker connection settings: never written inline in a manifest, whatever their value.
-const BROKER_SETTINGS: [&str; 13] = [
+const BROKER_SETTINGS: [&str; 15] = [
     "TROUPE_NATS_URL",
     "TROUPE_AMQP_URL",
     "TROUPE_AMQP_MANAGEMENT_URL",
@@ -67,6 +67,8 @@ const BROKER_SETTINGS: [&str; 13] = [
     "TROUPE_SQS_URL",
     "TROUPE_KAFKA_BOOTSTRAP",
     "TROUPE_KAFKA_PROPERTIES",
+    "TROUPE_KAFKA_PRODUCER_PROPERTIES",
+    "TROUPE_KAFKA_CONSUMER_PROPERTIES",
     "ASYA_RABBITMQ_URL",
     "ASYA_SQS_ENDPOINT",
     "AWS_ACCESS_KEY_ID",
@@ -74,7 +76,7 @@ const BROKER_SETTINGS: [&str; 13] = [
     "AWS_SESSION_TOKEN",
 ];
 /// The same settings as command-line flags.
-const BROKER_FLAGS: [&str; 8] = [
+const BROKER_FLAGS: [&str; 10] = [
     "--nats-url",
     "--amqp-url",
     "--amqp-management-url",
@@ -83,6 +85,8 @@ const BROKER_FLAGS: [&str; 8] = [
     "--sqs-url",
     "--kafka-bootstrap",
     "--kafka-property",
+    "--kafka-producer-property",
+    "--kafka-consumer-property",
 ];
 /// Words that mark a variable or key as a credential.
 const SENSITIVE_WORDS: [&str; 8] = [
