@@ -128,12 +128,23 @@ async fn preprocess_infer_postprocess_over_nats_delivers_a_thousand_correct_outp
             "2ms",
         ])
         .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,troupe_gpu_worker=info")
+        .env("TROUPE_LOG_FORMAT", "json")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("the worker binary starts");
+    // Read all the time, so that the worker never blocks on a full pipe.
+    let logs = {
+        let mut stderr = worker.stderr.take().expect("stderr piped");
+        tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
+            text
+        })
+    };
     let started = Instant::now();
     loop {
         if let Some((200, _)) = get(&format!("http://127.0.0.1:{port}/readyz")).await {
@@ -258,6 +269,23 @@ async fn preprocess_infer_postprocess_over_nats_delivers_a_thousand_correct_outp
         .expect("the worker stops within 30 s of SIGTERM")
         .expect("wait");
     assert!(exit.success(), "the worker exits 0 after SIGTERM: {exit}");
+
+    // It said where the model runs, and warmed it up at batch sizes 1 and the largest.
+    let logs = logs.await.expect("stderr reader");
+    let events: Vec<Value> = logs
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))
+        })
+        .collect();
+    let event = |message: &str| {
+        events
+            .iter()
+            .find(|e| e["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} event in:\n{logs}"))
+    };
+    assert_eq!(event("model loaded")["fields"]["device"], "Cpu", "{logs}");
+    assert_eq!(event("warmed up")["fields"]["sizes"], "[1, 16]", "{logs}");
     shutdown.cancel();
     let _ = tokio::join!(preprocess, postprocess);
 }
