@@ -59,7 +59,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let raw = e.payload["raw"]
             .as_array()
             .ok_or_else(|| HandlerError::new("ValueError", "payload has no raw readings"))?;
-        let features: Vec<f64> = raw.iter().filter_map(Value::as_f64).map(|x| x / 5.0).collect();
+        // A reading that is not a number fails the envelope rather than being dropped.
+        let features = raw
+            .iter()
+            .map(|x| x.as_f64().map(|x| x / 5.0))
+            .collect::<Option<Vec<f64>>>()
+            .ok_or_else(|| HandlerError::new("ValueError", "raw readings must all be numbers"))?;
         e.payload["features"] = json!(features);
         Ok(Outcome::forward(e))
     });
