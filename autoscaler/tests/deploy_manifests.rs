@@ -3,7 +3,10 @@
 //! pass both the CRD's schema and the Rust type, and the objects agree with each other: scale
 //! targets, the settings of the container that consumes each queue (the `troupe sidecar`, or
 //! the standalone `troupe-gpu-worker`), probes, grace periods, RBAC, and credentials that stay
-//! in Secrets created out of band.
+//! in Secrets created out of band. Every container is hardened (non-root with a numeric uid and
+//! gid, read-only root filesystem, no privilege escalation or capabilities, RuntimeDefault
+//! seccomp, cpu and memory requests and limits), writes only to size-limited emptyDirs, and
+//! NetworkPolicies admit only Prometheus, to the metrics ports.
 //!
 //! Needs `kubectl` (or `TROUPE_KUBECTL`) and kubernetes-validate, which
 //! `bash .ci/k8s-validate-setup.sh` installs (or `TROUPE_K8S_VALIDATE`).
@@ -42,6 +45,9 @@ const DEFAULT_GRACE_SECONDS: u64 = 30;
 const DEFAULT_MAX_BATCH_SIZE: u64 = 16;
 /// The least time a GPU actor's startup probe must allow for loading and warming up a model.
 const MIN_MODEL_LOAD_SECONDS: u64 = 300;
+/// The namespace label, and its value, of the only pods that may reach Troupe's pods: Prometheus
+/// scraping `/metrics` (deploy/base/network-policy.yaml).
+const PROMETHEUS_NAMESPACE: (&str, &str) = ("kubernetes.io/metadata.name", "monitoring");
 
 /// Everything the autoscaler may do, as (API group, resource, verb); nothing more.
 const AUTOSCALER_RULES: [(&str, &str, &str); 10] = [
@@ -1559,8 +1565,17 @@ fn pods_run_as_non_root_under_the_restricted_profile() -> TestResult {
                 if setting("/runAsNonRoot").and_then(Value::as_bool) != Some(true) {
                     problems.push(format!("{who}: runAsNonRoot should be true"));
                 }
-                if setting("/runAsUser").and_then(Value::as_u64) == Some(0) {
-                    problems.push(format!("{who}: runAsUser is 0 (root)"));
+                // A number, so the kubelet can check runAsNonRoot whatever the image's USER
+                // (the troupe and autoscaler images name theirs, `nonroot`).
+                for field in ["runAsUser", "runAsGroup"] {
+                    match setting(&format!("/{field}")) {
+                        None => problems.push(format!("{who}: {field} is not set (e.g. 65532)")),
+                        Some(id) => match id.as_u64() {
+                            None => problems.push(format!("{who}: {field} {id} should be a number")),
+                            Some(0) => problems.push(format!("{who}: {field} is 0 (root)")),
+                            Some(_) => {}
+                        },
+                    }
                 }
                 let own = |pointer: &str| container.pointer(&format!("/securityContext{pointer}"));
                 if own("/allowPrivilegeEscalation").and_then(Value::as_bool) != Some(false) {
@@ -1580,7 +1595,7 @@ fn pods_run_as_non_root_under_the_restricted_profile() -> TestResult {
                     problems.push(format!("{who}: adds capabilities {added:?}"));
                 }
                 let seccomp = setting("/seccompProfile/type").and_then(Value::as_str);
-                if !matches!(seccomp, Some("RuntimeDefault" | "Localhost")) {
+                if seccomp != Some("RuntimeDefault") {
                     problems.push(format!(
                         "{who}: seccompProfile should be RuntimeDefault, is {seccomp:?}"
                     ));
@@ -1589,6 +1604,359 @@ fn pods_run_as_non_root_under_the_restricted_profile() -> TestResult {
         }
     }
     finish("pod security", problems)
+}
+
+/// A resource quantity (`250m`, `"2"`, `1Gi`, `512M`) in cores or bytes.
+fn quantity(value: &Value) -> Result<f64, String> {
+    let raw = match value {
+        Value::Number(n) => return n.as_f64().ok_or_else(|| format!("{n} is not a number")),
+        Value::String(s) => s.trim(),
+        other => return Err(format!("{other} is not a quantity")),
+    };
+    let binary = [
+        ("Ki", 10),
+        ("Mi", 20),
+        ("Gi", 30),
+        ("Ti", 40),
+        ("Pi", 50),
+        ("Ei", 60),
+    ]
+    .into_iter()
+    .find_map(|(suffix, power)| raw.strip_suffix(suffix).map(|n| (n, 2f64.powi(power))));
+    let decimal = || {
+        [
+            ("n", -9),
+            ("u", -6),
+            ("m", -3),
+            ("k", 3),
+            ("M", 6),
+            ("G", 9),
+            ("T", 12),
+            ("P", 15),
+            ("E", 18),
+        ]
+        .into_iter()
+        .find_map(|(suffix, power)| raw.strip_suffix(suffix).map(|n| (n, 10f64.powi(power))))
+    };
+    let (number, scale) = binary.or_else(decimal).unwrap_or((raw, 1.0));
+    number
+        .parse::<f64>()
+        .map(|n| n * scale)
+        .map_err(|e| format!("{raw:?} is not a quantity: {e}"))
+}
+
+#[test]
+fn containers_request_and_limit_cpu_and_memory() -> TestResult {
+    let mut problems = Vec::new();
+    for render in renders()? {
+        for (workload, pod) in render.workloads() {
+            for container in containers(pod) {
+                let who = format!(
+                    "[{}] {} container {:?}",
+                    render.name,
+                    describe(workload),
+                    name_of_container(container)
+                );
+                for resource in ["cpu", "memory"] {
+                    // By `get`: extended resources (nvidia.com/gpu) hold a `/`.
+                    let amount = |side: &str| {
+                        container
+                            .pointer(&format!("/resources/{side}"))
+                            .and_then(|r| r.get(resource))
+                    };
+                    let (Some(request), Some(limit)) = (amount("requests"), amount("limits")) else {
+                        for side in ["requests", "limits"] {
+                            if amount(side).is_none() {
+                                problems.push(format!("{who}: resources.{side}.{resource} is not set"));
+                            }
+                        }
+                        continue;
+                    };
+                    match (quantity(request), quantity(limit)) {
+                        (Ok(request), Ok(limit)) if request <= 0.0 || request > limit => {
+                            problems.push(format!(
+                                "{who}: {resource} request {request} should be above 0 and at most \
+                                 the limit {limit}"
+                            ));
+                        }
+                        (Ok(_), Ok(_)) => {}
+                        (Err(e), _) | (_, Err(e)) => problems.push(format!("{who}: {resource}: {e}")),
+                    }
+                }
+            }
+        }
+    }
+    finish("resources", problems)
+}
+
+/// The Python runtime, as its handler variables (python/README.md) or its image show.
+fn is_python_runtime(container: &Value) -> bool {
+    text(container, "/image").is_some_and(|image| image.contains("/troupe-python-runtime"))
+        || ["TROUPE_HANDLER", "ASYA_HANDLER"]
+            .iter()
+            .any(|v| env_var(container, v).is_some())
+}
+
+/// The folders a container writes (its root filesystem being read-only), with what it puts
+/// there, as its program and settings say: the sidecar its runtime's socket folder, a
+/// runtime that folder (socket and ready file) and, for Python, /tmp; the GPU worker /tmp
+/// (libtorch's and CUDA's scratch files) and CUDA's JIT cache. The autoscaler writes none.
+fn written_dirs(pod: &Value, container: &Value) -> Vec<(String, &'static str)> {
+    let mut dirs = Vec::new();
+    if is_sidecar(container) {
+        let socket_dir = sidecar_setting(
+            container,
+            "--socket-dir",
+            &["TROUPE_SOCKET_DIR", "ASYA_SOCKET_DIR"],
+        )
+        .unwrap_or_else(|| DEFAULT_SOCKET_DIR.to_owned());
+        dirs.push((socket_dir, "the runtime's socket"));
+    } else if is_gpu_worker(container) {
+        dirs.push(("/tmp".to_owned(), "libtorch's and CUDA's scratch files"));
+        if let Some(cache) = env_literal(container, "CUDA_CACHE_PATH") {
+            dirs.push((cache.to_owned(), "CUDA's JIT cache (CUDA_CACHE_PATH)"));
+        }
+    } else if items(pod, "/containers").iter().any(is_sidecar) {
+        dirs.push((runtime_socket_dir(container), "its socket and ready file"));
+        if is_python_runtime(container) {
+            dirs.push(("/tmp".to_owned(), "the handler's temporary files"));
+        }
+    }
+    dirs
+}
+
+/// The mount at `dir`, else the deepest one holding it.
+fn mount_covering<'a>(container: &'a Value, dir: &str) -> Option<&'a Value> {
+    let dir = dir.trim_end_matches('/');
+    items(container, "/volumeMounts")
+        .iter()
+        .find(|m| text(m, "/mountPath").map(|p| p.trim_end_matches('/')) == Some(dir))
+        .or_else(|| mount_holding(container, dir))
+}
+
+#[test]
+fn written_paths_are_size_limited_empty_dirs() -> TestResult {
+    let mut problems = Vec::new();
+    for render in renders()? {
+        for (workload, pod) in render.workloads() {
+            let pod_who = format!("[{}] {}", render.name, describe(workload));
+            for volume in items(pod, "/volumes") {
+                if let Some(empty_dir) = volume.get("emptyDir")
+                    && empty_dir.get("sizeLimit").is_none()
+                {
+                    problems.push(format!(
+                        "{pod_who}: emptyDir {:?} has no sizeLimit; a runaway writer would fill the \
+                         node's disk (or, with medium Memory, its memory)",
+                        text(volume, "/name").unwrap_or("")
+                    ));
+                }
+            }
+            for container in containers(pod) {
+                let who = format!("{pod_who} container {:?}", name_of_container(container));
+                for (dir, what) in written_dirs(pod, container) {
+                    let Some(mount) = mount_covering(container, &dir) else {
+                        problems.push(format!(
+                            "{who}: nothing is mounted at {dir} ({what}); the root filesystem is \
+                             read-only"
+                        ));
+                        continue;
+                    };
+                    let name = text(mount, "/name").unwrap_or("");
+                    if mount.get("readOnly").and_then(Value::as_bool) == Some(true) {
+                        problems.push(format!(
+                            "{who}: volume {name:?} at {dir} ({what}) is mounted readOnly"
+                        ));
+                    }
+                    let volume = items(pod, "/volumes")
+                        .iter()
+                        .find(|v| text(v, "/name") == Some(name));
+                    if volume.is_none_or(|v| v.get("emptyDir").is_none()) {
+                        problems.push(format!(
+                            "{who}: {dir} ({what}) should be an emptyDir of the pod, is volume {name:?}"
+                        ));
+                    }
+                }
+                if is_python_runtime(container)
+                    && env_literal(container, "PYTHONDONTWRITEBYTECODE").is_none_or(str::is_empty)
+                {
+                    problems.push(format!(
+                        "{who}: PYTHONDONTWRITEBYTECODE should be set (\"1\"): Python would try to \
+                         write .pyc files on the read-only root filesystem"
+                    ));
+                }
+                if is_gpu_worker(container) && env_literal(container, "CUDA_CACHE_PATH").is_none() {
+                    problems.push(format!(
+                        "{who}: CUDA_CACHE_PATH should name a writable folder: CUDA's JIT cache \
+                         defaults to one under $HOME, on the read-only root filesystem"
+                    ));
+                }
+            }
+        }
+    }
+    finish("written paths", problems)
+}
+
+/// The labels of an object's pods.
+fn pod_labels(object: &Value) -> Option<&serde_json::Map<String, Value>> {
+    let pointer = match kind_of(object) {
+        "Pod" => "/metadata/labels",
+        "CronJob" => "/spec/jobTemplate/spec/template/metadata/labels",
+        _ => "/spec/template/metadata/labels",
+    };
+    object.pointer(pointer).and_then(Value::as_object)
+}
+
+/// Whether a label selector (`matchLabels` and `matchExpressions`) selects these labels; an
+/// empty selector selects everything.
+fn selects(selector: &Value, labels: &serde_json::Map<String, Value>) -> bool {
+    let label = |key: &str| labels.get(key).and_then(Value::as_str);
+    let by_labels = selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .all(|(key, value)| label(key).is_some_and(|l| Some(l) == value.as_str()));
+    let by_expressions = items(selector, "/matchExpressions").iter().all(|expression| {
+        let value = label(text(expression, "/key").unwrap_or(""));
+        let values = strings(expression, "/values");
+        match text(expression, "/operator") {
+            Some("In") => value.is_some_and(|v| values.contains(&v)),
+            Some("NotIn") => value.is_none_or(|v| !values.contains(&v)),
+            Some("Exists") => value.is_some(),
+            Some("DoesNotExist") => value.is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
+}
+
+/// The container serving a pod's `/metrics` (the autoscaler, or the actor's queue consumer)
+/// and its port; `None` for a pod with neither.
+fn metrics_endpoint(pod: &Value) -> Option<Result<(&Value, u16), String>> {
+    if let Some(autoscaler) = items(pod, "/containers").iter().find(|c| is_autoscaler(c)) {
+        return Some(metrics_port(autoscaler, &["TROUPE_METRICS_ADDR"]).map(|port| (autoscaler, port)));
+    }
+    consumer_of(pod)
+        .ok()
+        .map(|consumer| consumer.metrics_port().map(|port| (consumer.container, port)))
+}
+
+/// Whether a NetworkPolicy port entry is exactly this TCP port of the container, by number
+/// or by the name of the container's port.
+fn names_port(entry: &Value, container: &Value, port: u16) -> bool {
+    if text(entry, "/protocol").unwrap_or("TCP") != "TCP" || entry.get("endPort").is_some() {
+        return false;
+    }
+    match entry.get("port") {
+        Some(Value::Number(n)) => n.as_u64() == Some(u64::from(port)),
+        Some(Value::String(name)) => items(container, "/ports").iter().any(|p| {
+            text(p, "/name") == Some(name.as_str())
+                && p.get("containerPort").and_then(Value::as_u64) == Some(u64::from(port))
+        }),
+        _ => false,
+    }
+}
+
+#[test]
+fn network_policies_admit_only_prometheus_to_the_metrics_ports() -> TestResult {
+    let (label, prometheus) = PROMETHEUS_NAMESPACE;
+    let mut problems = Vec::new();
+    for render in renders()? {
+        let policies: Vec<&Value> = render.of_kind("NetworkPolicy").collect();
+        if policies.is_empty() {
+            problems.push(format!("[{}] renders no NetworkPolicy", render.name));
+            continue;
+        }
+        for policy in &policies {
+            let who = format!("[{}] {}", render.name, describe(policy));
+            let types = strings(policy, "/spec/policyTypes");
+            if types != ["Ingress"] {
+                problems.push(format!(
+                    "{who}: policyTypes should be [\"Ingress\"] (egress stays open: docs/deploy.md), \
+                     is {types:?}"
+                ));
+            }
+            for (index, rule) in items(policy, "/spec/ingress").iter().enumerate() {
+                let from = items(rule, "/from");
+                if from.is_empty() {
+                    problems.push(format!("{who}: ingress rule {index} admits every source"));
+                }
+                for peer in from {
+                    let only_prometheus = peer.as_object().is_some_and(|p| p.len() == 1)
+                        && peer.get("namespaceSelector").is_some_and(|selector| {
+                            selector.get("matchExpressions").is_none()
+                                && selector
+                                    .get("matchLabels")
+                                    .and_then(Value::as_object)
+                                    .is_some_and(|m| {
+                                        m.len() == 1
+                                            && m.get(label).and_then(Value::as_str) == Some(prometheus)
+                                    })
+                        });
+                    if !only_prometheus {
+                        problems.push(format!(
+                            "{who}: ingress rule {index} admits {peer}, not only the namespace \
+                             {prometheus:?} (namespaceSelector {label}={prometheus})"
+                        ));
+                    }
+                }
+                if items(rule, "/ports").is_empty() {
+                    problems.push(format!("{who}: ingress rule {index} admits every port"));
+                }
+            }
+        }
+        for (workload, pod) in render.workloads() {
+            let who = format!("[{}] {}", render.name, describe(workload));
+            let no_labels = serde_json::Map::new();
+            let labels = pod_labels(workload).unwrap_or(&no_labels);
+            let selecting: Vec<&Value> = policies
+                .iter()
+                .copied()
+                .filter(|p| namespace_of(p) == namespace_of(workload))
+                .filter(|p| p.pointer("/spec/podSelector").is_some_and(|s| selects(s, labels)))
+                .collect();
+            if !selecting
+                .iter()
+                .any(|p| strings(p, "/spec/policyTypes").contains(&"Ingress"))
+            {
+                problems.push(format!(
+                    "{who}: no NetworkPolicy selects its pods for ingress, so anything may reach them"
+                ));
+                continue;
+            }
+            let endpoint = match metrics_endpoint(pod) {
+                Some(Ok(endpoint)) => Some(endpoint),
+                Some(Err(e)) => {
+                    problems.push(format!("{who}: {e}"));
+                    continue;
+                }
+                None => None,
+            };
+            let mut scraped = false;
+            for rule in selecting.iter().flat_map(|p| items(p, "/spec/ingress")) {
+                for entry in items(rule, "/ports") {
+                    match endpoint {
+                        Some((container, port)) if names_port(entry, container, port) => scraped = true,
+                        Some((_, port)) => problems.push(format!(
+                            "{who}: a NetworkPolicy admits port {entry}, not only the metrics port {port}"
+                        )),
+                        None => problems.push(format!(
+                            "{who}: a NetworkPolicy admits port {entry} of pods that serve no metrics"
+                        )),
+                    }
+                }
+            }
+            if let Some((_, port)) = endpoint
+                && !scraped
+            {
+                problems.push(format!(
+                    "{who}: no NetworkPolicy admits Prometheus (namespace {prometheus:?}) to its \
+                     metrics port {port}"
+                ));
+            }
+        }
+    }
+    finish("network policies", problems)
 }
 
 #[test]
