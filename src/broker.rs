@@ -29,6 +29,8 @@ use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
 
+#[allow(unused_imports)] // Used by the brokers that are compiled in.
+use troupe_core::redact::Redacted;
 use troupe_core::{QueueAdmin, Transport, TransportError};
 use troupe_transports::MemoryTransport;
 
@@ -229,16 +231,16 @@ impl BrokerConfig {
         match broker {
             Broker::Memory => "the embedded in-memory broker".to_owned(),
             #[cfg(feature = "nats")]
-            Broker::Nats => format!("NATS at {}", self.nats.url),
+            Broker::Nats => format!("NATS at {}", Redacted(&self.nats.url)),
             #[cfg(feature = "amqp")]
-            Broker::Amqp => "RabbitMQ".to_owned(),
+            Broker::Amqp => format!("RabbitMQ at {}", Redacted(&self.amqp.url)),
             #[cfg(feature = "sqs")]
             Broker::Sqs => match &self.sqs.endpoint_url {
-                Some(url) => format!("SQS at {url}"),
+                Some(url) => format!("SQS at {}", Redacted(url)),
                 None => format!("SQS in {}", self.sqs.region),
             },
             #[cfg(feature = "kafka")]
-            Broker::Kafka => format!("Kafka at {}", self.kafka.bootstrap_servers),
+            Broker::Kafka => format!("Kafka at {}", Redacted(&self.kafka.bootstrap_servers)),
             #[allow(unreachable_patterns)]
             other => other.to_string(),
         }
@@ -290,24 +292,31 @@ impl BrokerConfig {
 }
 
 /// Broker address flags for command-line programs (feature `cli`), each with an
-/// environment fallback.
+/// environment fallback. Their values may hold credentials: `--help` does not show the
+/// environment's values, and `Debug` shows every URL redacted.
 #[cfg(feature = "cli")]
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct BrokerArgs {
     /// NATS server (`--transport nats`).
-    #[arg(long, default_value = "nats://127.0.0.1:4222", env = "TROUPE_NATS_URL")]
+    #[arg(
+        long,
+        default_value = "nats://127.0.0.1:4222",
+        env = "TROUPE_NATS_URL",
+        hide_env_values = true
+    )]
     pub nats_url: String,
     /// RabbitMQ URL, credentials and vhost included (`--transport amqp`).
     #[arg(
         long,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        env = "TROUPE_AMQP_URL"
+        env = "TROUPE_AMQP_URL",
+        hide_env_values = true
     )]
     pub amqp_url: String,
     /// RabbitMQ management API, e.g. `http://127.0.0.1:15672` (`--transport amqp`): depth
     /// then counts every process's unacknowledged and delayed messages, which the autoscaler
     /// needs. Unset: ready messages plus this process's own.
-    #[arg(long, env = "TROUPE_AMQP_MANAGEMENT_URL")]
+    #[arg(long, env = "TROUPE_AMQP_MANAGEMENT_URL", hide_env_values = true)]
     pub amqp_management_url: Option<String>,
     /// Management API user (needs the `monitoring` tag).
     #[arg(long, default_value = "guest", env = "TROUPE_AMQP_MANAGEMENT_USER")]
@@ -323,22 +332,55 @@ pub struct BrokerArgs {
     pub amqp_management_password: String,
     /// SQS endpoint, e.g. `http://127.0.0.1:4566` for a local emulator (`--transport sqs`);
     /// unset means AWS itself, with credentials and region from the `AWS_*` variables.
-    #[arg(long, env = "TROUPE_SQS_URL")]
+    #[arg(long, env = "TROUPE_SQS_URL", hide_env_values = true)]
     pub sqs_url: Option<String>,
     /// Kafka bootstrap servers, `host:port[,host:port...]` (`--transport kafka`).
     #[arg(long, default_value = "127.0.0.1:9092", env = "TROUPE_KAFKA_BOOTSTRAP")]
     pub kafka_bootstrap: String,
     /// librdkafka property for every Kafka client, `KEY=VALUE`; repeat for more (e.g.
     /// `security.protocol=SASL_SSL`).
-    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = key_value, env = "TROUPE_KAFKA_PROPERTIES", value_delimiter = ',')]
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = key_value, env = "TROUPE_KAFKA_PROPERTIES", value_delimiter = ',', hide_env_values = true)]
     pub kafka_properties: Vec<(String, String)>,
     /// librdkafka property for the producer only, `KEY=VALUE` (e.g. `compression.type=lz4`,
     /// `batch.num.messages=1`); a consumer would warn that it ignores it.
-    #[arg(long = "kafka-producer-property", value_name = "KEY=VALUE", value_parser = key_value, env = "TROUPE_KAFKA_PRODUCER_PROPERTIES", value_delimiter = ',')]
+    #[arg(long = "kafka-producer-property", value_name = "KEY=VALUE", value_parser = key_value, env = "TROUPE_KAFKA_PRODUCER_PROPERTIES", value_delimiter = ',', hide_env_values = true)]
     pub kafka_producer_properties: Vec<(String, String)>,
     /// librdkafka property for consumers only, `KEY=VALUE` (e.g. `fetch.wait.max.ms=10`).
-    #[arg(long = "kafka-consumer-property", value_name = "KEY=VALUE", value_parser = key_value, env = "TROUPE_KAFKA_CONSUMER_PROPERTIES", value_delimiter = ',')]
+    #[arg(long = "kafka-consumer-property", value_name = "KEY=VALUE", value_parser = key_value, env = "TROUPE_KAFKA_CONSUMER_PROPERTIES", value_delimiter = ',', hide_env_values = true)]
     pub kafka_consumer_properties: Vec<(String, String)>,
+}
+
+#[cfg(feature = "cli")]
+impl fmt::Debug for BrokerArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties = |list: &[(String, String)]| -> Vec<(String, &'static str)> {
+            // Keys only: a property's value may be a credential.
+            list.iter()
+                .map(|(k, _)| (k.clone(), troupe_core::redact::MASK))
+                .collect()
+        };
+        f.debug_struct("BrokerArgs")
+            .field("nats_url", &Redacted(&self.nats_url))
+            .field("amqp_url", &Redacted(&self.amqp_url))
+            .field(
+                "amqp_management_url",
+                &self.amqp_management_url.as_deref().map(Redacted),
+            )
+            .field("amqp_management_user", &self.amqp_management_user)
+            .field("amqp_management_password", &troupe_core::redact::MASK)
+            .field("sqs_url", &self.sqs_url.as_deref().map(Redacted))
+            .field("kafka_bootstrap", &Redacted(&self.kafka_bootstrap))
+            .field("kafka_properties", &properties(&self.kafka_properties))
+            .field(
+                "kafka_producer_properties",
+                &properties(&self.kafka_producer_properties),
+            )
+            .field(
+                "kafka_consumer_properties",
+                &properties(&self.kafka_consumer_properties),
+            )
+            .finish()
+    }
 }
 
 /// Which queue a process serves and on which broker (feature `cli`): the flags an actor
@@ -362,6 +404,14 @@ pub struct QueueArgs {
     /// AWS region of the SQS queues.
     #[arg(long, env = "TROUPE_SQS_REGION", default_value = "us-east-1")]
     pub sqs_region: String,
+    /// Where hop records are kept for effectively-once processing: `memory` (this process
+    /// only: lost on restart, not shared by replicas) or
+    /// `redis://[user:password@]host[:port][/db]` (`rediss://` for TLS), shared and durable.
+    #[arg(long, env = "TROUPE_STORE", default_value = "memory", hide_env_values = true)]
+    pub store: troupe_layers::StoreUrl,
+    /// Prefix of the store's keys, so several meshes can share one server.
+    #[arg(long, env = "TROUPE_STORE_PREFIX", default_value = "troupe:hop:")]
+    pub store_prefix: String,
 }
 
 #[cfg(feature = "cli")]
@@ -381,7 +431,31 @@ impl QueueArgs {
     pub fn naming(&self) -> Result<troupe_core::QueueNaming, troupe_core::NameError> {
         troupe_core::QueueNaming::new(&self.queue_prefix, &self.namespace)
     }
+
+    /// Connects the idempotency store `--store` names. With the memory store on a real
+    /// broker it warns that effectively-once holds only while this process lives: the
+    /// broker outlives the process, so a redelivery after a restart, or to another replica,
+    /// runs the hop again.
+    pub async fn connect_store(
+        &self,
+    ) -> Result<troupe_layers::AnyStore, troupe_layers::idempotency::StoreError> {
+        if self.store.is_memory() && self.transport != Broker::Memory {
+            tracing::warn!(
+                transport = %self.transport,
+                "--store memory: effectively-once does not survive a restart and is not shared by replicas; \
+                 set --store redis://... (TROUPE_STORE) for durable effectively-once"
+            );
+        }
+        let store = self.store.connect(&self.store_prefix, HOP_RECORD_TTL).await?;
+        tracing::info!(store = %self.store, "idempotency store ready");
+        Ok(store)
+    }
 }
+
+/// How long a finished hop is remembered by the store `--store` names: longer than any
+/// redelivery can come late (the runner gives up after about 20 minutes of failures).
+#[cfg(feature = "cli")]
+pub const HOP_RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 #[cfg(feature = "cli")]
 fn key_value(s: &str) -> Result<(String, String), String> {

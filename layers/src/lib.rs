@@ -27,7 +27,9 @@ pub mod stack;
 pub mod trace;
 
 pub use deadline::DeadlineLayer;
-pub use idempotency::{IdempotencyError, IdempotencyLayer, IdempotencyStore, MemoryStore};
+pub use idempotency::{
+    AnyStore, IdempotencyError, IdempotencyLayer, IdempotencyStore, MemoryStore, StoreUrl, UnknownStore,
+};
 #[cfg(feature = "redis")]
 pub use idempotency::{RedisStore, RedisStoreConfig};
 pub use metrics::{ActorMetrics, ActorSnapshot, MeshMetrics};

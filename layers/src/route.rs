@@ -166,7 +166,7 @@ pub fn route_output(
         output.id.clone_from(&received.id);
         output.parent_id.clone_from(&received.parent_id);
     } else {
-        output.id = uuid::Uuid::new_v4().to_string();
+        output.id = troupe_core::fan_out_id(&received.id, actor, received.route.position(), index);
         output.parent_id = Some(received.id);
     }
     Ok(advanced(actor, input.attempt_at(actor), output))
@@ -214,7 +214,13 @@ fn forward(
     for out in &outputs {
         check_route(out, input)?;
     }
-    assign_fan_out_ids(&input.id, input.parent_id.as_deref(), &mut outputs);
+    assign_fan_out_ids(
+        &input.id,
+        input.parent_id.as_deref(),
+        actor,
+        input.route.position(),
+        &mut outputs,
+    );
     let publications = outputs
         .into_iter()
         .map(|env| advanced(actor, attempt, env))

@@ -120,17 +120,53 @@ impl Envelope {
         }
     }
 
-    /// The identity of this envelope's hop at `actor`: `id/actor/position/attempt`. The
-    /// idempotency layer keys on it; the runner passes it to brokers for deduplication.
-    /// The attempt is part of it because a retry is a new message to the same actor.
+    /// The identity of this envelope's hop at `actor`:
+    /// `id/actor/position/attempt/payload digest`. The idempotency layer keys on it; the
+    /// runner passes it to brokers for deduplication (JetStream's `Nats-Msg-Id`).
+    ///
+    /// The attempt is part of it because a retry is a new message to the same actor. The
+    /// digest of the payload ([`Envelope::payload_digest`]) is part of it because an id is
+    /// chosen by whoever submits the envelope: two different envelopes that happen to carry
+    /// the same id (a client that reuses ids, a hostile input) are two hops, not a duplicate
+    /// to be dropped. A true duplicate (a redelivery, recorded outputs re-emitted after a
+    /// crash) carries the very same payload, so it still finds its hop.
     pub fn hop_key(&self, actor: &str) -> String {
         format!(
-            "{}/{}/{}/{}",
+            "{}/{}/{}/{}/{}",
             self.id,
             actor,
             self.route.position(),
-            self.attempt_at(actor)
+            self.attempt_at(actor),
+            self.payload_digest()
         )
+    }
+
+    /// A digest of the payload: BLAKE3 over its JSON encoding, the first 128 bits in hex.
+    /// Equal payloads give equal digests in every process and release (the encoding keeps
+    /// object keys in their order); a different payload with the same digest would take a
+    /// second-preimage attack on BLAKE3.
+    ///
+    /// ```
+    /// use troupe_core::{Envelope, Route};
+    /// let a = Envelope::new(Route::through(["score"]), serde_json::json!({"text": "a"}));
+    /// let mut b = a.clone();
+    /// assert_eq!(a.payload_digest(), b.payload_digest());
+    /// b.payload = serde_json::json!({"text": "b"});
+    /// assert_ne!(a.payload_digest(), b.payload_digest());
+    /// assert_ne!(a.hop_key("score"), b.hop_key("score"));
+    /// ```
+    pub fn payload_digest(&self) -> String {
+        let mut hasher = blake3::Hasher::new();
+        // Writing into a hasher cannot fail, and a Value tree always encodes.
+        serde_json::to_writer(&mut hasher, &self.payload)
+            .unwrap_or_else(|e| unreachable!("payload encoding failed: {e}"));
+        let digest = hasher.finalize();
+        let mut hex = String::with_capacity(32);
+        for byte in &digest.as_bytes()[..16] {
+            use std::fmt::Write;
+            let _ = write!(hex, "{byte:02x}");
+        }
+        hex
     }
 
     /// The 1-based attempt number of this envelope at `actor`: the recorded attempt when it
@@ -168,8 +204,15 @@ impl Serialize for Envelope {
 }
 
 /// Gives fan-out children their ids (protocol §2.5): the first keeps the input's `id` and
-/// `parent_id`; every other gets a fresh UUIDv4 `id` and `parent_id` = the input's `id`.
-pub fn assign_fan_out_ids(input_id: &str, input_parent: Option<&str>, children: &mut [Envelope]) {
+/// `parent_id`; every other gets [`fan_out_id`] and `parent_id` = the input's `id`.
+/// `actor` is the actor that fanned out and `position` the input's route position there.
+pub fn assign_fan_out_ids(
+    input_id: &str,
+    input_parent: Option<&str>,
+    actor: &str,
+    position: usize,
+    children: &mut [Envelope],
+) {
     let mut it = children.iter_mut();
     if let Some(first) = it.next() {
         if first.id != input_id {
@@ -177,10 +220,33 @@ pub fn assign_fan_out_ids(input_id: &str, input_parent: Option<&str>, children: 
         }
         first.parent_id = input_parent.map(str::to_owned);
     }
-    for child in it {
-        child.id = uuid::Uuid::new_v4().to_string();
+    for (index, child) in it.enumerate() {
+        child.id = fan_out_id(input_id, actor, position, index + 1);
         child.parent_id = Some(input_id.to_owned());
     }
+}
+
+/// Namespace of fan-out ids (a fixed random UUID; changing it changes every derived id).
+const FAN_OUT_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5d0c_2a6e_9b1f_4e57_a3c8_71f0_6d42_b9e3);
+
+/// The id of fan-out child `index` (1-based; child 0 keeps the input's id) of envelope
+/// `input_id` at `actor`, route position `position`: a UUIDv5 of those four, so a replay of
+/// the hop after a crash produces children with the same ids, which the next hop's
+/// idempotency then recognises. The actor and position are part of it because the first
+/// child keeps its parent's id: without them, that child fanning out again at the next
+/// actor would give its own children its siblings' ids.
+///
+/// ```
+/// use troupe_core::fan_out_id;
+/// assert_eq!(fan_out_id("doc-1", "split", 0, 1), fan_out_id("doc-1", "split", 0, 1));
+/// assert_ne!(fan_out_id("doc-1", "split", 0, 1), fan_out_id("doc-1", "split", 0, 2));
+/// assert_ne!(fan_out_id("doc-1", "split", 0, 1), fan_out_id("doc-1", "chunk", 1, 1));
+/// ```
+pub fn fan_out_id(input_id: &str, actor: &str, position: usize, index: usize) -> String {
+    // '/' cannot be confused across fields: an actor name has no '/', and the id comes first
+    // with the numbers after it.
+    let name = format!("{input_id}/{actor}/{position}/{index}");
+    uuid::Uuid::new_v5(&FAN_OUT_NAMESPACE, name.as_bytes()).to_string()
 }
 
 #[cfg(test)]
@@ -252,7 +318,7 @@ mod tests {
         #[test]
         fn fan_out_ids(n in 1usize..8, parent in proptest::option::of("[a-z]{3}")) {
             let mut kids = vec![Envelope::default(); n];
-            assign_fan_out_ids("in-1", parent.as_deref(), &mut kids);
+            assign_fan_out_ids("in-1", parent.as_deref(), "split", 0, &mut kids);
             prop_assert_eq!(&kids[0].id, "in-1");
             prop_assert_eq!(kids[0].parent_id.as_deref(), parent.as_deref());
             let mut seen = std::collections::HashSet::new();
@@ -261,6 +327,11 @@ mod tests {
                 prop_assert_eq!(k.parent_id.as_deref(), Some("in-1"));
                 prop_assert!(seen.insert(k.id.clone()));
             }
+            // A replay of the hop gives the same children.
+            let mut again = vec![Envelope::default(); n];
+            assign_fan_out_ids("in-1", parent.as_deref(), "split", 0, &mut again);
+            let ids = |v: &[Envelope]| v.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+            prop_assert_eq!(ids(&again), ids(&kids));
         }
     }
 

@@ -14,15 +14,17 @@ pub mod handler;
 pub mod headers;
 pub mod naming;
 pub mod outcome;
+pub mod redact;
 pub mod route;
 pub mod runner;
 pub mod setup;
 pub mod status;
 pub mod sump;
 pub mod transport;
+pub mod wire;
 
 pub use decode::{DecodeError, DecodeLimits};
-pub use envelope::{Envelope, assign_fan_out_ids};
+pub use envelope::{Envelope, assign_fan_out_ids, fan_out_id};
 pub use handler::{HandlerFn, PayloadFn, handler_fn, payload_fn};
 pub use naming::{NameError, QueueNaming, SINK, SUMP, validate_name};
 pub use outcome::{Dispatch, HandlerError, Outcome, Publication, PublishedHook};

@@ -1,9 +1,6 @@
 //! Queue naming: actor `A` in namespace `N` reads queue `{prefix}-N-A` (protocol §3).
 
-/// Terminal actor for finished and failed pipelines.
-pub const SINK: &str = "x-sink";
-/// Last-resort actor for what cannot be processed at all.
-pub const SUMP: &str = "x-sump";
+pub use crate::wire::{SINK, SUMP};
 
 /// Longest actor name accepted; it keeps every broker's queue-name limit (SQS: 80) in reach
 /// once prefix and namespace are added.

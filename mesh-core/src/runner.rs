@@ -447,17 +447,14 @@ fn infra_delay(config: &RunnerConfig, redeliveries: u32) -> Duration {
 async fn publish<T: Transport>(shared: &Shared<T>, mut dispatch: Dispatch) -> Result<(), TransportError> {
     let hooks = dispatch.take_hooks();
     let publications = dispatch.publications();
+    let (naming, actor) = (&shared.config.naming, shared.config.actor.as_str());
     match publications {
         [] => {}
-        [p] => {
-            let (queue, body, options) = prepare(shared, p);
-            shared.transport.publish(&queue, body, options).await?;
-        }
+        [p] => publish_one(&shared.transport, naming, actor, p).await?,
         many => {
-            let sends = many.iter().map(|p| {
-                let (queue, body, options) = prepare(shared, p);
-                async move { shared.transport.publish(&queue, body, options).await }
-            });
+            let sends = many
+                .iter()
+                .map(|p| publish_one(&shared.transport, naming, actor, p));
             futures_util::future::try_join_all(sends).await?;
         }
     }
@@ -473,10 +470,6 @@ async fn publish<T: Transport>(shared: &Shared<T>, mut dispatch: Dispatch) -> Re
 
 /// Resolves the destination queue and encodes. A destination with no possible queue is a
 /// route defect: the envelope goes to `x-sump` with `InvalidRoute` rather than looping.
-fn prepare<T>(shared: &Shared<T>, p: &Publication) -> (String, Bytes, PublishOptions) {
-    prepare_publication(&shared.config.naming, &shared.config.actor, p)
-}
-
 fn prepare_publication(
     naming: &QueueNaming,
     actor: &str,
@@ -491,26 +484,48 @@ fn prepare_publication(
     match naming.queue_for(&p.actor) {
         Ok(queue) => (queue, Bytes::from(p.envelope.to_vec()), options),
         Err(error) => {
-            let mut env = p.envelope.clone();
-            tracing::warn!(envelope.id = %env.id, %error, "destination has no queue; sending to x-sump");
-            let status = env.status_mut();
-            status.error = Some(crate::status::ErrorInfo {
-                message: error.to_string(),
-                type_name: "InvalidRoute".into(),
-                mro: vec!["InvalidRoute".into()],
-                traceback: None,
-            });
-            status.mark(Phase::Failed, Some(Reason::InvalidRoute), actor);
-            let sump = naming.queue_for(SUMP).unwrap_or_else(|_| SUMP.to_owned());
-            (sump, Bytes::from(env.to_vec()), PublishOptions::default())
+            tracing::warn!(envelope.id = %p.envelope.id, %error, "destination has no queue; sending to x-sump");
+            let env = undeliverable(&p.envelope, actor, Reason::InvalidRoute, error.to_string());
+            (
+                sump_queue(naming),
+                Bytes::from(env.to_vec()),
+                PublishOptions::default(),
+            )
         }
     }
 }
 
-/// Publishes one publication of actor `actor` the way the runner does (queue from `naming`,
-/// broker-side dedup id = hop key, `x-sump` for a destination that cannot be a queue) and
-/// returns once the broker confirmed it. For handlers that publish their own outputs as
-/// they produce them (see [`Outcome::Published`](crate::Outcome::Published)).
+fn sump_queue(naming: &QueueNaming) -> String {
+    naming.queue_for(SUMP).unwrap_or_else(|_| SUMP.to_owned())
+}
+
+/// `envelope` marked failed at `actor` for `reason`, with `message` as its error, for x-sump.
+fn undeliverable(envelope: &Envelope, actor: &str, reason: Reason, message: String) -> Envelope {
+    let mut env = envelope.clone();
+    let type_name = reason.as_str().to_owned();
+    let status = env.status_mut();
+    status.error = Some(crate::status::ErrorInfo {
+        message,
+        mro: vec![type_name.clone()],
+        type_name,
+        traceback: None,
+    });
+    status.mark(Phase::Failed, Some(reason), actor);
+    env
+}
+
+/// Publishes one publication of actor `actor` the way the runner does, and returns once the
+/// broker confirmed it. For handlers that publish their own outputs as they produce them
+/// (see [`Outcome::Published`](crate::Outcome::Published)).
+///
+/// - The queue comes from `naming`; the broker-side dedup id is the destination's hop key.
+/// - A destination that cannot be a queue (an illegal name) goes to `x-sump` as
+///   `InvalidRoute`.
+/// - A destination whose queue does not exist on the broker goes to `x-sump` as
+///   `UnknownActor`, naming the actor, rather than being retried forever or left where no
+///   consumer will ever read it. Every transport answers
+///   [`TransportError::NoSuchQueue`] for such a queue (what "exists" means per broker is in
+///   `docs/transports-notes.md`).
 pub async fn publish_one<T: Transport>(
     transport: &T,
     naming: &QueueNaming,
@@ -518,7 +533,26 @@ pub async fn publish_one<T: Transport>(
     publication: &Publication,
 ) -> Result<(), TransportError> {
     let (queue, body, options) = prepare_publication(naming, actor, publication);
-    transport.publish(&queue, body, options).await
+    match transport.publish(&queue, body, options).await {
+        Err(TransportError::NoSuchQueue { queue: missing })
+            if missing == queue && publication.actor != SUMP =>
+        {
+            let message = format!(
+                "actor {:?} does not exist: its queue {queue:?} is not on the broker (deploy the actor, or fix the route)",
+                publication.actor
+            );
+            tracing::warn!(envelope.id = %publication.envelope.id, actor, destination = %publication.actor, %queue, "unknown actor; sending to x-sump");
+            let env = undeliverable(&publication.envelope, actor, Reason::UnknownActor, message);
+            transport
+                .publish(
+                    &sump_queue(naming),
+                    Bytes::from(env.to_vec()),
+                    PublishOptions::default(),
+                )
+                .await
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -60,6 +60,9 @@ pub enum Reason {
     PolicyRouted,
     /// The route names an actor whose queue cannot exist (empty or illegal name).
     InvalidRoute,
+    /// The route names an actor that has no queue on the broker (never deployed, or
+    /// deleted); an actor scaled to zero keeps its queue and is not unknown.
+    UnknownActor,
     /// The message was delivered more times than the runner allows (a crash or panic loop).
     RedeliveryLimit,
     /// A reason this build does not know.
@@ -78,6 +81,7 @@ impl Reason {
             Reason::PolicyExhausted => "PolicyExhausted",
             Reason::PolicyRouted => "PolicyRouted",
             Reason::InvalidRoute => "InvalidRoute",
+            Reason::UnknownActor => "UnknownActor",
             Reason::RedeliveryLimit => "RedeliveryLimit",
             Reason::Other(s) => s,
         }
@@ -95,6 +99,7 @@ impl From<String> for Reason {
             "PolicyExhausted" => Reason::PolicyExhausted,
             "PolicyRouted" => Reason::PolicyRouted,
             "InvalidRoute" => Reason::InvalidRoute,
+            "UnknownActor" => Reason::UnknownActor,
             "RedeliveryLimit" => Reason::RedeliveryLimit,
             _ => Reason::Other(s),
         }

@@ -357,6 +357,29 @@ pub async fn bad_queue_name_is_a_clear_error<T: Conformant>(t: T) {
     );
 }
 
+/// A queue that was never created (no actor has it) is refused on publish with
+/// `NoSuchQueue` naming it, immediate and delayed alike, and nothing is created: the runner
+/// relies on this to send an envelope for an unknown actor to `x-sump` instead of leaving it
+/// where nobody reads it. Once the queue is ensured, the same publish goes through.
+pub async fn publish_to_missing_queue_is_refused<T: Conformant>(t: T, queue: &str) {
+    for delay in [None, Some(Duration::from_millis(200))] {
+        let options = PublishOptions {
+            delay,
+            ..PublishOptions::default()
+        };
+        match t.publish(queue, Bytes::from_static(b"lost?"), options).await {
+            Err(TransportError::NoSuchQueue { queue: named }) => assert_eq!(named, queue),
+            other => panic!("publish to the never-created {queue:?} (delay {delay:?}) gave {other:?}"),
+        }
+    }
+    t.ensure_queue(queue).await.expect("ensure_queue");
+    publish(&t, queue, "found").await;
+    let mut c = t.consume(queue, opts(8)).await.expect("consume");
+    let d = next(&mut c).await;
+    assert_eq!(&d.body()[..], b"found");
+    d.ack().await.expect("ack");
+}
+
 /// Runs `check` with a deadline so a hung broker fails the test instead of the CI job.
 pub async fn bounded<F: Future<Output = ()>>(check: F) {
     if tokio::time::timeout(Duration::from_secs(120), check)
@@ -382,7 +405,8 @@ macro_rules! conformance_suite {
             lease_extension_keeps_it,
             depth_counts_in_flight,
             competing_consumers_share_work,
-            dropped_consumer_loses_nothing
+            dropped_consumer_loses_nothing,
+            publish_to_missing_queue_is_refused
         );
     };
     (@checks $name:ident, $make:expr; $($check:ident),+) => {

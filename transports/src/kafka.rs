@@ -29,6 +29,12 @@
 //!   used: Kafka only deduplicates one producer session's own retries (which idempotence
 //!   covers), not publishes by different producers, so the mesh's idempotency layer stays
 //!   the guard against duplicates.
+//! - **Existence.** A queue exists when its topic does (`ensure_queue` creates it). A
+//!   producer would have the broker create a missing topic on first use, and the record
+//!   would wait where no actor reads it, so `publish` first looks the topic up through the
+//!   metadata client, which never asks for creation, and answers `NoSuchQueue` for a
+//!   missing one. Topics seen are remembered for
+//!   [`KNOWN_QUEUE_TTL`](crate::known_queues::KNOWN_QUEUE_TTL).
 //! - **Depth** = the group's lag (end offset minus committed offset, per partition), minus
 //!   what this process has settled but not yet committed; `in_flight` is what this
 //!   process's consumers hold (the broker cannot tell), counted out of the lag;
@@ -167,7 +173,10 @@ impl Default for KafkaConfig {
 impl std::fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaConfig")
-            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field(
+                "bootstrap_servers",
+                &troupe_core::redact::Redacted(&self.bootstrap_servers),
+            )
             .field("topic_prefix", &self.topic_prefix)
             .field("group_prefix", &self.group_prefix)
             .field("partitions", &self.partitions)
@@ -191,18 +200,16 @@ struct Redacted<'a>(&'a BTreeMap<String, String>);
 
 impl std::fmt::Debug for Redacted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secret = |key: &str| {
-            let key = key.to_ascii_lowercase();
-            ["password", "secret", "token", "key", "sasl.oauthbearer.config"]
-                .iter()
-                .any(|s| key.contains(s))
-        };
+        let secret = troupe_core::redact::is_secret_key;
         f.debug_map()
-            .entries(
-                self.0
-                    .iter()
-                    .map(|(k, v)| (k, if secret(k) { "<redacted>" } else { v.as_str() })),
-            )
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if secret(k) {
+                    troupe_core::redact::MASK
+                } else {
+                    v.as_str()
+                };
+                (k, shown)
+            }))
             .finish()
     }
 }
@@ -225,8 +232,12 @@ struct Inner {
     config: KafkaConfig,
     publisher: Publisher,
     admin: AdminClient<DefaultClientContext>,
-    /// Metadata and watermarks.
+    /// Metadata and watermarks. A consumer-type client, so its metadata requests never
+    /// ask the broker to create a topic (librdkafka's `allow.auto.create.topics` is off
+    /// for consumers unless a property turns it on).
     meta: Arc<BaseConsumer>,
+    /// Queues whose topic was seen.
+    known: crate::known_queues::KnownQueues,
     /// Committed offsets are read per group, through a client of that group id that never joins.
     offset_readers: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     members: Arc<Registry>,
@@ -306,6 +317,7 @@ impl KafkaTransport {
                 config,
                 admin,
                 meta,
+                known: crate::known_queues::KnownQueues::default(),
                 offset_readers: Mutex::new(HashMap::new()),
                 members: Arc::new(Mutex::new(HashMap::new())),
             }),
@@ -337,6 +349,121 @@ impl KafkaTransport {
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false");
         c
+    }
+
+    /// Creates the queue's topic and delay topic where missing.
+    async fn create_topics(&self, queue: &str) -> Result<(), TransportError> {
+        self.check(queue)?;
+        let config = &self.inner.config;
+        let topics = [self.topic(queue), self.delay_topic(queue)];
+        let meta = self.inner.meta.clone();
+        let timeout = config.request_timeout;
+        let existing: Vec<String> = tokio::task::spawn_blocking(move || {
+            meta.fetch_metadata(None, timeout)
+                .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect())
+        })
+        .await
+        .map_err(|e| other("metadata request panicked", e))?
+        .map_err(|e| TransportError::Disconnected {
+            detail: format!("listing topics failed: {e}"),
+        })?;
+        for topic in &topics {
+            if let Some(clash) = existing.iter().find(|e| names::collide(e, topic)) {
+                return Err(TransportError::InvalidQueue {
+                    queue: queue.to_owned(),
+                    detail: format!(
+                        "its topic {topic:?} collides with the existing topic {clash:?}: Kafka treats '.' \
+                         and '_' in topic names as the same character"
+                    ),
+                });
+            }
+        }
+        if topics.iter().all(|t| existing.contains(t)) {
+            return Ok(());
+        }
+        if config.topic_creation == TopicCreation::AutoCreate {
+            return self.auto_create(queue, &topics).await;
+        }
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    config.partitions,
+                    TopicReplication::Fixed(config.replication_factor),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(timeout));
+        let results = match self.inner.admin.create_topics(&new, &options).await {
+            Ok(results) => results,
+            Err(KafkaError::AdminOp(RDKafkaErrorCode::UnsupportedFeature)) => {
+                return self.auto_create(queue, &topics).await;
+            }
+            Err(e) => {
+                return Err(TransportError::Disconnected {
+                    detail: format!("creating topics for {queue:?} failed: {e}"),
+                });
+            }
+        };
+        for result in results {
+            match result {
+                Ok(topic) => tracing::info!(%queue, %topic, partitions = config.partitions, "topic created"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code @ RDKafkaErrorCode::InvalidTopic)) => {
+                    return Err(TransportError::InvalidQueue {
+                        queue: queue.to_owned(),
+                        detail: format!("the broker refused topic {topic:?}: {code}"),
+                    });
+                }
+                Err((topic, code)) => {
+                    return Err(other(
+                        format!(
+                            "creating topic {topic:?} ({} partitions, replication {}) failed",
+                            config.partitions, config.replication_factor
+                        ),
+                        code,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `Ok` if `queue`'s topic exists (see the module docs), `NoSuchQueue` if not.
+    async fn require_topic(&self, queue: &str) -> Result<(), TransportError> {
+        if self.inner.known.is_fresh(queue) {
+            return Ok(());
+        }
+        let topic = self.topic(queue);
+        let meta = self.inner.meta.clone();
+        let timeout = self.inner.config.request_timeout;
+        let lookup = topic.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            meta.fetch_metadata(Some(&lookup), timeout).map(|metadata| {
+                metadata
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == lookup && t.error().is_none() && !t.partitions().is_empty())
+            })
+        })
+        .await
+        .map_err(|e| other("metadata request panicked", e))?;
+        match found {
+            Ok(true) => {
+                self.inner.known.remember(queue);
+                Ok(())
+            }
+            Ok(false) => {
+                self.inner.known.forget(queue);
+                Err(TransportError::NoSuchQueue {
+                    queue: queue.to_owned(),
+                })
+            }
+            Err(e) => Err(TransportError::Disconnected {
+                detail: format!("cannot look up topic {topic:?}: {e}"),
+            }),
+        }
     }
 
     fn check(&self, queue: &str) -> Result<(), TransportError> {
@@ -512,6 +639,7 @@ impl Transport for KafkaTransport {
 
     async fn publish(&self, queue: &str, body: Bytes, options: PublishOptions) -> Result<(), TransportError> {
         self.check(queue)?;
+        self.require_topic(queue).await?;
         match options.delay.filter(|d| !d.is_zero()) {
             None => {
                 self.inner
@@ -573,80 +701,9 @@ impl QueueAdmin for KafkaTransport {
     /// collides with an existing one (`a.b` vs `a_b`), naming it. Existing topics are left
     /// as they are.
     async fn ensure_queue(&self, queue: &str) -> Result<(), TransportError> {
-        self.check(queue)?;
-        let config = &self.inner.config;
-        let topics = [self.topic(queue), self.delay_topic(queue)];
-        let meta = self.inner.meta.clone();
-        let timeout = config.request_timeout;
-        let existing: Vec<String> = tokio::task::spawn_blocking(move || {
-            meta.fetch_metadata(None, timeout)
-                .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect())
-        })
-        .await
-        .map_err(|e| other("metadata request panicked", e))?
-        .map_err(|e| TransportError::Disconnected {
-            detail: format!("listing topics failed: {e}"),
-        })?;
-        for topic in &topics {
-            if let Some(clash) = existing.iter().find(|e| names::collide(e, topic)) {
-                return Err(TransportError::InvalidQueue {
-                    queue: queue.to_owned(),
-                    detail: format!(
-                        "its topic {topic:?} collides with the existing topic {clash:?}: Kafka treats '.' \
-                         and '_' in topic names as the same character"
-                    ),
-                });
-            }
-        }
-        if topics.iter().all(|t| existing.contains(t)) {
-            return Ok(());
-        }
-        if config.topic_creation == TopicCreation::AutoCreate {
-            return self.auto_create(queue, &topics).await;
-        }
-        let new: Vec<NewTopic<'_>> = topics
-            .iter()
-            .map(|t| {
-                NewTopic::new(
-                    t,
-                    config.partitions,
-                    TopicReplication::Fixed(config.replication_factor),
-                )
-            })
-            .collect();
-        let options = AdminOptions::new().operation_timeout(Some(timeout));
-        let results = match self.inner.admin.create_topics(&new, &options).await {
-            Ok(results) => results,
-            Err(KafkaError::AdminOp(RDKafkaErrorCode::UnsupportedFeature)) => {
-                return self.auto_create(queue, &topics).await;
-            }
-            Err(e) => {
-                return Err(TransportError::Disconnected {
-                    detail: format!("creating topics for {queue:?} failed: {e}"),
-                });
-            }
-        };
-        for result in results {
-            match result {
-                Ok(topic) => tracing::info!(%queue, %topic, partitions = config.partitions, "topic created"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code @ RDKafkaErrorCode::InvalidTopic)) => {
-                    return Err(TransportError::InvalidQueue {
-                        queue: queue.to_owned(),
-                        detail: format!("the broker refused topic {topic:?}: {code}"),
-                    });
-                }
-                Err((topic, code)) => {
-                    return Err(other(
-                        format!(
-                            "creating topic {topic:?} ({} partitions, replication {}) failed",
-                            config.partitions, config.replication_factor
-                        ),
-                        code,
-                    ));
-                }
-            }
-        }
+        self.create_topics(queue).await?;
+        // Metadata may lag behind a creation: the next publish need not look it up.
+        self.inner.known.remember(queue);
         Ok(())
     }
 
@@ -696,7 +753,7 @@ mod tests {
         }
         let shown = format!("{config:?}");
         assert!(
-            shown.contains("troupe") && shown.contains("<redacted>"),
+            shown.contains("troupe") && shown.contains(troupe_core::redact::MASK),
             "{shown}"
         );
         assert!(!shown.contains("hunter2") && !shown.contains("BEGIN"), "{shown}");

@@ -11,6 +11,7 @@ pub mod amqp;
 pub mod conformance;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod known_queues;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;

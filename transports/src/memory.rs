@@ -34,7 +34,10 @@ pub struct MemoryConfig {
     pub capacity: usize,
     /// How long a publish waits for room in a full queue.
     pub publish_timeout: Duration,
-    /// Create queues on first use; otherwise only [`QueueAdmin::ensure_queue`] does.
+    /// Create a queue on the first publish to it. Off by default: a queue exists once
+    /// [`QueueAdmin::ensure_queue`] created it or a consumer consumed it (an actor is
+    /// there), and a publish to any other queue is refused with `NoSuchQueue`, as on the
+    /// real brokers, rather than held where nobody will read it.
     pub auto_create: bool,
 }
 
@@ -43,7 +46,7 @@ impl Default for MemoryConfig {
         Self {
             capacity: 100_000,
             publish_timeout: Duration::from_secs(5),
-            auto_create: true,
+            auto_create: false,
         }
     }
 }
@@ -56,6 +59,7 @@ impl Default for MemoryConfig {
 /// use troupe_transports::memory::MemoryTransport;
 ///
 /// let broker = MemoryTransport::default();
+/// broker.ensure_queue("jobs").await.unwrap();
 /// broker.publish("jobs", "hello".into(), PublishOptions::default()).await.unwrap();
 /// let mut consumer = broker.consume("jobs", ConsumeOptions::default()).await.unwrap();
 /// let delivery = consumer.next().await.unwrap().unwrap();
@@ -304,7 +308,8 @@ impl Transport for MemoryTransport {
     }
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<MemoryConsumer, TransportError> {
-        let q = self.queue(queue, self.broker.config.auto_create)?;
+        // A consumer is the actor being there: its queue exists from now on.
+        let q = self.queue(queue, true)?;
         Ok(MemoryConsumer { queue: q, options })
     }
 }
@@ -446,6 +451,7 @@ mod tests {
     }
 
     async fn publish(t: &MemoryTransport, q: &str, body: &'static str) {
+        t.ensure_queue(q).await.unwrap();
         t.publish(q, Bytes::from_static(body.as_bytes()), PublishOptions::default())
             .await
             .unwrap();
@@ -615,12 +621,15 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("whitespace"), "{err}");
-        let strict = MemoryTransport::new(MemoryConfig {
-            auto_create: false,
-            ..MemoryConfig::default()
-        });
+        let strict = MemoryTransport::default();
         assert!(matches!(
-            strict.consume("missing", ConsumeOptions::default()).await,
+            strict
+                .publish("missing", Bytes::new(), PublishOptions::default())
+                .await,
+            Err(TransportError::NoSuchQueue { .. })
+        ));
+        assert!(matches!(
+            strict.depth("missing").await,
             Err(TransportError::NoSuchQueue { .. })
         ));
     }

@@ -19,15 +19,25 @@
 //!   messages go to a second work-queue stream, `{stream}_DELAY`. A forwarder task inside
 //!   the transport holds each one back (nak with the time left) and, once due, publishes it
 //!   to its queue and then acks it. The queue sees a fresh message, so its delivery count
-//!   starts at zero as the contract requires.
+//!   starts at zero as the contract requires. It forwards only to subjects of this
+//!   transport's own queues (`{subject_prefix}.{queue}`); a delayed message with no such
+//!   target goes to the dead-letter queue, or, without one, stays in the delay stream
+//!   (retried every minute, logged), never dropped;
+//! - a queue exists when its durable consumer does (created by `ensure_queue` or the first
+//!   `consume`, and kept while its actor is scaled to zero): a subject without a consumer is
+//!   stored by the work-queue stream but read by nobody, so `publish` to such a queue
+//!   answers `NoSuchQueue` instead. Queues seen to exist are remembered for
+//!   [`KNOWN_QUEUE_TTL`](crate::known_queues::KNOWN_QUEUE_TTL), so the check costs one API call per queue per that period.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::known_queues::KnownQueues;
 use crate::queue_check::now_millis;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{PullConsumer, pull};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, AckKind, stream};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -36,13 +46,11 @@ use troupe_core::{
     ConsumeOptions, Consumer, Delivery, PublishOptions, QueueAdmin, QueueDepth, Transport, TransportError,
 };
 
-/// Header on delayed messages: when (Unix milliseconds) they may be delivered.
-const NOT_BEFORE: &str = "Troupe-Not-Before";
-/// Header on delayed messages: the subject they are due on.
-const TARGET: &str = "Troupe-Target";
+use troupe_core::redact::{Redacted, scrub};
+use troupe_core::wire::{NOT_BEFORE, TARGET};
 
-/// Where and how to reach JetStream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where and how to reach JetStream. Its `Debug` shows the URL redacted.
+#[derive(Clone, PartialEq, Eq)]
 pub struct NatsConfig {
     /// Server address, e.g. `nats://127.0.0.1:4222`.
     pub url: String,
@@ -77,6 +85,19 @@ impl Default for NatsConfig {
     }
 }
 
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &Redacted(&self.url))
+            .field("stream", &self.stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("max_deliver", &self.max_deliver)
+            .field("dead_letter_queue", &self.dead_letter_queue)
+            .field("consumer_inactive_threshold", &self.consumer_inactive_threshold)
+            .finish()
+    }
+}
+
 /// The NATS JetStream transport. Clones share one connection and one delay forwarder.
 #[derive(Clone)]
 pub struct NatsTransport {
@@ -88,6 +109,8 @@ struct Inner {
     config: NatsConfig,
     stream: stream::Stream,
     delay_stream: stream::Stream,
+    /// Queues whose consumer was seen.
+    known: KnownQueues,
     /// Stops the delay forwarder when the last clone is dropped.
     stop: CancellationToken,
 }
@@ -126,7 +149,11 @@ impl NatsTransport {
         let client = async_nats::connect(&config.url)
             .await
             .map_err(|e| TransportError::Disconnected {
-                detail: format!("cannot connect to NATS at {}: {e}", config.url),
+                detail: format!(
+                    "cannot connect to NATS at {}: {}",
+                    Redacted(&config.url),
+                    scrub(&e.to_string(), &config.url)
+                ),
             })?;
         let js = jetstream::new(client);
         let stream = Self::work_queue(&js, &config.stream, &format!("{}.>", config.subject_prefix)).await?;
@@ -139,15 +166,24 @@ impl NatsTransport {
         // Every process forwards due messages (they share one durable), so nothing left in
         // the delay stream by a process that went away waits for a new delayed publish.
         let stop = CancellationToken::new();
+        if let Some(queue) = &config.dead_letter_queue {
+            check_queue(queue)?;
+        }
         tokio::spawn(supervise_forwarder(
             js.clone(),
             delay_stream.clone(),
+            Targets {
+                prefix: format!("{}.", config.subject_prefix),
+                dead_letter: config
+                    .dead_letter_queue
+                    .as_ref()
+                    .map(|q| format!("{}.{q}", config.subject_prefix)),
+            },
             stop.clone(),
         ));
         if config.max_deliver > 0
             && let Some(queue) = &config.dead_letter_queue
         {
-            check_queue(queue)?;
             tokio::spawn(crate::nats_poison::supervise(
                 js.clone(),
                 stream.clone(),
@@ -162,9 +198,32 @@ impl NatsTransport {
                 config,
                 stream,
                 delay_stream,
+                known: KnownQueues::default(),
                 stop,
             }),
         })
+    }
+
+    /// `Ok` if `queue`'s consumer exists (see the module docs), `NoSuchQueue` if not.
+    async fn require_queue(&self, queue: &str) -> Result<(), TransportError> {
+        if self.inner.known.is_fresh(queue) {
+            return Ok(());
+        }
+        match self.inner.stream.consumer_info(queue).await {
+            Ok(_) => {
+                self.inner.known.remember(queue);
+                Ok(())
+            }
+            Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
+                self.inner.known.forget(queue);
+                Err(TransportError::NoSuchQueue {
+                    queue: queue.to_owned(),
+                })
+            }
+            Err(e) => Err(TransportError::Disconnected {
+                detail: format!("cannot look up the consumer of {queue:?}: {e}"),
+            }),
+        }
     }
 
     async fn work_queue(
@@ -196,7 +255,8 @@ impl NatsTransport {
     async fn durable(&self, queue: &str, options: ConsumeOptions) -> Result<PullConsumer, TransportError> {
         check_queue(queue)?;
         let prefetch = i64::try_from(options.prefetch.max(1)).unwrap_or(i64::MAX);
-        self.inner
+        let consumer = self
+            .inner
             .stream
             .create_consumer(pull::Config {
                 durable_name: Some(queue.to_owned()),
@@ -210,7 +270,9 @@ impl NatsTransport {
                 ..Default::default()
             })
             .await
-            .map_err(other)
+            .map_err(other)?;
+        self.inner.known.remember(queue);
+        Ok(consumer)
     }
 
     /// The queue's durable consumer (created or updated) as a stream of messages, pulled in
@@ -248,9 +310,37 @@ impl NatsTransport {
     }
 }
 
+/// Where the delay forwarder may send messages.
+struct Targets {
+    /// Every queue subject of this transport starts with it (`{subject_prefix}.`).
+    prefix: String,
+    /// The dead-letter queue's subject, for delayed messages without a valid target.
+    dead_letter: Option<String>,
+}
+
+impl Targets {
+    /// The target subject if it is one of this transport's queues.
+    fn valid<'a>(&self, target: Option<&'a str>) -> Result<&'a str, String> {
+        let target = target.ok_or("it has no troupe-target header")?;
+        let queue = target.strip_prefix(self.prefix.as_str()).ok_or_else(|| {
+            format!(
+                "its target {target:?} is not under this mesh's prefix {:?}",
+                self.prefix
+            )
+        })?;
+        check_queue(queue).map_err(|e| format!("its target {target:?} is not a queue: {e}"))?;
+        Ok(target)
+    }
+}
+
 /// Keeps a delay forwarder running until `stop`: if its consumer or stream goes away, it is
 /// created again (with backoff), so delayed messages are never stranded.
-async fn supervise_forwarder(js: jetstream::Context, delay_stream: stream::Stream, stop: CancellationToken) {
+async fn supervise_forwarder(
+    js: jetstream::Context,
+    delay_stream: stream::Stream,
+    targets: Targets,
+    stop: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let start = async {
@@ -274,7 +364,7 @@ async fn supervise_forwarder(js: jetstream::Context, delay_stream: stream::Strea
         match started {
             Ok(messages) => {
                 backoff = Duration::from_millis(100);
-                forward_when_due(&js, messages, &stop).await;
+                forward_when_due(&js, messages, &targets, &stop).await;
                 if stop.is_cancelled() {
                     return;
                 }
@@ -291,7 +381,12 @@ async fn supervise_forwarder(js: jetstream::Context, delay_stream: stream::Strea
 }
 
 /// Holds delayed messages back until due, then moves each to its queue.
-async fn forward_when_due(js: &jetstream::Context, mut messages: pull::Stream, stop: &CancellationToken) {
+async fn forward_when_due(
+    js: &jetstream::Context,
+    mut messages: pull::Stream,
+    targets: &Targets,
+    stop: &CancellationToken,
+) {
     loop {
         let next = tokio::select! {
             () = stop.cancelled() => return,
@@ -310,10 +405,12 @@ async fn forward_when_due(js: &jetstream::Context, mut messages: pull::Stream, s
             .get(NOT_BEFORE)
             .and_then(|v| v.as_str().parse::<u64>().ok())
             .unwrap_or(0);
-        let Some(target) = headers.get(TARGET).map(|v| v.as_str().to_owned()) else {
-            tracing::error!("delay forwarder: message without a target subject; dropping it");
-            let _ = message.ack().await;
-            continue;
+        let target = match targets.valid(headers.get(TARGET).map(|v| v.as_str())) {
+            Ok(target) => target.to_owned(),
+            Err(why) => {
+                set_aside(js, message, targets, &why).await;
+                continue;
+            }
         };
         let now = now_millis();
         if now < due {
@@ -356,11 +453,45 @@ async fn forward_when_due(js: &jetstream::Context, mut messages: pull::Stream, s
     }
 }
 
+/// A delayed message the forwarder must not forward: to the dead-letter queue, wrapped as a
+/// sump envelope, or (without one) back to the delay stream for a minute.
+async fn set_aside(js: &jetstream::Context, message: jetstream::Message, targets: &Targets, why: &str) {
+    let Some(dead_letter) = &targets.dead_letter else {
+        tracing::error!(%why, "delay forwarder: cannot forward a delayed message and no dead-letter queue is set; keeping it");
+        let _ = message
+            .ack_with(AckKind::Nak(Some(Duration::from_secs(60))))
+            .await;
+        return;
+    };
+    let wrapped = troupe_core::sump::wrap_body(
+        &message.payload,
+        troupe_core::Reason::InvalidRoute,
+        "InvalidDelayTarget",
+        &format!("the delay forwarder cannot forward this message: {why}"),
+        "troupe-delay-forwarder",
+    );
+    let published = match js.publish(dead_letter.clone(), wrapped.to_vec().into()).await {
+        Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match published {
+        Ok(()) => {
+            tracing::warn!(%why, subject = %dead_letter, "delay forwarder: moved a delayed message to the dead-letter queue");
+            let _ = message.double_ack().await;
+        }
+        Err(error) => {
+            tracing::warn!(%error, "delay forwarder: dead-letter publish failed; retrying in 1 s");
+            let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        }
+    }
+}
+
 impl Transport for NatsTransport {
     type Consumer = NatsConsumer;
 
     async fn publish(&self, queue: &str, body: Bytes, options: PublishOptions) -> Result<(), TransportError> {
         check_queue(queue)?;
+        self.require_queue(queue).await?;
         let mut headers = HeaderMap::new();
         if let Some(id) = &options.dedup_id {
             // The forwarder copies it onto the forwarded message, so a delayed message is
@@ -401,6 +532,7 @@ impl QueueAdmin for NatsTransport {
             .await
             .is_ok()
         {
+            self.inner.known.remember(queue);
             return Ok(());
         }
         self.durable(queue, ConsumeOptions::default()).await.map(drop)

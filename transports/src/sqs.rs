@@ -15,7 +15,7 @@
 //!   queue share `SendMessageBatch` requests, and acks share `DeleteMessageBatch`
 //!   requests; every caller gets its own entry's result;
 //! - delayed publish: `DelaySeconds` up to SQS's 15 minutes. Longer delays are chained:
-//!   the message carries `Troupe-Not-Before` (Unix ms), and a consumer that receives it
+//!   the message carries `troupe-not-before` (Unix ms), and a consumer that receives it
 //!   early publishes it again with the time left and deletes the original, never handing
 //!   it out. Each hop is a new message, so the first real delivery has
 //!   `redeliveries() == 0`;
@@ -26,7 +26,7 @@
 //!   message nacked with a delay here too) and `…Delayed` (delayed publishes);
 //! - bodies are bytes, SQS bodies are text: a body that is UTF-8 without characters SQS
 //!   refuses goes as it is; any other body (or an empty one) is base64-encoded and marked
-//!   with the `Troupe-Encoding` attribute;
+//!   with the `troupe-encoding` attribute;
 //! - `PublishOptions::dedup_id` is ignored: standard queues have no deduplication (the
 //!   idempotency layer still holds).
 //!
@@ -60,10 +60,10 @@ use troupe_core::{ConsumeOptions, PublishOptions, QueueAdmin, QueueDepth, Transp
 use batch::{BatchSettings, Batcher, DeleteFlush, SendFlush};
 pub use consumer::{SqsConsumer, SqsDelivery};
 
-/// Message attribute on chained delays: when (Unix milliseconds) the message is due.
-const NOT_BEFORE: &str = "Troupe-Not-Before";
 /// Message attribute marking how the body was encoded (`base64`); absent for plain text.
-const ENCODING: &str = "Troupe-Encoding";
+use troupe_core::wire::ENCODING;
+/// Message attribute on chained delays: when (Unix milliseconds) the message is due.
+use troupe_core::wire::NOT_BEFORE;
 /// Suffix of the dead-letter queue that `ensure_queue` creates.
 const DLQ_SUFFIX: &str = "-dlq";
 /// SQS's longest `DelaySeconds`.
@@ -114,10 +114,10 @@ impl fmt::Debug for SqsCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqsCredentials")
             .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &"<redacted>")
+            .field("secret_access_key", &troupe_core::redact::MASK)
             .field(
                 "session_token",
-                &self.session_token.as_ref().map(|_| "<redacted>"),
+                &self.session_token.as_ref().map(|_| troupe_core::redact::MASK),
             )
             .finish()
     }
@@ -245,10 +245,10 @@ impl SqsTransport {
         if let Some(url) = &config.endpoint_url {
             sdk = sdk.endpoint_url(url);
         }
-        let where_ = config
-            .endpoint_url
-            .clone()
-            .unwrap_or_else(|| format!("the AWS endpoint of {}", config.region));
+        let where_ = config.endpoint_url.as_deref().map_or_else(
+            || format!("the AWS endpoint of {}", config.region),
+            troupe_core::redact::redact_url,
+        );
         let transport = Self::with_client(Client::from_conf(sdk.build()), config);
         match transport
             .inner

@@ -1,8 +1,10 @@
 //! The idempotency layer: turns at-least-once delivery into effectively-once processing.
 //!
-//! Each hop is keyed by `envelope id / actor / route position / attempt`. The attempt is
-//! part of the key because a retry is a new message to the same actor; without it the
-//! retried envelope would look like a duplicate of the failed try.
+//! Each hop is keyed by `envelope id / actor / route position / attempt / payload digest`
+//! ([`Envelope::hop_key`]). The attempt is part of the key because a retry is a new
+//! message to the same actor; without it the retried envelope would look like a duplicate
+//! of the failed try. The payload digest is part of it because ids come from clients: two
+//! different envelopes under one id are two hops, not one hop seen twice.
 //!
 //! The protocol of one hop:
 //! 1. claim the key (for `claim_ttl`, so a crashed owner's claim lapses);
@@ -16,6 +18,7 @@
 //! handler is not run; `InProgress` (a concurrent duplicate) → an error, so the runner
 //! redelivers it later.
 
+mod any;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -29,6 +32,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use tower::{BoxError, Layer, Service};
 use troupe_core::{Dispatch, Envelope, Publication};
 
+pub use any::{AnyStore, StoreUrl, UnknownStore};
 pub use memory::{MemoryStore, MemoryStoreConfig};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreConfig};

@@ -20,8 +20,8 @@ use troupe_core::{DecodeLimits, Envelope, Publication};
 
 use super::store::{Claim, IdempotencyStore, StoreError};
 
-/// Settings of a [`RedisStore`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Settings of a [`RedisStore`]. Its `Debug` shows the URL redacted.
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisStoreConfig {
     /// Server, e.g. `redis://127.0.0.1:6379`.
     pub url: String,
@@ -29,6 +29,16 @@ pub struct RedisStoreConfig {
     pub prefix: String,
     /// How long a finished hop is remembered.
     pub ttl: Duration,
+}
+
+impl std::fmt::Debug for RedisStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStoreConfig")
+            .field("url", &troupe_core::redact::Redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
 }
 
 impl Default for RedisStoreConfig {
@@ -100,8 +110,16 @@ fn millis(d: Duration) -> u64 {
 impl RedisStore {
     /// Connects (and reconnects by itself later, after a connection loss).
     pub async fn connect(config: RedisStoreConfig) -> Result<Arc<Self>, StoreError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(failed("connect"))?;
-        let connection = ConnectionManager::new(client).await.map_err(failed("connect"))?;
+        let connect_failed = |e: redis::RedisError| StoreError {
+            operation: "connect",
+            detail: format!(
+                "cannot connect to Redis at {}: {}",
+                troupe_core::redact::Redacted(&config.url),
+                troupe_core::redact::scrub(&e.to_string(), &config.url)
+            ),
+        };
+        let client = redis::Client::open(config.url.as_str()).map_err(connect_failed)?;
+        let connection = ConnectionManager::new(client).await.map_err(connect_failed)?;
         Ok(Arc::new(Self {
             connection,
             config,

@@ -109,7 +109,11 @@ impl Link {
         let connection = Connection::connect(&self.url, ConnectionProperties::default())
             .await
             .map_err(|e| TransportError::Disconnected {
-                detail: format!("cannot connect to RabbitMQ at {}: {e}", self.redacted_url()),
+                detail: format!(
+                    "cannot connect to RabbitMQ at {}: {}",
+                    self.redacted_url(),
+                    troupe_core::redact::scrub(&e.to_string(), &self.url)
+                ),
             })?;
         let publish = connection.create_channel().await.map_err(super::lost)?;
         publish
@@ -125,14 +129,8 @@ impl Link {
         session.connection.create_channel().await.map_err(super::lost)
     }
 
-    /// The URL without its password, for logs and errors.
+    /// The URL without its credentials, for logs and errors.
     pub(crate) fn redacted_url(&self) -> String {
-        match self.url.parse::<lapin::uri::AMQPUri>() {
-            Ok(uri) => format!(
-                "amqp://{}:{}/{}",
-                uri.authority.host, uri.authority.port, uri.vhost
-            ),
-            Err(_) => "<unparseable URL>".to_owned(),
-        }
+        troupe_core::redact::redact_url(&self.url)
     }
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use troupe_core::{QueueDepth, TransportError};
 
-/// Where the management API is and how to log in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the management API is and how to log in. Its `Debug` shows no password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ManagementApi {
     /// Base URL, e.g. `http://127.0.0.1:15672`.
     pub url: String,
@@ -19,6 +19,16 @@ pub struct ManagementApi {
     pub user: String,
     /// Its password.
     pub password: String,
+}
+
+impl std::fmt::Debug for ManagementApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagementApi")
+            .field("url", &troupe_core::redact::Redacted(&self.url))
+            .field("user", &self.user)
+            .field("password", &troupe_core::redact::MASK)
+            .finish()
+    }
 }
 
 impl Default for ManagementApi {
@@ -59,10 +69,14 @@ pub(crate) struct Management {
 }
 
 fn unavailable(api: &ManagementApi, e: impl std::fmt::Display) -> TransportError {
+    let mut error = troupe_core::redact::scrub(&e.to_string(), &api.url);
+    if !api.password.is_empty() {
+        error = error.replace(&api.password, troupe_core::redact::MASK);
+    }
     TransportError::Disconnected {
         detail: format!(
-            "RabbitMQ management API at {} failed: {e} (is the rabbitmq_management plugin enabled?)",
-            api.url
+            "RabbitMQ management API at {} failed: {error} (is the rabbitmq_management plugin enabled?)",
+            troupe_core::redact::Redacted(&api.url)
         ),
     }
 }

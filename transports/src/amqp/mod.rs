@@ -55,15 +55,15 @@ use management::Management;
 pub use management::ManagementApi;
 
 /// Header on a delayed copy: the redeliveries before it was parked.
-const REDELIVERIES: &str = "x-troupe-redeliveries";
+use troupe_core::wire::REDELIVERIES;
 /// Longest queue name: delay buckets append up to 34 bytes and AMQP names end at 255.
 const MAX_QUEUE_LEN: usize = 200;
 /// A delay bucket is declared again when its last declaration is older than this, which
 /// keeps it from expiring (`x-expires`) while messages wait in it.
 const REDECLARE_AFTER: Duration = Duration::from_secs(600);
 
-/// Where and how to reach RabbitMQ.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where and how to reach RabbitMQ. Its `Debug` shows the URL redacted.
+#[derive(Clone, PartialEq, Eq)]
 pub struct AmqpConfig {
     /// Broker URL with credentials and vhost, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: String,
@@ -87,6 +87,16 @@ impl Default for AmqpConfig {
             queue_expires: None,
             management: None,
         }
+    }
+}
+
+impl std::fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpConfig")
+            .field("url", &troupe_core::redact::Redacted(&self.url))
+            .field("queue_expires", &self.queue_expires)
+            .field("management", &self.management)
+            .finish()
     }
 }
 
@@ -163,11 +173,14 @@ fn bucket_millis(delay: Duration) -> u64 {
     exact.div_ceil(step).saturating_mul(step)
 }
 
-/// Between a queue's name and a delay bucket's milliseconds.
-const BUCKET_INFIX: &str = ".troupe-delay.";
-
+/// A delay bucket is `{queue}{DELAY_SUFFIX}.{millis}`.
 fn bucket_name(queue: &str, millis: u64) -> String {
-    format!("{queue}{BUCKET_INFIX}{millis}")
+    format!("{}{millis}", bucket_prefix(queue))
+}
+
+/// What every delay bucket of `queue` starts with.
+fn bucket_prefix(queue: &str) -> String {
+    format!("{queue}{}.", troupe_core::wire::DELAY_SUFFIX)
 }
 
 fn quorum_arguments(expires: Option<Duration>) -> FieldTable {
@@ -299,6 +312,10 @@ impl AmqpTransport {
         if fresh {
             return Ok(());
         }
+        // A bucket dead-letters into the queue by name; were the queue missing, the
+        // default exchange would drop the message when due. Checked whenever the bucket is
+        // (re)declared, so a queue deleted later is noticed within REDECLARE_AFTER.
+        self.ready(queue).await?;
         let name = bucket_name(queue, millis);
         let mut args = FieldTable::default();
         let ttl = i64::try_from(millis).unwrap_or(i64::MAX);
@@ -396,7 +413,7 @@ impl QueueAdmin for AmqpTransport {
             // The management API's statistics lag by up to `collect_statistics_interval`
             // (5 s by default); the broker counts ready messages live. Taking ready from
             // the broker lets an autoscaler see a burst on an idle queue at once.
-            let stats = management.depth(queue, &format!("{queue}{BUCKET_INFIX}")).await?;
+            let stats = management.depth(queue, &bucket_prefix(queue)).await?;
             let ready = self.ready(queue).await?;
             return Ok(QueueDepth { ready, ..stats });
         }

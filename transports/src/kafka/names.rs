@@ -16,9 +16,9 @@
 use troupe_core::TransportError;
 
 /// Suffix of the delay topic of a queue's topic.
-pub(crate) const DELAY_SUFFIX: &str = ".troupe-delay";
+pub(crate) use troupe_core::wire::DELAY_SUFFIX;
 /// Suffix of the forwarder's consumer group.
-pub(crate) const DELAY_GROUP_SUFFIX: &str = ".troupe-delay";
+pub(crate) const DELAY_GROUP_SUFFIX: &str = DELAY_SUFFIX;
 /// Kafka's limit on topic names.
 const MAX_TOPIC: usize = 249;
 

@@ -13,10 +13,7 @@ use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use troupe_core::TransportError;
 
-/// Header: deliveries before this one.
-pub(crate) const REDELIVERIES: &str = "troupe-redeliveries";
-/// Header: not to be delivered before (Unix milliseconds).
-pub(crate) const NOT_BEFORE: &str = "troupe-not-before";
+pub(crate) use troupe_core::wire::{NOT_BEFORE, REDELIVERIES};
 
 /// The transport's bookkeeping carried by one record.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

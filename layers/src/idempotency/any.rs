@@ -1,0 +1,228 @@
+//! Choosing the idempotency store at run time: `--store memory|redis://…`, one type for
+//! whichever was chosen.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use troupe_core::Publication;
+use troupe_core::redact::Redacted;
+
+use super::memory::MemoryStore;
+#[cfg(feature = "redis")]
+use super::redis::{RedisStore, RedisStoreConfig};
+use super::store::{Claim, IdempotencyStore, StoreError};
+
+/// Where hop records are kept, as a binary's `--store` names it:
+///
+/// - `memory`: in the process. Effectively-once holds only while the process lives and only
+///   within it: a restarted or second replica processes a redelivered hop again.
+/// - `redis://[user:password@]host[:port][/db]` (or `rediss://` for TLS): shared by every
+///   replica and kept across restarts (feature `redis`).
+///
+/// Its `Display` and `Debug` show URLs redacted.
+///
+/// ```
+/// use troupe_layers::StoreUrl;
+/// let store: StoreUrl = "memory".parse().unwrap();
+/// assert!(store.is_memory());
+/// assert!("redis://:pw@cache:6379".parse::<StoreUrl>().unwrap().to_string().contains("***"));
+/// assert!("mongodb://db".parse::<StoreUrl>().is_err());
+/// ```
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum StoreUrl {
+    /// In this process only.
+    #[default]
+    Memory,
+    /// A Redis server (or cluster endpoint), by URL.
+    Redis(String),
+}
+
+/// A `--store` value that names no store this build knows.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "unknown store {shown:?}: expected `memory` or `redis://[user:password@]host[:port][/db]` (`rediss://` for TLS)"
+)]
+pub struct UnknownStore {
+    /// The value, redacted.
+    shown: String,
+}
+
+impl FromStr for StoreUrl {
+    type Err = UnknownStore;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("memory") {
+            return Ok(StoreUrl::Memory);
+        }
+        let scheme = s.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
+        match scheme.as_deref() {
+            Some("redis" | "rediss" | "redis+unix" | "unix") => Ok(StoreUrl::Redis(s.to_owned())),
+            _ => Err(UnknownStore {
+                shown: Redacted(s).to_string(),
+            }),
+        }
+    }
+}
+
+impl StoreUrl {
+    /// Whether records live only in this process.
+    pub fn is_memory(&self) -> bool {
+        matches!(self, StoreUrl::Memory)
+    }
+
+    /// Connects to the store (the memory store needs nothing). Hop records expire after
+    /// `ttl`; Redis keys start with `prefix`.
+    pub async fn connect(&self, prefix: &str, ttl: Duration) -> Result<AnyStore, StoreError> {
+        match self {
+            StoreUrl::Memory => Ok(AnyStore::Memory(Arc::new(MemoryStore::new(
+                super::MemoryStoreConfig {
+                    ttl,
+                    ..super::MemoryStoreConfig::default()
+                },
+            )))),
+            #[cfg(feature = "redis")]
+            StoreUrl::Redis(url) => RedisStore::connect(RedisStoreConfig {
+                url: url.clone(),
+                prefix: prefix.to_owned(),
+                ttl,
+            })
+            .await
+            .map(AnyStore::Redis),
+            #[cfg(not(feature = "redis"))]
+            StoreUrl::Redis(url) => {
+                let _ = prefix;
+                Err(StoreError {
+                    operation: "connect",
+                    detail: format!(
+                        "this build has no Redis store ({}); rebuild with the `redis` feature",
+                        Redacted(url)
+                    ),
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::Memory => f.write_str("memory"),
+            StoreUrl::Redis(url) => fmt::Display::fmt(&Redacted(url), f),
+        }
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreUrl::Memory => f.write_str("Memory"),
+            StoreUrl::Redis(url) => f.debug_tuple("Redis").field(&Redacted(url)).finish(),
+        }
+    }
+}
+
+/// The store a [`StoreUrl`] connected to: one type for the stack whatever was chosen.
+#[derive(Clone)]
+pub enum AnyStore {
+    /// See [`MemoryStore`].
+    Memory(Arc<MemoryStore>),
+    /// See [`RedisStore`].
+    #[cfg(feature = "redis")]
+    Redis(Arc<RedisStore>),
+}
+
+impl fmt::Debug for AnyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AnyStore::Memory(_) => f.write_str("AnyStore::Memory"),
+            #[cfg(feature = "redis")]
+            AnyStore::Redis(_) => f.write_str("AnyStore::Redis"),
+        }
+    }
+}
+
+/// Forwards a call to whichever store this is.
+macro_rules! each_store {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Memory($store) => $call,
+            #[cfg(feature = "redis")]
+            AnyStore::Redis($store) => $call,
+        }
+    };
+}
+
+impl IdempotencyStore for AnyStore {
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<Claim, StoreError> {
+        each_store!(self, store => store.claim(key, ttl).await)
+    }
+
+    async fn complete(&self, key: &str, outputs: &Arc<[Publication]>) -> Result<(), StoreError> {
+        each_store!(self, store => store.complete(key, outputs).await)
+    }
+
+    async fn mark_published(&self, key: &str) -> Result<(), StoreError> {
+        each_store!(self, store => store.mark_published(key).await)
+    }
+
+    async fn release(&self, key: &str) -> Result<(), StoreError> {
+        each_store!(self, store => store.release(key).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_the_flag_takes() {
+        assert_eq!("memory".parse::<StoreUrl>().ok(), Some(StoreUrl::Memory));
+        assert_eq!("MEMORY".parse::<StoreUrl>().ok(), Some(StoreUrl::Memory));
+        for url in ["redis://127.0.0.1:6379", "rediss://u:p@h:6380/2"] {
+            assert_eq!(
+                url.parse::<StoreUrl>().ok(),
+                Some(StoreUrl::Redis(url.to_owned()))
+            );
+        }
+        let refused = "postgres://app:hunter2@db/troupe"
+            .parse::<StoreUrl>()
+            .unwrap_err();
+        let shown = refused.to_string();
+        assert!(
+            shown.contains("unknown store") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn shows_no_password() {
+        let store: StoreUrl = "redis://:hunter2@cache:6379".parse().unwrap();
+        for shown in [store.to_string(), format!("{store:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_store_records_hops() {
+        let store = StoreUrl::Memory
+            .connect("test:", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.claim("k", Duration::from_secs(5)).await.unwrap(),
+            Claim::Acquired
+        );
+        assert_eq!(
+            store.claim("k", Duration::from_secs(5)).await.unwrap(),
+            Claim::InProgress
+        );
+        store.mark_published("k").await.unwrap();
+        assert_eq!(
+            store.claim("k", Duration::from_secs(5)).await.unwrap(),
+            Claim::Published
+        );
+    }
+}
