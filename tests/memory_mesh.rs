@@ -228,6 +228,7 @@ where
     let env = Envelope::from_slice(delivery.body(), &troupe::DecodeLimits::default()).unwrap();
     let mut dispatch = stack.ready().await.unwrap().call(env).await.unwrap();
     for p in dispatch.publications() {
+        mesh.ensure(&p.actor);
         mesh.transport
             .publish(
                 &mesh.queue(&p.actor),

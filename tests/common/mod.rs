@@ -91,6 +91,11 @@ impl Mesh {
         S::Error: Into<tower::BoxError> + Send,
         S::Future: Send,
     {
+        // As an actor process does (ensure_actor_queues), before anything is sent: the
+        // memory broker refuses a publish to a queue that does not exist.
+        for actor in [cfg.actor.as_str(), troupe::SINK, troupe::SUMP] {
+            self.ensure(actor);
+        }
         let runner = Runner::new(self.transport.clone(), stack, cfg);
         let token = self.token.clone();
         self.runners.push(tokio::spawn(async move {
@@ -102,8 +107,18 @@ impl Mesh {
         self.naming.queue_for(actor).expect("valid actor name")
     }
 
+    /// Creates `actor`'s queue (the memory broker answers at once, so no await is needed).
+    pub fn ensure(&self, actor: &str) {
+        use futures_util::FutureExt;
+        troupe::QueueAdmin::ensure_queue(&self.transport, &self.queue(actor))
+            .now_or_never()
+            .expect("the memory broker answers at once")
+            .expect("ensure_queue");
+    }
+
     /// Publishes `env` to the queue of its current actor.
     pub async fn send(&self, env: &Envelope) {
+        self.ensure(env.destination());
         let q = self.queue(env.destination());
         self.transport
             .publish(&q, Bytes::from(env.to_vec()), PublishOptions::default())
@@ -112,6 +127,7 @@ impl Mesh {
     }
 
     pub async fn send_raw(&self, actor: &str, body: Vec<u8>) {
+        self.ensure(actor);
         self.transport
             .publish(&self.queue(actor), Bytes::from(body), PublishOptions::default())
             .await
