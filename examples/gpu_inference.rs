@@ -51,7 +51,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let infer = tokio::spawn({
         let (transport, shutdown, mesh) = (transport.clone(), shutdown.clone(), mesh.clone());
-        async move { serve(transport, batcher, &settings, &mesh, shutdown).await }
+        let store = Arc::new(troupe::layers::MemoryStore::default());
+        async move { serve(transport, store, batcher, &settings, &mesh, shutdown).await }
     });
 
     // Plain Rust actors around it.

@@ -73,6 +73,19 @@ pub enum ByHandError {
     /// The broker could not be reached.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// The receiving actor has no queue: it was never deployed (or the name is wrong).
+    #[error(
+        "actor {actor:?} does not exist: its queue {queue:?} is not on the broker; deploy the actor (an actor scaled to zero keeps its queue) or fix the name"
+    )]
+    UnknownActor {
+        /// The actor.
+        actor: String,
+        /// Its queue.
+        queue: String,
+    },
+    /// Standard output failed (other than the reader going away).
+    #[error("cannot write to standard output: {0}")]
+    Stdout(#[source] std::io::Error),
     /// The broker refused.
     #[error("{queue}: {source}")]
     Transport {
@@ -123,7 +136,11 @@ pub async fn send(args: SendArgs) -> Result<(), ByHandError> {
     let queue = naming(&args.queue)?
         .queue_for(env.route.curr())
         .map_err(|e| ByHandError::Usage(e.to_string()))?;
-    let job = SendJob { queue, env };
+    let job = SendJob {
+        queue,
+        actor: env.route.curr().to_owned(),
+        env,
+    };
     args.queue
         .brokers
         .config()
@@ -133,6 +150,7 @@ pub async fn send(args: SendArgs) -> Result<(), ByHandError> {
 
 struct SendJob {
     queue: String,
+    actor: String,
     env: Envelope,
 }
 
@@ -144,15 +162,24 @@ impl WithTransport for SendJob {
             queue: self.queue.clone(),
             source,
         };
-        transport.ensure_queue(&self.queue).await.map_err(fail)?;
-        transport
+        // No ensure_queue: a queue created here would hold the envelope where no actor reads
+        // it. Every transport refuses a publish to a queue that does not exist.
+        let published = transport
             .publish(
                 &self.queue,
                 Bytes::from(self.env.to_vec()),
                 PublishOptions::default(),
             )
-            .await
-            .map_err(fail)?;
+            .await;
+        match published {
+            Err(TransportError::NoSuchQueue { .. }) => {
+                return Err(ByHandError::UnknownActor {
+                    actor: self.actor,
+                    queue: self.queue,
+                });
+            }
+            other => other.map_err(fail)?,
+        }
         println!("{}", self.env.id);
         Ok(())
     }
@@ -183,10 +210,14 @@ impl WithTransport for TailJob {
             source,
         };
         transport.ensure_queue(&self.queue).await.map_err(fail)?;
-        let mut consumer = transport
-            .consume(&self.queue, ConsumeOptions::default())
-            .await
-            .map_err(fail)?;
+        // One at a time: a delivery waits for stdout with its lease extended; more
+        // prefetched ones would sit with leases running out, and come back as duplicates.
+        let options = ConsumeOptions {
+            prefetch: 1,
+            ..ConsumeOptions::default()
+        };
+        let mut consumer = transport.consume(&self.queue, options).await.map_err(fail)?;
+        let mut stdout = tokio::io::stdout();
         let mut seen = 0u64;
         let stop = tokio::signal::ctrl_c();
         tokio::pin!(stop);
@@ -203,7 +234,20 @@ impl WithTransport for TailJob {
             };
             let Some(delivery) = delivery else { break };
             let delivery = delivery.map_err(fail)?;
-            println!("{}", String::from_utf8_lossy(delivery.body()));
+            let mut line = delivery.body().to_vec();
+            line.push(b'\n');
+            match print_holding_lease(&mut stdout, &line, &delivery, options.lease).await {
+                Ok(()) => {}
+                Err(error) => {
+                    // Not printed, so not taken: it goes back to the queue.
+                    delivery.nack(None).await.map_err(fail)?;
+                    if error.kind() == std::io::ErrorKind::BrokenPipe {
+                        // The reader went away (`troupe tail x-sink | head -3`): done.
+                        return Ok(());
+                    }
+                    return Err(ByHandError::Stdout(error));
+                }
+            }
             seen += 1;
             let settled = if self.args.keep {
                 delivery.nack(None).await
@@ -213,6 +257,38 @@ impl WithTransport for TailJob {
             settled.map_err(fail)?;
         }
         Ok(())
+    }
+}
+
+/// Writes `line` to `out` and flushes it, extending `delivery`'s lease every half `lease`
+/// while a slow reader keeps the pipe full, so the delivery is neither redelivered to
+/// someone else meanwhile nor acknowledged before it was printed.
+async fn print_holding_lease<W, D>(
+    out: &mut W,
+    line: &[u8],
+    delivery: &D,
+    lease: Duration,
+) -> std::io::Result<()>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    D: Delivery,
+{
+    use tokio::io::AsyncWriteExt;
+    let write = async {
+        out.write_all(line).await?;
+        out.flush().await
+    };
+    tokio::pin!(write);
+    let every = (lease / 2).max(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            written = &mut write => return written,
+            () = tokio::time::sleep(every) => {
+                if let Err(error) = delivery.in_progress().await {
+                    tracing::warn!(%error, "tail: could not extend the lease while stdout is full");
+                }
+            }
+        }
     }
 }
 
@@ -250,5 +326,71 @@ mod tests {
         assert_eq!(env.route.curr(), "a");
         assert!(envelope(&parse(&["--payload", "{}"])).is_err());
         assert!(envelope(&parse(&["--actor", "a", "--payload", "{nope"])).is_err());
+    }
+
+    /// A reader slower than several leases: the line is printed whole, the lease held the
+    /// whole time (no redelivery), and the ack after it goes through.
+    #[tokio::test]
+    async fn a_slow_reader_does_not_lose_the_lease() {
+        use tokio::io::AsyncReadExt;
+        use troupe::MemoryTransport;
+
+        let transport = MemoryTransport::default();
+        transport.ensure_queue("q").await.unwrap();
+        transport
+            .publish(
+                "q",
+                Bytes::from_static(b"0123456789abcdef"),
+                PublishOptions::default(),
+            )
+            .await
+            .unwrap();
+        let lease = Duration::from_millis(100);
+        let options = ConsumeOptions { prefetch: 1, lease };
+        let mut consumer = transport.consume("q", options).await.unwrap();
+        let delivery = consumer.next().await.unwrap().unwrap();
+
+        // A 4-byte pipe whose reader starts after five leases.
+        let (mut out, mut reader) = tokio::io::duplex(4);
+        let read = tokio::spawn(async move {
+            tokio::time::sleep(lease * 5).await;
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).await.map(|_| all)
+        });
+        print_holding_lease(&mut out, b"0123456789abcdef\n", &delivery, lease)
+            .await
+            .unwrap();
+        drop(out);
+        assert_eq!(read.await.unwrap().unwrap(), b"0123456789abcdef\n");
+        assert_eq!(delivery.redeliveries(), 0);
+        delivery
+            .ack()
+            .await
+            .expect("the lease was held, so the ack goes through");
+        let again = tokio::time::timeout(lease * 3, consumer.next()).await;
+        assert!(
+            again.is_err(),
+            "redelivered: {:?}",
+            again.map(|d| d.map(|d| d.map(|d| d.redeliveries())))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reader_gone_is_a_broken_pipe() {
+        use troupe::MemoryTransport;
+        let transport = MemoryTransport::default();
+        transport.ensure_queue("q").await.unwrap();
+        transport
+            .publish("q", Bytes::from_static(b"x"), PublishOptions::default())
+            .await
+            .unwrap();
+        let mut consumer = transport.consume("q", ConsumeOptions::default()).await.unwrap();
+        let delivery = consumer.next().await.unwrap().unwrap();
+        let (mut out, reader) = tokio::io::duplex(4);
+        drop(reader);
+        let error = print_holding_lease(&mut out, b"x\n", &delivery, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe);
     }
 }

@@ -21,7 +21,7 @@
 //! Serving a queue with any model (here a closure-free toy that doubles its input):
 //!
 //! ```
-//! use troupe::layers::MeshMetrics;
+//! use troupe::layers::{MemoryStore, MeshMetrics};
 //! use troupe::{CancellationToken, MemoryTransport};
 //! use troupe_gpu_worker::batcher::{Batcher, Model, ModelError};
 //! use troupe_gpu_worker::codec::{CodecConfig, CodecKind};
@@ -44,7 +44,8 @@
 //! let mut registry = prometheus_client::registry::Registry::default();
 //! let shutdown = CancellationToken::new();
 //! shutdown.cancel(); // a real worker runs until SIGTERM
-//! serve(MemoryTransport::default(), batcher, &settings, &MeshMetrics::new(&mut registry), shutdown).await?;
+//! let store = std::sync::Arc::new(MemoryStore::default());
+//! serve(MemoryTransport::default(), store, batcher, &settings, &MeshMetrics::new(&mut registry), shutdown).await?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # }).unwrap();
 //! ```

@@ -40,6 +40,8 @@ enum Error {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error(transparent)]
+    Store(#[from] troupe::layers::idempotency::StoreError),
+    #[error(transparent)]
     Worker(#[from] WorkerError),
 }
 
@@ -100,8 +102,10 @@ async fn run(args: WorkerArgs) -> Result<(), Error> {
     let batcher = Batcher::start_with_metrics(model, settings.batcher.clone(), batcher_metrics)?;
     ready.store(true, Ordering::Release);
 
+    let store = Arc::new(args.queue.connect_store().await?);
     let job = Job {
         settings: &settings,
+        store,
         batcher,
         mesh,
         shutdown: shutdown.clone(),
@@ -138,6 +142,7 @@ fn load(settings: &ModelSettings) -> Result<TorchModel, Error> {
 
 struct Job<'a> {
     settings: &'a WorkerSettings,
+    store: Arc<troupe::layers::AnyStore>,
     batcher: BatcherHandle,
     mesh: MeshMetrics,
     shutdown: CancellationToken,
@@ -147,7 +152,15 @@ impl WithTransport for Job<'_> {
     type Output = Result<(), WorkerError>;
 
     async fn run<T: Transport + QueueAdmin>(self, transport: T) -> Self::Output {
-        let report = worker::serve(transport, self.batcher, self.settings, &self.mesh, self.shutdown).await?;
+        let report = worker::serve(
+            transport,
+            self.store,
+            self.batcher,
+            self.settings,
+            &self.mesh,
+            self.shutdown,
+        )
+        .await?;
         tracing::info!(?report, "gpu worker stopped");
         Ok(())
     }

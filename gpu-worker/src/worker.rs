@@ -20,7 +20,7 @@ use troupe::core::{
     ConsumeOptions, QueueAdmin, QueueNaming, QueueSetupError, RunReport, Runner, RunnerConfig, RunnerError,
     ensure_actor_queues,
 };
-use troupe::layers::{MemoryStore, MeshMetrics, RetryPolicies, StackConfig, actor_stack};
+use troupe::layers::{IdempotencyStore, MeshMetrics, RetryPolicies, StackConfig, actor_stack};
 use troupe::{CancellationToken, Transport};
 
 use crate::batcher::{BatcherConfig, BatcherHandle, Model, ModelError};
@@ -87,13 +87,15 @@ pub enum WorkerError {
     Runner(#[from] RunnerError),
 }
 
-/// Serves the actor's queue on `transport`, inferring through `batcher`, until `shutdown`;
+/// Serves the actor's queue on `transport`, inferring through `batcher` and recording hops
+/// in `store`, until `shutdown`;
 /// then finishes what is in flight (for up to the timeout) and returns what it did.
 ///
 /// Creates the actor's queue and `x-sink`/`x-sump` if missing. Records the usual actor
 /// metrics in `mesh`.
-pub async fn serve<T: Transport + QueueAdmin>(
+pub async fn serve<T: Transport + QueueAdmin, St: IdempotencyStore>(
     transport: T,
+    store: Arc<St>,
     batcher: BatcherHandle,
     settings: &WorkerSettings,
     mesh: &MeshMetrics,
@@ -106,7 +108,7 @@ pub async fn serve<T: Transport + QueueAdmin>(
             actor: actor.clone(),
             retry: settings.retry.clone(),
             timeout: settings.timeout,
-            store: Arc::new(MemoryStore::default()),
+            store,
             metrics: mesh.actor(&settings.actor),
         },
         InferenceHandler::new(settings.codec.clone(), batcher),

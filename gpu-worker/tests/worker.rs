@@ -72,7 +72,8 @@ fn start(pause: Duration, lease: Duration, max_batch_size: usize) -> Running {
         async move {
             let mut registry = prometheus_client::registry::Registry::default();
             let mesh = MeshMetrics::new(&mut registry);
-            serve(transport, batcher, &settings, &mesh, shutdown)
+            let store = Arc::new(troupe::layers::MemoryStore::default());
+            serve(transport, store, batcher, &settings, &mesh, shutdown)
                 .await
                 .expect("worker runs")
         }

@@ -189,6 +189,38 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// `url` split into its userinfo (`user:password` or a token, percent-decoded) and the
+/// same URL without it, for clients that would otherwise log the URL they were given
+/// whole: give them the credentials apart.
+///
+/// ```
+/// use troupe_core::redact::split_userinfo;
+/// assert_eq!(
+///     split_userinfo("nats://app:p%40ss@h:4222"),
+///     (Some(("app".to_owned(), Some("p@ss".to_owned()))), "nats://h:4222".to_owned())
+/// );
+/// assert_eq!(split_userinfo("nats://tok@h"), (Some(("tok".to_owned(), None)), "nats://h".to_owned()));
+/// assert_eq!(split_userinfo("nats://h:4222"), (None, "nats://h:4222".to_owned()));
+/// ```
+pub fn split_userinfo(url: &str) -> (Option<(String, Option<String>)>, String) {
+    let Some(scheme_end) = url.find("://") else {
+        return (None, url.to_owned());
+    };
+    let after = &url[scheme_end + 3..];
+    let authority_len = after.find(['/', '?', '#', ',']).unwrap_or(after.len());
+    let Some(at) = after[..authority_len].rfind('@') else {
+        return (None, url.to_owned());
+    };
+    let decode = |s: &str| percent_decode(s).unwrap_or_else(|| s.to_owned());
+    let userinfo = &after[..at];
+    let credentials = match userinfo.split_once(':') {
+        Some((user, password)) => (decode(user), Some(decode(password))),
+        None => (decode(userinfo), None),
+    };
+    let bare = format!("{}{}", &url[..scheme_end + 3], &after[at + 1..]);
+    (Some(credentials), bare)
+}
+
 /// `text` (a client library's error, say) with every URL in it redacted and every secret of
 /// `url` masked wherever it appears, as written or percent-decoded. Client errors are
 /// scrubbed because they may quote the connection string, or echo the password back.

@@ -146,15 +146,36 @@ fn check_queue(queue: &str) -> Result<(), TransportError> {
 impl NatsTransport {
     /// Connects and makes sure both streams exist.
     pub async fn connect(config: NatsConfig) -> Result<Self, TransportError> {
-        let client = async_nats::connect(&config.url)
-            .await
-            .map_err(|e| TransportError::Disconnected {
-                detail: format!(
-                    "cannot connect to NATS at {}: {}",
-                    Redacted(&config.url),
-                    scrub(&e.to_string(), &config.url)
-                ),
-            })?;
+        // The credentials go apart from the server list: async-nats logs the servers it
+        // dials (at debug level) with whatever userinfo they carry.
+        let mut credentials = None;
+        let servers: Vec<String> = config
+            .url
+            .split(',')
+            .map(|server| {
+                let (userinfo, bare) = troupe_core::redact::split_userinfo(server.trim());
+                credentials = credentials.take().or(userinfo);
+                bare
+            })
+            .collect();
+        let options = match credentials {
+            Some((user, Some(password))) => {
+                async_nats::ConnectOptions::with_user_and_password(user, password)
+            }
+            Some((token, None)) => async_nats::ConnectOptions::with_token(token),
+            None => async_nats::ConnectOptions::new(),
+        };
+        let client =
+            options
+                .connect(servers.join(",").as_str())
+                .await
+                .map_err(|e| TransportError::Disconnected {
+                    detail: format!(
+                        "cannot connect to NATS at {}: {}",
+                        Redacted(&config.url),
+                        scrub(&e.to_string(), &config.url)
+                    ),
+                })?;
         let js = jetstream::new(client);
         let stream = Self::work_queue(&js, &config.stream, &format!("{}.>", config.subject_prefix)).await?;
         let delay_stream = Self::work_queue(

@@ -32,7 +32,8 @@ use troupe::core::{
     ConsumeOptions, QueueAdmin, QueueSetupError, Runner, RunnerConfig, RunnerError, Transport,
     ensure_actor_queues,
 };
-use troupe::layers::{MemoryStore, MeshMetrics, StackConfig, actor_stack};
+use troupe::layers::idempotency::StoreError;
+use troupe::layers::{AnyStore, MeshMetrics, StackConfig, actor_stack};
 
 use self::client::{RuntimeClient, read_body};
 use self::config::{ConfigError, SidecarConfig};
@@ -71,6 +72,9 @@ pub enum SidecarError {
     /// The broker could not be reached.
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// The idempotency store could not be reached.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The actor's queues could not be set up.
     #[error(transparent)]
     Queues(#[from] QueueSetupError),
@@ -111,6 +115,8 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
     .await?;
     tracing::info!(actor = %config.actor, metrics = %bound, transport = %config.args.queue.transport, "sidecar starting");
 
+    // Before the runtime: a wrong store setting fails at once, not after the model loads.
+    let store = config.args.queue.connect_store().await?;
     let client = RuntimeClient::new(config.socket(), config.args.runtime_concurrency);
     tokio::select! {
         ready = wait_for_runtime(&client, config.args.runtime_ready_timeout) => ready?,
@@ -131,6 +137,7 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
         config: &config,
         client,
         health,
+        store,
         mesh,
         sidecar_metrics,
         shutdown: shutdown.clone(),
@@ -244,6 +251,7 @@ struct SidecarJob<'a> {
     config: &'a SidecarConfig,
     client: Arc<RuntimeClient>,
     health: Arc<RuntimeHealth>,
+    store: AnyStore,
     mesh: MeshMetrics,
     sidecar_metrics: SidecarMetrics,
     shutdown: CancellationToken,
@@ -271,7 +279,7 @@ impl WithTransport for SidecarJob<'_> {
                 actor: actor.clone(),
                 retry: config.retry.clone(),
                 timeout: args.timeout,
-                store: Arc::new(MemoryStore::default()),
+                store: Arc::new(self.store),
                 metrics: self.mesh.actor(&config.actor),
             },
             handler,

@@ -1,0 +1,196 @@
+//! Credentials never reach the output of the shipped `troupe` binary: a password planted in
+//! every broker and store URL, through failed connects (nobody listening, credentials
+//! refused) and successful ones, at debug log level, and in `--help` with the URLs in the
+//! environment. Every line of stdout and stderr is searched for it.
+//!
+//! Needs NATS (4222), RabbitMQ (5672) and Redis (6379) on 127.0.0.1: `bash .ci/run` starts
+//! them.
+#![cfg(all(feature = "nats", feature = "amqp"))]
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const PASSWORD: &str = "Pl4nted-S3cret";
+
+/// Runs `troupe args` with `env` at debug log level; returns stdout and stderr together.
+fn run(args: &[&str], env: &[(&str, String)]) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_troupe"));
+    command
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
+    // Bounded: every case here ends by itself (an error, or a refusal) well within this.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn assert_clean(case: &str, output: &str, secret: &str) {
+    for line in output.lines() {
+        assert!(!line.contains(secret), "{case}: the secret shows in: {line}");
+    }
+}
+
+fn ghost() -> String {
+    format!("ghost{}", std::process::id())
+}
+
+#[test]
+fn nats_passwords_stay_out_of_send_and_tail() {
+    let unreachable = format!("nats://troupe:{PASSWORD}@127.0.0.1:1");
+    let reachable = format!("nats://troupe:{PASSWORD}@127.0.0.1:4222");
+    let ghost = ghost();
+    let out = run(
+        &[
+            "send",
+            "--transport",
+            "nats",
+            "--nats-url",
+            &unreachable,
+            "--actor",
+            "a",
+        ],
+        &[],
+    );
+    assert!(out.contains("127.0.0.1:1"), "{out}");
+    assert_clean("send, nothing listening", &out, PASSWORD);
+    // A server without authentication takes any credentials: the connect succeeds, and
+    // the unknown actor is refused.
+    let out = run(
+        &[
+            "send",
+            "--transport",
+            "nats",
+            "--nats-url",
+            &reachable,
+            "--actor",
+            &ghost,
+        ],
+        &[],
+    );
+    assert!(out.contains("does not exist"), "{out}");
+    assert_clean("send, connected", &out, PASSWORD);
+    let out = run(
+        &["tail", "--transport", "nats", "x-sink", "--count", "0"],
+        &[("TROUPE_NATS_URL", unreachable.clone())],
+    );
+    assert_clean("tail, nothing listening", &out, PASSWORD);
+    let out = run(&["send", "--help"], &[("TROUPE_NATS_URL", reachable)]);
+    assert!(out.contains("--nats-url"), "{out}");
+    assert_clean("send --help", &out, PASSWORD);
+}
+
+#[test]
+fn amqp_passwords_stay_out_of_send() {
+    let ghost = ghost();
+    for (case, url) in [
+        (
+            "nothing listening",
+            format!("amqp://guest:{PASSWORD}@127.0.0.1:1/%2f"),
+        ),
+        (
+            "credentials refused",
+            format!("amqp://guest:{PASSWORD}@127.0.0.1:5672/%2f"),
+        ),
+    ] {
+        let out = run(
+            &[
+                "send",
+                "--transport",
+                "amqp",
+                "--amqp-url",
+                &url,
+                "--actor",
+                &ghost,
+            ],
+            &[],
+        );
+        assert!(out.contains("RabbitMQ"), "{case}: {out}");
+        assert_clean(case, &out, PASSWORD);
+    }
+    // Connected with the broker's real account: even its user name is not shown.
+    let url = "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned();
+    let out = run(
+        &[
+            "send",
+            "--transport",
+            "amqp",
+            "--amqp-url",
+            &url,
+            "--actor",
+            &ghost,
+        ],
+        &[],
+    );
+    assert!(out.contains("does not exist"), "{out}");
+    assert_clean("connected", &out, "guest");
+}
+
+#[test]
+fn store_passwords_stay_out_of_the_sidecar() {
+    // This Redis has no password, so one in the URL is refused at AUTH; the port-1 one is
+    // unreachable. Either way the sidecar stops at start with the store's error.
+    for url in [
+        format!("redis://:{PASSWORD}@127.0.0.1:6379"),
+        format!("redis://troupe:{PASSWORD}@127.0.0.1:1"),
+    ] {
+        let out = run(
+            &[
+                "sidecar",
+                "--actor",
+                "a",
+                "--transport",
+                "nats",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--socket-dir",
+                "/nonexistent",
+            ],
+            &[("TROUPE_STORE", url.clone())],
+        );
+        assert!(out.contains("Redis"), "{out}");
+        assert_clean("sidecar --store", &out, PASSWORD);
+    }
+}
+
+#[test]
+fn the_memory_store_on_a_real_broker_is_warned_about_at_start() {
+    let out = run(
+        &[
+            "sidecar",
+            "--actor",
+            "a",
+            "--transport",
+            "nats",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--socket-dir",
+            "/nonexistent",
+            "--runtime-ready-timeout",
+            "1s",
+        ],
+        &[],
+    );
+    assert!(
+        out.contains("effectively-once does not survive a restart"),
+        "{out}"
+    );
+}
