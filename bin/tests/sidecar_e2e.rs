@@ -110,6 +110,8 @@ type Done<'a> = Box<dyn Fn(&[Value]) -> bool + Send + 'a>;
 
 /// What the tests need of a transport, object-safe.
 trait Mesh {
+    /// Creates `queue`, as a deployment does for every declared actor before traffic.
+    fn ensure(&self, queue: String) -> futures_util::future::BoxFuture<'_, ()>;
     fn send(&self, queue: String, env: Envelope) -> futures_util::future::BoxFuture<'_, ()>;
     /// Envelopes arriving at `queue` until `done` says stop or `limit` passes.
     fn collect<'a>(
@@ -121,6 +123,10 @@ trait Mesh {
 }
 
 impl<T: Transport + QueueAdmin> Mesh for T {
+    fn ensure(&self, queue: String) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move { self.ensure_queue(&queue).await.unwrap() })
+    }
+
     fn send(&self, queue: String, env: Envelope) -> futures_util::future::BoxFuture<'_, ()> {
         Box::pin(async move {
             self.ensure_queue(&queue).await.unwrap();
@@ -202,6 +208,12 @@ async fn pipeline(broker: Broker, mesh: Box<dyn Mesh>) {
                 RETRY_RULES,
             ],
         ));
+    }
+    // Every actor's queue exists before traffic, as the autoscaler makes it for each
+    // AsyncActor: otherwise an envelope reaching an actor whose sidecar has not started yet
+    // is, rightly, an UnknownActor in x-sump.
+    for actor in ["double", "model", "split", "audit", "trouble"] {
+        mesh.ensure(naming.queue_for(actor).unwrap()).await;
     }
     let started = Instant::now();
     for n in 0..COUNT {
