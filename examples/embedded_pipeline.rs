@@ -23,6 +23,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let metrics = MeshMetrics::new(&mut registry);
     let store = Arc::new(MemoryStore::default());
     let shutdown = CancellationToken::new();
+    // Each actor's queue (and x-sink, x-sump) exists before traffic, as in a deployment:
+    // the broker refuses a publish to a queue nobody created.
+    for actor in ["upper", "count"] {
+        troupe::core::ensure_actor_queues(&transport, &naming, actor).await?;
+    }
 
     let upper = payload_fn(|p: Value| async move {
         let text = p["text"].as_str().unwrap_or_default().to_uppercase();

@@ -36,6 +36,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut registry = prometheus_client::registry::Registry::default();
     let mesh = MeshMetrics::new(&mut registry);
     let shutdown = CancellationToken::new();
+    // Each actor's queue (and x-sink, x-sump) exists before traffic, as in a deployment:
+    // the broker refuses a publish to a queue nobody created.
+    for actor in ["preprocess", "infer", "postprocess"] {
+        troupe::core::ensure_actor_queues(&transport, &naming, actor).await?;
+    }
 
     // The inference actor: the model on the GPU when libtorch sees one, else the CPU.
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mlp.pt");

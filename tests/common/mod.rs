@@ -188,13 +188,20 @@ impl Mesh {
 }
 
 /// Publishes one envelope per payload, routed through `actors`, to the first actor's queue on
-/// any transport; returns their ids.
-pub async fn send_through<T: Transport>(
+/// any transport; returns their ids. Every actor's queue (and x-sink, x-sump) is created
+/// first, as a deployment does: an envelope reaching an actor whose runner has not started
+/// yet would otherwise go to x-sump as `UnknownActor`.
+pub async fn send_through<T: Transport + troupe::QueueAdmin>(
     transport: &T,
     naming: &QueueNaming,
     actors: &[&str],
     payloads: impl IntoIterator<Item = serde_json::Value>,
 ) -> std::collections::HashSet<String> {
+    for actor in actors {
+        troupe::core::ensure_actor_queues(transport, naming, actor)
+            .await
+            .expect("ensure the actor's queues");
+    }
     let first = naming.queue_for(actors[0]).expect("valid actor name");
     let mut sent = std::collections::HashSet::new();
     for payload in payloads {
