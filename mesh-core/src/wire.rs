@@ -30,6 +30,32 @@ pub const ENCODING: &str = "troupe-encoding";
 /// Suffix of the queue or topic that holds a queue's delayed messages.
 pub const DELAY_SUFFIX: &str = ".troupe-delay";
 
+/// Earlier spellings of the bookkeeping names (NATS and SQS wrote `Troupe-Not-Before`,
+/// `Troupe-Target` and `Troupe-Encoding`; RabbitMQ `x-troupe-redeliveries`). Messages written
+/// before the names were unified can still be waiting in a broker (a delayed retry, a long
+/// SQS delay, a base64 body) when a new release starts, so readers accept both.
+const EARLIER: [(&str, &str); 4] = [
+    (NOT_BEFORE, "Troupe-Not-Before"),
+    (TARGET, "Troupe-Target"),
+    (ENCODING, "Troupe-Encoding"),
+    (REDELIVERIES, "x-troupe-redeliveries"),
+];
+
+/// Every spelling a reader accepts for bookkeeping name `name`: the current one first.
+///
+/// ```
+/// use troupe_core::wire::{NOT_BEFORE, spellings};
+/// assert_eq!(spellings(NOT_BEFORE).collect::<Vec<_>>(), ["troupe-not-before", "Troupe-Not-Before"]);
+/// ```
+pub fn spellings(name: &'static str) -> impl Iterator<Item = &'static str> {
+    std::iter::once(name).chain(
+        EARLIER
+            .iter()
+            .filter(move |(current, _)| *current == name)
+            .map(|(_, earlier)| *earlier),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,7 +47,7 @@ use troupe_core::{
 };
 
 use troupe_core::redact::{Redacted, scrub};
-use troupe_core::wire::{NOT_BEFORE, TARGET};
+use troupe_core::wire::{NOT_BEFORE, TARGET, spellings};
 
 /// Where and how to reach JetStream. Its `Debug` shows the URL redacted.
 #[derive(Clone, PartialEq, Eq)]
@@ -422,11 +422,11 @@ async fn forward_when_due(
             None => return,
         };
         let headers = message.headers.clone().unwrap_or_default();
-        let due = headers
-            .get(NOT_BEFORE)
-            .and_then(|v| v.as_str().parse::<u64>().ok())
+        let header = |name| spellings(name).find_map(|n| headers.get(n)).map(|v| v.as_str());
+        let due = header(NOT_BEFORE)
+            .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
-        let target = match targets.valid(headers.get(TARGET).map(|v| v.as_str())) {
+        let target = match targets.valid(header(TARGET)) {
             Ok(target) => target.to_owned(),
             Err(why) => {
                 set_aside(js, message, targets, &why).await;
@@ -444,7 +444,7 @@ async fn forward_when_due(
         let mut out = HeaderMap::new();
         for (name, values) in headers.iter() {
             let name: &str = name.as_ref();
-            if name == NOT_BEFORE || name == TARGET {
+            if spellings(NOT_BEFORE).chain(spellings(TARGET)).any(|n| n == name) {
                 continue;
             }
             for value in values {

@@ -114,3 +114,72 @@ async fn max_deliveries_go_to_the_dead_letter_queue() {
     d.ack().await.unwrap();
     assert_eq!(t.depth(&queue).await.unwrap().total(), 0, "gone from its queue");
 }
+
+/// The delay forwarder, fed raw messages on the delay stream: one written by an earlier
+/// release (headers `Troupe-Not-Before`, `Troupe-Target`) still reaches its queue; one whose
+/// target lies outside the mesh's subjects goes to the dead-letter queue as a sump envelope
+/// instead of being forwarded (or, before, dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delay_forwarder_reads_earlier_headers_and_sets_foreign_targets_aside() {
+    use std::time::Duration;
+    use troupe_core::{ConsumeOptions, Consumer, Delivery, Envelope, QueueAdmin, Reason, Transport};
+
+    let url = std::env::var("TROUPE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let pid = std::process::id();
+    let (queue, dlq) = (format!("conf-nats-fwd-{pid}"), format!("conf-nats-fwd-dlq-{pid}"));
+    let t = troupe_transports::NatsTransport::connect(troupe_transports::NatsConfig {
+        url: url.clone(),
+        stream: "TROUPE_CONFORMANCE".to_owned(),
+        subject_prefix: "troupe-conformance".to_owned(),
+        consumer_inactive_threshold: Some(Duration::from_secs(300)),
+        dead_letter_queue: Some(dlq.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    t.ensure_queue(&queue).await.unwrap();
+    t.ensure_queue(&dlq).await.unwrap();
+    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+    let due = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    for (target, body) in [
+        (format!("troupe-conformance.{queue}"), "earlier release"),
+        ("elsewhere.secrets".to_owned(), "foreign target"),
+    ] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Troupe-Not-Before", due.as_str());
+        headers.insert("Troupe-Target", target.as_str());
+        js.publish_with_headers(format!("troupe-conformance-delay.{queue}"), headers, body.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let next = |q: String| {
+        let t = t.clone();
+        async move {
+            let mut c = t.consume(&q, ConsumeOptions::default()).await.unwrap();
+            let d = tokio::time::timeout(Duration::from_secs(30), c.next())
+                .await
+                .unwrap_or_else(|_| panic!("nothing reached {q}"))
+                .unwrap()
+                .unwrap();
+            let body = d.body().clone();
+            d.ack().await.unwrap();
+            body
+        }
+    };
+    assert_eq!(&next(queue.clone()).await[..], b"earlier release");
+    let sumped = Envelope::from_slice(&next(dlq.clone()).await, &Default::default()).unwrap();
+    let status = sumped.status.as_ref().unwrap();
+    assert_eq!(status.reason, Some(Reason::InvalidRoute));
+    let message = &status.error.as_ref().unwrap().message;
+    assert!(message.contains("elsewhere.secrets"), "{message}");
+    assert_eq!(
+        troupe_core::sump::original_bytes(&sumped).as_deref(),
+        Some(&b"foreign target"[..])
+    );
+}

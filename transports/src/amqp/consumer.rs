@@ -156,7 +156,10 @@ pub(super) fn redeliveries(headers: Option<&FieldTable>) -> u32 {
             .and_then(|(_, v)| integer(v))
             .unwrap_or(0)
     };
-    u32::try_from(count("x-delivery-count").saturating_add(count(REDELIVERIES))).unwrap_or(u32::MAX)
+    let ours = troupe_core::wire::spellings(REDELIVERIES)
+        .map(count)
+        .fold(0u64, u64::saturating_add);
+    u32::try_from(count("x-delivery-count").saturating_add(ours)).unwrap_or(u32::MAX)
 }
 
 impl Consumer for AmqpConsumer {

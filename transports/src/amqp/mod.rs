@@ -480,4 +480,13 @@ mod tests {
         headers.insert(REDELIVERIES.into(), AMQPValue::LongUInt(3));
         assert_eq!(consumer::redeliveries(Some(&headers)), 5);
     }
+
+    #[test]
+    fn a_copy_parked_by_an_earlier_release_keeps_its_count() {
+        // Before the wire names were unified the count travelled as x-troupe-redeliveries.
+        let mut headers = FieldTable::default();
+        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(1));
+        headers.insert("x-troupe-redeliveries".into(), AMQPValue::LongUInt(4));
+        assert_eq!(consumer::redeliveries(Some(&headers)), 5);
+    }
 }

@@ -20,6 +20,8 @@ use tokio::time::Instant;
 use troupe_core::{Consumer, Delivery, TransportError};
 
 use super::batch::MAX_ENTRIES;
+use troupe_core::wire::spellings;
+
 use super::{ENCODING, Failure, NOT_BEFORE, Outgoing, QueueHandle, ceil_secs, decode_body, now_millis};
 
 /// SQS's longest visibility timeout (12 hours).
@@ -296,6 +298,7 @@ fn accept(
             .and_then(|a| a.get(name))
             .and_then(|v| v.string_value())
     };
+    let attribute = |name| spellings(name).find_map(attribute);
     let encoding = attribute(ENCODING).map(str::to_owned);
     let not_before = attribute(NOT_BEFORE).and_then(|v| v.parse::<u64>().ok());
     let body = message.body.unwrap_or_default();
