@@ -474,12 +474,13 @@ fn prepare_publication(
     naming: &QueueNaming,
     actor: &str,
     p: &Publication,
+    dedup: bool,
 ) -> (String, Bytes, PublishOptions) {
     // The hop key the destination's idempotency layer will use: a broker that deduplicates
     // drops exactly the duplicates that layer would otherwise absorb.
     let options = PublishOptions {
         delay: p.delay,
-        dedup_id: Some(p.envelope.hop_key(&p.actor)),
+        dedup_id: dedup.then(|| p.envelope.hop_key(&p.actor)),
     };
     match naming.queue_for(&p.actor) {
         Ok(queue) => (queue, Bytes::from(p.envelope.to_vec()), options),
@@ -518,7 +519,8 @@ fn undeliverable(envelope: &Envelope, actor: &str, reason: Reason, message: Stri
 /// broker confirmed it. For handlers that publish their own outputs as they produce them
 /// (see [`Outcome::Published`](crate::Outcome::Published)).
 ///
-/// - The queue comes from `naming`; the broker-side dedup id is the destination's hop key.
+/// - The queue comes from `naming`; for a transport that deduplicates
+///   ([`Transport::DEDUPLICATES`]), the dedup id is the destination's hop key.
 /// - A destination that cannot be a queue (an illegal name) goes to `x-sump` as
 ///   `InvalidRoute`.
 /// - A destination whose queue does not exist on the broker goes to `x-sump` as
@@ -532,7 +534,7 @@ pub async fn publish_one<T: Transport>(
     actor: &str,
     publication: &Publication,
 ) -> Result<(), TransportError> {
-    let (queue, body, options) = prepare_publication(naming, actor, publication);
+    let (queue, body, options) = prepare_publication(naming, actor, publication, T::DEDUPLICATES);
     match transport.publish(&queue, body, options).await {
         Err(TransportError::NoSuchQueue { queue: missing })
             if missing == queue && publication.actor != SUMP =>

@@ -155,6 +155,11 @@ pub trait Transport: Clone + Send + Sync + 'static {
     /// The consumer type.
     type Consumer: Consumer;
 
+    /// Whether `publish` uses [`PublishOptions::dedup_id`]. The runner fills it (with the
+    /// destination's hop key, which digests the payload) only for transports that do, so
+    /// the others pay nothing for it.
+    const DEDUPLICATES: bool = false;
+
     /// Publishes `body` to `queue`; resolves once the broker has accepted it.
     fn publish(
         &self,

@@ -510,6 +510,8 @@ async fn set_aside(js: &jetstream::Context, message: jetstream::Message, targets
 impl Transport for NatsTransport {
     type Consumer = NatsConsumer;
 
+    const DEDUPLICATES: bool = true;
+
     async fn publish(&self, queue: &str, body: Bytes, options: PublishOptions) -> Result<(), TransportError> {
         check_queue(queue)?;
         self.require_queue(queue).await?;
