@@ -22,8 +22,8 @@
 //! assert!(!scrub(error, url).contains("s3cr"));
 //! ```
 
-use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 /// What a secret is replaced with.
 pub const MASK: &str = "***";
@@ -63,96 +63,83 @@ pub fn is_secret_key(key: &str) -> bool {
 /// assert_eq!(redact_url("host=db user=app password=pw"), "host=db user=app password=***");
 /// ```
 pub fn redact_url(raw: &str) -> String {
+    let mut spans: Vec<Range<usize>> = userinfos(raw).chain(secret_values(raw)).collect();
+    if spans.is_empty() {
+        return raw.to_owned();
+    }
+    spans.sort_by_key(|span| span.start);
     let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(scheme_end) = rest.find("://") {
-        let authority_start = scheme_end + 3;
-        out.push_str(&rest[..authority_start]);
-        let after = &rest[authority_start..];
-        let authority_len = after
-            .find(['/', '?', '#', ',', ' ', '\t', '\n'])
-            .unwrap_or(after.len());
-        let authority = &after[..authority_len];
-        match authority.rfind('@') {
-            Some(at) => {
-                out.push_str(MASK);
-                out.push_str(&authority[at..]);
-            }
-            None => out.push_str(authority),
-        }
-        rest = &after[authority_len..];
-        // The path and query up to the next URL of a list are scanned for parameters below.
-        let next = rest.find("://").map_or(rest.len(), |i| {
-            rest[..i].rfind([',', ' ']).map_or(i, |sep| sep + 1)
-        });
-        if next == 0 {
+    let mut shown = 0;
+    for span in spans {
+        // Spans may overlap (a `password=` inside a userinfo): mask their union once.
+        if span.end <= shown {
             continue;
         }
-        out.push_str(&mask_parameters(&rest[..next]));
-        rest = &rest[next..];
+        if span.start >= shown {
+            out.push_str(&raw[shown..span.start]);
+            out.push_str(MASK);
+        }
+        shown = span.end;
     }
-    out.push_str(&mask_parameters(rest));
+    out.push_str(&raw[shown..]);
     out
 }
 
-/// `text` with the value of every `key=value` whose key [`is_secret_key`] replaced by `***`.
-/// Values end at `&`, `;`, white space or the end.
-fn mask_parameters(text: &str) -> Cow<'_, str> {
-    if !text.contains('=') {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(eq) = rest.find('=') {
-        let key_start = rest[..eq]
-            .rfind(['?', '&', ';', ' ', '\t', '\n', ','])
-            .map_or(0, |i| i + 1);
-        let value_len = rest[eq + 1..]
-            .find(['&', ';', ' ', '\t', '\n'])
-            .unwrap_or(rest.len() - eq - 1);
-        out.push_str(&rest[..=eq]);
-        let value = &rest[eq + 1..eq + 1 + value_len];
-        if is_secret_key(&rest[key_start..eq]) && !value.is_empty() {
-            out.push_str(MASK);
-        } else {
-            out.push_str(value);
+/// Where a URL's authority (`userinfo@host:port`) ends.
+const AUTHORITY_END: [char; 7] = ['/', '?', '#', ',', ' ', '\t', '\n'];
+/// What comes before a parameter's name.
+const KEY_START: [char; 7] = ['?', '&', ';', ',', ' ', '\t', '\n'];
+/// Where a parameter's value ends. Not `,`: a value cut short would show its rest.
+const VALUE_END: [char; 5] = ['&', ';', ' ', '\t', '\n'];
+
+/// The byte range of every URL userinfo in `text` (before its `@`).
+fn userinfos(text: &str) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        loop {
+            let start = from + text[from..].find("://")? + 3;
+            let end = text[start..]
+                .find(AUTHORITY_END)
+                .map_or(text.len(), |n| start + n);
+            from = end;
+            if let Some(at) = text[start..end].rfind('@') {
+                return Some(start..start + at);
+            }
         }
-        rest = &rest[eq + 1 + value_len..];
-    }
-    out.push_str(rest);
-    Cow::Owned(out)
+    })
 }
 
-/// The secrets in `raw`: each userinfo's password (or the whole userinfo where it is a
-/// token, with no `:`) and each secret parameter's value, as written and percent-decoded.
+/// The byte range of the value of every `key=value` in `text` whose key
+/// [`is_secret_key`].
+fn secret_values(text: &str) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        loop {
+            let eq = from + text[from..].find('=')?;
+            let key_start = text[from..eq].rfind(KEY_START).map_or(from, |n| from + n + 1);
+            let value_end = text[eq + 1..].find(VALUE_END).map_or(text.len(), |n| eq + 1 + n);
+            from = value_end.max(eq + 1);
+            if value_end > eq + 1 && is_secret_key(&text[key_start..eq]) {
+                return Some(eq + 1..value_end);
+            }
+        }
+    })
+}
+
+/// The password of a userinfo, or the whole of it where it is a token (no `:`).
+fn userinfo_secret(userinfo: &str) -> &str {
+    userinfo
+        .split_once(':')
+        .map_or(userinfo, |(_, password)| password)
+}
+
+/// The secrets in `raw`: each userinfo's password (or token) and each secret parameter's
+/// value, as written and percent-decoded.
 fn secrets(raw: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut rest = raw;
-    while let Some(scheme_end) = rest.find("://") {
-        let after = &rest[scheme_end + 3..];
-        let authority_len = after.find(['/', '?', '#', ',', ' ']).unwrap_or(after.len());
-        if let Some(at) = after[..authority_len].rfind('@') {
-            let userinfo = &after[..at];
-            let secret = userinfo
-                .split_once(':')
-                .map_or(userinfo, |(_, password)| password);
-            found.push(secret.to_owned());
-        }
-        rest = &after[authority_len..];
-    }
-    let mut rest = raw;
-    while let Some(eq) = rest.find('=') {
-        let key_start = rest[..eq]
-            .rfind(['?', '&', ';', ' ', '\t', '\n', ','])
-            .map_or(0, |i| i + 1);
-        let value_len = rest[eq + 1..]
-            .find(['&', ';', ' ', '\t', '\n', ','])
-            .unwrap_or(rest.len() - eq - 1);
-        if is_secret_key(&rest[key_start..eq]) {
-            found.push(rest[eq + 1..eq + 1 + value_len].to_owned());
-        }
-        rest = &rest[eq + 1 + value_len..];
-    }
+    let mut found: Vec<String> = userinfos(raw)
+        .map(|span| userinfo_secret(&raw[span]).to_owned())
+        .chain(secret_values(raw).map(|span| raw[span].to_owned()))
+        .collect();
     let decoded: Vec<String> = found.iter().filter_map(|s| percent_decode(s)).collect();
     found.extend(decoded);
     found.retain(|s| !s.is_empty());
@@ -203,21 +190,17 @@ fn percent_decode(s: &str) -> Option<String> {
 /// assert_eq!(split_userinfo("nats://h:4222"), (None, "nats://h:4222".to_owned()));
 /// ```
 pub fn split_userinfo(url: &str) -> (Option<(String, Option<String>)>, String) {
-    let Some(scheme_end) = url.find("://") else {
-        return (None, url.to_owned());
-    };
-    let after = &url[scheme_end + 3..];
-    let authority_len = after.find(['/', '?', '#', ',']).unwrap_or(after.len());
-    let Some(at) = after[..authority_len].rfind('@') else {
+    let Some(span) = userinfos(url).next() else {
         return (None, url.to_owned());
     };
     let decode = |s: &str| percent_decode(s).unwrap_or_else(|| s.to_owned());
-    let userinfo = &after[..at];
+    let userinfo = &url[span.clone()];
     let credentials = match userinfo.split_once(':') {
         Some((user, password)) => (decode(user), Some(decode(password))),
         None => (decode(userinfo), None),
     };
-    let bare = format!("{}{}", &url[..scheme_end + 3], &after[at + 1..]);
+    // Without the userinfo and its `@`.
+    let bare = format!("{}{}", &url[..span.start], &url[span.end + 1..]);
     (Some(credentials), bare)
 }
 
