@@ -406,7 +406,7 @@ pub struct QueueArgs {
     pub sqs_region: String,
     /// Where hop records are kept for effectively-once processing: `memory` (this process
     /// only: lost on restart, not shared by replicas) or
-    /// `redis://[user:password@]host[:port][/db]` (`rediss://` for TLS), shared and durable.
+    /// `redis://[user:password@]host[:port][/db]`, shared and durable (no TLS yet).
     #[arg(long, env = "TROUPE_STORE", default_value = "memory", hide_env_values = true)]
     pub store: troupe_layers::StoreUrl,
     /// Prefix of the store's keys, so several meshes can share one server.

@@ -63,8 +63,10 @@ const AUTOSCALER_RULES: [(&str, &str, &str); 10] = [
     ("events.k8s.io", "events", "patch"),
 ];
 
-/// Broker connection settings: never written inline in a manifest, whatever their value.
-const BROKER_SETTINGS: [&str; 15] = [
+/// Broker and store connection settings: never written inline in a manifest, whatever
+/// their value.
+const BROKER_SETTINGS: [&str; 16] = [
+    "TROUPE_STORE",
     "TROUPE_NATS_URL",
     "TROUPE_AMQP_URL",
     "TROUPE_AMQP_MANAGEMENT_URL",
@@ -82,7 +84,8 @@ const BROKER_SETTINGS: [&str; 15] = [
     "AWS_SESSION_TOKEN",
 ];
 /// The same settings as command-line flags.
-const BROKER_FLAGS: [&str; 10] = [
+const BROKER_FLAGS: [&str; 11] = [
+    "--store",
     "--nats-url",
     "--amqp-url",
     "--amqp-management-url",
@@ -173,6 +176,21 @@ impl Render {
         self.objects
             .iter()
             .filter_map(|o| pod_spec(o).map(|pod| (o, pod)))
+    }
+
+    /// Every container of every workload, with who it is for messages.
+    fn containers(&self) -> impl Iterator<Item = (String, &Value)> {
+        self.workloads().flat_map(move |(workload, pod)| {
+            containers(pod).map(move |container| {
+                let who = format!(
+                    "[{}] {} container {:?}",
+                    self.name,
+                    describe(workload),
+                    name_of_container(container)
+                );
+                (who, container)
+            })
+        })
     }
 }
 
@@ -1087,39 +1105,31 @@ fn credentials_stay_in_secrets_created_out_of_band() -> TestResult {
                 }
             }
         }
-        for (workload, pod) in render.workloads() {
-            for container in containers(pod) {
-                let who = format!(
-                    "[{}] {} container {:?}",
-                    render.name,
-                    describe(workload),
-                    name_of_container(container)
-                );
-                for entry in items(container, "/env") {
-                    let name = text(entry, "/name").unwrap_or("");
-                    let Some(value) = text(entry, "/value") else {
-                        continue;
-                    };
-                    if BROKER_SETTINGS.contains(&name) {
-                        problems.push(format!(
-                            "{who}: {name} is written inline; broker settings come from the Secret \
+        for (who, container) in render.containers() {
+            for entry in items(container, "/env") {
+                let name = text(entry, "/name").unwrap_or("");
+                let Some(value) = text(entry, "/value") else {
+                    continue;
+                };
+                if BROKER_SETTINGS.contains(&name) {
+                    problems.push(format!(
+                        "{who}: {name} is written inline; broker settings come from the Secret \
                              (envFrom or secretKeyRef)"
-                        ));
-                    } else if let Some(why) = credential_in(name, value) {
-                        problems.push(format!("{who}: env {name} is inline and {why}"));
-                    }
+                    ));
+                } else if let Some(why) = credential_in(name, value) {
+                    problems.push(format!("{who}: env {name} is inline and {why}"));
                 }
-                for word in command_line(container) {
-                    if BROKER_FLAGS
-                        .iter()
-                        .any(|flag| word == *flag || word.starts_with(&format!("{flag}=")))
-                    {
-                        problems.push(format!(
-                            "{who}: argument {word:?} sets a broker setting inline; use the Secret"
-                        ));
-                    } else if has_userinfo_url(word) {
-                        problems.push(format!("{who}: an argument holds a URL with user:password@"));
-                    }
+            }
+            for word in command_line(container) {
+                if BROKER_FLAGS
+                    .iter()
+                    .any(|flag| word == *flag || word.starts_with(&format!("{flag}=")))
+                {
+                    problems.push(format!(
+                        "{who}: argument {word:?} sets a broker setting inline; use the Secret"
+                    ));
+                } else if has_userinfo_url(word) {
+                    problems.push(format!("{who}: an argument holds a URL with user:password@"));
                 }
             }
         }
@@ -1649,39 +1659,31 @@ fn quantity(value: &Value) -> Result<f64, String> {
 fn containers_request_and_limit_cpu_and_memory() -> TestResult {
     let mut problems = Vec::new();
     for render in renders()? {
-        for (workload, pod) in render.workloads() {
-            for container in containers(pod) {
-                let who = format!(
-                    "[{}] {} container {:?}",
-                    render.name,
-                    describe(workload),
-                    name_of_container(container)
-                );
-                for resource in ["cpu", "memory"] {
-                    // By `get`: extended resources (nvidia.com/gpu) hold a `/`.
-                    let amount = |side: &str| {
-                        container
-                            .pointer(&format!("/resources/{side}"))
-                            .and_then(|r| r.get(resource))
-                    };
-                    let (Some(request), Some(limit)) = (amount("requests"), amount("limits")) else {
-                        for side in ["requests", "limits"] {
-                            if amount(side).is_none() {
-                                problems.push(format!("{who}: resources.{side}.{resource} is not set"));
-                            }
+        for (who, container) in render.containers() {
+            for resource in ["cpu", "memory"] {
+                // By `get`: extended resources (nvidia.com/gpu) hold a `/`.
+                let amount = |side: &str| {
+                    container
+                        .pointer(&format!("/resources/{side}"))
+                        .and_then(|r| r.get(resource))
+                };
+                let (Some(request), Some(limit)) = (amount("requests"), amount("limits")) else {
+                    for side in ["requests", "limits"] {
+                        if amount(side).is_none() {
+                            problems.push(format!("{who}: resources.{side}.{resource} is not set"));
                         }
-                        continue;
-                    };
-                    match (quantity(request), quantity(limit)) {
-                        (Ok(request), Ok(limit)) if request <= 0.0 || request > limit => {
-                            problems.push(format!(
-                                "{who}: {resource} request {request} should be above 0 and at most \
-                                 the limit {limit}"
-                            ));
-                        }
-                        (Ok(_), Ok(_)) => {}
-                        (Err(e), _) | (_, Err(e)) => problems.push(format!("{who}: {resource}: {e}")),
                     }
+                    continue;
+                };
+                match (quantity(request), quantity(limit)) {
+                    (Ok(request), Ok(limit)) if request <= 0.0 || request > limit => {
+                        problems.push(format!(
+                            "{who}: {resource} request {request} should be above 0 and at most \
+                                 the limit {limit}"
+                        ));
+                    }
+                    (Ok(_), Ok(_)) => {}
+                    (Err(e), _) | (_, Err(e)) => problems.push(format!("{who}: {resource}: {e}")),
                 }
             }
         }

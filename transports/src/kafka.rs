@@ -302,12 +302,13 @@ impl KafkaTransport {
         if let Err(e) = reached {
             return Err(TransportError::Disconnected {
                 detail: format!(
-                    "cannot reach Kafka at {} within {timeout:?}: {e}; is the broker running and the address right?",
-                    config.bootstrap_servers
+                    "cannot reach Kafka at {} within {timeout:?}: {}; is the broker running and the address right?",
+                    troupe_core::redact::Redacted(&config.bootstrap_servers),
+                    troupe_core::redact::scrub(&e.to_string(), &config.bootstrap_servers)
                 ),
             });
         }
-        tracing::info!(bootstrap = %config.bootstrap_servers, "connected to Kafka");
+        tracing::info!(bootstrap = %troupe_core::redact::Redacted(&config.bootstrap_servers), "connected to Kafka");
         Ok(Self {
             inner: Arc::new(Inner {
                 publisher: Publisher {

@@ -18,8 +18,9 @@ use super::store::{Claim, IdempotencyStore, StoreError};
 ///
 /// - `memory`: in the process. Effectively-once holds only while the process lives and only
 ///   within it: a restarted or second replica processes a redelivered hop again.
-/// - `redis://[user:password@]host[:port][/db]` (or `rediss://` for TLS): shared by every
-///   replica and kept across restarts (feature `redis`).
+/// - `redis://[user:password@]host[:port][/db]`: shared by every replica and kept across
+///   restarts (feature `redis`). `rediss://` (TLS) is refused: the Redis client is built
+///   without TLS.
 ///
 /// Its `Display` and `Debug` show URLs redacted.
 ///
@@ -41,12 +42,12 @@ pub enum StoreUrl {
 
 /// A `--store` value that names no store this build knows.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "unknown store {shown:?}: expected `memory` or `redis://[user:password@]host[:port][/db]` (`rediss://` for TLS)"
-)]
+#[error("unknown store {shown:?}: expected `memory` or `redis://[user:password@]host[:port][/db]`{why}")]
 pub struct UnknownStore {
     /// The value, redacted.
     shown: String,
+    /// What else to say about it.
+    why: &'static str,
 }
 
 impl FromStr for StoreUrl {
@@ -59,9 +60,14 @@ impl FromStr for StoreUrl {
         }
         let scheme = s.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
         match scheme.as_deref() {
-            Some("redis" | "rediss" | "redis+unix" | "unix") => Ok(StoreUrl::Redis(s.to_owned())),
+            Some("redis" | "redis+unix" | "unix") => Ok(StoreUrl::Redis(s.to_owned())),
+            Some("rediss") => Err(UnknownStore {
+                shown: Redacted(s).to_string(),
+                why: "; this build has no TLS for Redis (rediss://)",
+            }),
             _ => Err(UnknownStore {
                 shown: Redacted(s).to_string(),
+                why: "",
             }),
         }
     }
@@ -181,12 +187,17 @@ mod tests {
     fn parses_what_the_flag_takes() {
         assert_eq!("memory".parse::<StoreUrl>().ok(), Some(StoreUrl::Memory));
         assert_eq!("MEMORY".parse::<StoreUrl>().ok(), Some(StoreUrl::Memory));
-        for url in ["redis://127.0.0.1:6379", "rediss://u:p@h:6380/2"] {
+        for url in ["redis://127.0.0.1:6379", "redis://u:p@h:6380/2"] {
             assert_eq!(
                 url.parse::<StoreUrl>().ok(),
                 Some(StoreUrl::Redis(url.to_owned()))
             );
         }
+        let tls = "rediss://u:hunter2@h:6380"
+            .parse::<StoreUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(tls.contains("no TLS") && !tls.contains("hunter2"), "{tls}");
         let refused = "postgres://app:hunter2@db/troupe"
             .parse::<StoreUrl>()
             .unwrap_err();
