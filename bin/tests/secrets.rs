@@ -98,6 +98,32 @@ fn nats_passwords_stay_out_of_send_and_tail() {
     assert_clean("send --help", &out, PASSWORD);
 }
 
+/// `troupe send` to `actor` over RabbitMQ at `url`.
+fn send_over_amqp(url: &str, actor: &str) -> String {
+    run(
+        &["send", "--transport", "amqp", "--amqp-url", url, "--actor", actor],
+        &[],
+    )
+}
+
+/// `troupe sidecar` for actor `a` over NATS with `extra` flags and `env`; the runtime it
+/// waits for never comes.
+fn sidecar(extra: &[&str], env: &[(&str, String)]) -> String {
+    let mut args = vec![
+        "sidecar",
+        "--actor",
+        "a",
+        "--transport",
+        "nats",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--socket-dir",
+        "/nonexistent",
+    ];
+    args.extend_from_slice(extra);
+    run(&args, env)
+}
+
 #[test]
 fn amqp_passwords_stay_out_of_send() {
     let ghost = ghost();
@@ -111,35 +137,12 @@ fn amqp_passwords_stay_out_of_send() {
             format!("amqp://guest:{PASSWORD}@127.0.0.1:5672/%2f"),
         ),
     ] {
-        let out = run(
-            &[
-                "send",
-                "--transport",
-                "amqp",
-                "--amqp-url",
-                &url,
-                "--actor",
-                &ghost,
-            ],
-            &[],
-        );
+        let out = send_over_amqp(&url, &ghost);
         assert!(out.contains("RabbitMQ"), "{case}: {out}");
         assert_clean(case, &out, PASSWORD);
     }
     // Connected with the broker's real account: even its user name is not shown.
-    let url = "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned();
-    let out = run(
-        &[
-            "send",
-            "--transport",
-            "amqp",
-            "--amqp-url",
-            &url,
-            "--actor",
-            &ghost,
-        ],
-        &[],
-    );
+    let out = send_over_amqp("amqp://guest:guest@127.0.0.1:5672/%2f", &ghost);
     assert!(out.contains("does not exist"), "{out}");
     assert_clean("connected", &out, "guest");
 }
@@ -152,20 +155,7 @@ fn store_passwords_stay_out_of_the_sidecar() {
         format!("redis://:{PASSWORD}@127.0.0.1:6379"),
         format!("redis://troupe:{PASSWORD}@127.0.0.1:1"),
     ] {
-        let out = run(
-            &[
-                "sidecar",
-                "--actor",
-                "a",
-                "--transport",
-                "nats",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--socket-dir",
-                "/nonexistent",
-            ],
-            &[("TROUPE_STORE", url.clone())],
-        );
+        let out = sidecar(&[], &[("TROUPE_STORE", url.clone())]);
         assert!(out.contains("Redis"), "{out}");
         assert_clean("sidecar --store", &out, PASSWORD);
     }
@@ -173,22 +163,7 @@ fn store_passwords_stay_out_of_the_sidecar() {
 
 #[test]
 fn the_memory_store_on_a_real_broker_is_warned_about_at_start() {
-    let out = run(
-        &[
-            "sidecar",
-            "--actor",
-            "a",
-            "--transport",
-            "nats",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--socket-dir",
-            "/nonexistent",
-            "--runtime-ready-timeout",
-            "1s",
-        ],
-        &[],
-    );
+    let out = sidecar(&["--runtime-ready-timeout", "1s"], &[]);
     assert!(
         out.contains("effectively-once does not survive a restart"),
         "{out}"
