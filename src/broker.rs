@@ -34,6 +34,8 @@ use troupe_core::redact::Redacted;
 use troupe_core::{QueueAdmin, Transport, TransportError};
 use troupe_transports::MemoryTransport;
 
+pub use crate::any_transport::{AnyConsumer, AnyDelivery, AnyTransport};
+
 /// The brokers Troupe speaks; each but `Memory` needs its Cargo feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Broker {
@@ -243,6 +245,42 @@ impl BrokerConfig {
             Broker::Kafka => format!("Kafka at {}", Redacted(&self.kafka.bootstrap_servers)),
             #[allow(unreachable_patterns)]
             other => other.to_string(),
+        }
+    }
+
+    /// Connects to `broker`.
+    pub async fn connect_any(&self, broker: Broker) -> Result<AnyTransport, ConnectError> {
+        let connect_error = |source| ConnectError::Connect { broker, source };
+        match broker {
+            Broker::Memory => Ok(MemoryTransport::new(self.memory).into()),
+            #[cfg(feature = "nats")]
+            Broker::Nats => troupe_transports::NatsTransport::connect(self.nats.clone())
+                .await
+                .map(Into::into)
+                .map_err(connect_error),
+            #[cfg(feature = "amqp")]
+            Broker::Amqp => troupe_transports::AmqpTransport::connect(self.amqp.clone())
+                .await
+                .map(Into::into)
+                .map_err(connect_error),
+            #[cfg(feature = "sqs")]
+            Broker::Sqs => troupe_transports::SqsTransport::connect(self.sqs.clone())
+                .await
+                .map(Into::into)
+                .map_err(connect_error),
+            #[cfg(feature = "kafka")]
+            Broker::Kafka => troupe_transports::KafkaTransport::connect(self.kafka.clone())
+                .await
+                .map(Into::into)
+                .map_err(connect_error),
+            #[allow(unreachable_patterns)]
+            other => {
+                let _ = connect_error;
+                Err(ConnectError::NotCompiledIn {
+                    broker: other,
+                    feature: other.feature().unwrap_or("none"),
+                })
+            }
         }
     }
 

@@ -33,7 +33,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod any_transport;
 pub mod broker;
+#[cfg(all(feature = "cli", feature = "http"))]
+pub mod host;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "cli")]

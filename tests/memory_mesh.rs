@@ -613,3 +613,104 @@ impl Mesh {
         self.spawn_stack(cfg, stack);
     }
 }
+
+/// A dependency that is down (here the handler's runtime, reported as unavailable) spends
+/// neither the envelope's retry attempts nor its redeliveries: with one attempt and one
+/// redelivery allowed, an outage of many calls still ends in x-sink, on attempt 1, with
+/// nothing nacked; readiness (the runner's availability) is false meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_outage_holds_deliveries_without_spending_their_budget() {
+    let mesh = Mesh::new();
+    for actor in ["held", SINK, troupe::SUMP] {
+        mesh.ensure(actor);
+    }
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let calls = Arc::new(AtomicU32::new(0));
+    let handler = handler_fn({
+        let (down, calls) = (down.clone(), calls.clone());
+        move |e: Envelope| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let down = down.load(Ordering::SeqCst);
+            async move {
+                if down {
+                    Err(HandlerError::unavailable(
+                        "RuntimeUnavailable",
+                        "connection refused",
+                    ))
+                } else {
+                    Ok(Outcome::forward(e))
+                }
+            }
+        }
+    });
+    let mut cfg = mesh.runner_config("held");
+    cfg.max_redeliveries = Some(1);
+    cfg.redelivery_delay = Duration::from_millis(10);
+    let stack = troupe::layers::actor_stack(
+        troupe::layers::StackConfig {
+            actor: "held".into(),
+            retry: quick_retries(1),
+            timeout: Duration::from_secs(5),
+            store: mesh.store.clone(),
+            metrics: mesh.metrics.actor("held"),
+        },
+        handler,
+    );
+    let runner = troupe::Runner::new(mesh.transport.clone(), stack, cfg);
+    let availability = runner.availability();
+    let token = troupe::CancellationToken::new();
+    let run = tokio::spawn(runner.run(token.clone()));
+
+    let envs: Vec<Envelope> = (0..3)
+        .map(|i| Envelope::new(Route::through(["held"]), json!(i)))
+        .collect();
+    for env in &envs {
+        mesh.send(env).await;
+    }
+    // Held through many failed calls, each backing off (10 ms doubling to 160 ms).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while calls.load(Ordering::SeqCst) < 20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the held deliveries are called again");
+    assert!(
+        !availability.is_available(),
+        "not ready while the dependency is down"
+    );
+    // Held in flight (or, once the outage was seen, not taken at all): none was returned
+    // to the queue with a delay, as a nack would.
+    let depth = mesh.transport.depth(&mesh.queue("held")).await.unwrap();
+    assert_eq!(depth.delayed, 0, "{depth:?}");
+    assert_eq!(depth.total(), 3, "{depth:?}");
+
+    down.store(false, Ordering::SeqCst);
+    let out = mesh.collect(SINK, 3).await;
+    let mut ids: Vec<_> = out.iter().map(|e| e.id.clone()).collect();
+    let mut sent: Vec<_> = envs.iter().map(|e| e.id.clone()).collect();
+    ids.sort();
+    sent.sort();
+    assert_eq!(ids, sent);
+    for env in &out {
+        let status = env.status.as_ref().unwrap();
+        assert_eq!(status.phase, Some(Phase::Succeeded));
+        assert_eq!(
+            status.attempt.unwrap_or(1),
+            1,
+            "no retry attempt was spent on the outage"
+        );
+    }
+    assert!(
+        availability.is_available(),
+        "ready again once the dependency answers"
+    );
+    mesh.assert_quiet(troupe::SUMP, Duration::from_millis(200)).await;
+    token.cancel();
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(
+        report.nacked, 0,
+        "no redelivery was spent on the outage: {report:?}"
+    );
+    assert_eq!(report.acked, 3);
+}

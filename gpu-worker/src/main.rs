@@ -1,9 +1,11 @@
 //! `troupe-gpu-worker`: serves one actor's queue with a TorchScript model on libtorch,
 //! batching envelopes dynamically.
 //!
-//! Start-up, in order: settings; `/metrics`, `/healthz` and `/readyz` (not ready yet); the
-//! model on its device; the warm-up batches; then ready, the broker and the runner until
-//! SIGTERM or Ctrl-C, after which in-flight envelopes finish within `--timeout`.
+//! Start-up, in order: settings; the actor host (`troupe::host`): `/metrics`, `/healthz`
+//! and `/readyz` (not ready yet) and the idempotency store; the model on its device; the
+//! warm-up batches; then the broker and the runner until SIGTERM or Ctrl-C, after which
+//! in-flight envelopes finish within `--timeout`. Ready once the model is warm and the
+//! runner serves.
 
 #![forbid(unsafe_code)]
 
@@ -12,23 +14,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
-use prometheus_client::registry::Registry;
-use troupe::broker::{ConnectError, WithTransport};
-use troupe::http::{Probes, ServeError};
-use troupe::layers::MeshMetrics;
-use troupe::{CancellationToken, QueueAdmin, Transport};
+use troupe::host::{ActorHost, HostError};
 use troupe_gpu_worker::args::{ArgsError, ModelSettings, WorkerArgs};
-use troupe_gpu_worker::batcher::{self, Batcher, BatcherHandle, BatcherMetrics};
+use troupe_gpu_worker::batcher::{self, Batcher, BatcherMetrics};
+use troupe_gpu_worker::handler::InferenceHandler;
 use troupe_gpu_worker::torch_model::{Cuda, TorchError, TorchModel};
-use troupe_gpu_worker::worker::{self, WarmUpError, WorkerError, WorkerSettings};
+use troupe_gpu_worker::worker::{self, WarmUpError};
 
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
 enum Error {
     #[error(transparent)]
     Args(#[from] ArgsError),
-    #[error(transparent)]
-    Serve(#[from] ServeError),
     #[error(transparent)]
     Load(#[from] TorchError),
     #[error("warm-up: {0}")]
@@ -38,11 +35,7 @@ enum Error {
     #[error("the model loader stopped unexpectedly: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error(transparent)]
-    Store(#[from] troupe::layers::idempotency::StoreError),
-    #[error(transparent)]
-    Worker(#[from] WorkerError),
+    Host(#[from] HostError),
 }
 
 fn main() -> ExitCode {
@@ -67,57 +60,35 @@ fn main() -> ExitCode {
 
 async fn run(args: WorkerArgs) -> Result<(), Error> {
     let (settings, model_settings) = args.settings()?;
-    let shutdown = CancellationToken::new();
-    troupe::signal::cancel_on_signal(shutdown.clone());
-
-    let mut registry = Registry::default();
-    let mesh = MeshMetrics::new(&mut registry);
-    let batcher_metrics = BatcherMetrics::new(&mut registry);
-    let ready = Arc::new(AtomicBool::new(false));
-    let alive = Arc::new(AtomicBool::new(true));
-    let probes = Probes {
-        live: {
-            let alive = alive.clone();
-            Arc::new(move || alive.load(Ordering::Acquire))
-        },
-        ready: {
-            let (ready, alive) = (ready.clone(), alive.clone());
-            Arc::new(move || ready.load(Ordering::Acquire) && alive.load(Ordering::Acquire))
-        },
-    };
-    let bound = troupe::http::serve(args.metrics_addr, Arc::new(registry), probes, shutdown.clone()).await?;
+    let loaded = Arc::new(AtomicBool::new(false));
+    let mut host = ActorHost::from_args(&settings.actor, &args.queue, args.metrics_addr)?
+        .retry(settings.retry.clone())
+        .timeout(settings.timeout)
+        .runner(|runner| settings.configure_runner(runner))
+        .ready_when({
+            let loaded = loaded.clone();
+            move || loaded.load(Ordering::Acquire)
+        });
+    let batcher_metrics = BatcherMetrics::new(host.registry_mut());
     tracing::info!(
         actor = %settings.actor,
-        metrics = %bound,
         transport = %args.queue.transport,
         cuda_devices = Cuda::device_count(),
         cudnn = Cuda::cudnn_is_available(),
         "gpu worker starting"
     );
+    let host = host.start().await?;
+    let shutdown = host.shutdown();
 
     let model = tokio::select! {
         loaded = tokio::task::spawn_blocking(move || load(&model_settings)) => loaded??,
         () = shutdown.cancelled() => return Ok(()),
     };
     let batcher = Batcher::start_with_metrics(model, settings.batcher.clone(), batcher_metrics)?;
-    ready.store(true, Ordering::Release);
-
-    let store = Arc::new(args.queue.connect_store().await?);
-    let job = Job {
-        settings: &settings,
-        store,
-        batcher,
-        mesh,
-        shutdown: shutdown.clone(),
-    };
-    let result = args
-        .queue
-        .broker_config()
-        .connect(args.queue.transport, job)
-        .await;
-    alive.store(false, Ordering::Release);
-    shutdown.cancel();
-    result??;
+    loaded.store(true, Ordering::Release);
+    settings.log_serving();
+    let codec = settings.codec.clone();
+    host.serve(|_| InferenceHandler::new(codec, batcher)).await?;
     Ok(())
 }
 
@@ -138,30 +109,4 @@ fn load(settings: &ModelSettings) -> Result<TorchModel, Error> {
         ),
     }
     Ok(model)
-}
-
-struct Job<'a> {
-    settings: &'a WorkerSettings,
-    store: Arc<troupe::layers::AnyStore>,
-    batcher: BatcherHandle,
-    mesh: MeshMetrics,
-    shutdown: CancellationToken,
-}
-
-impl WithTransport for Job<'_> {
-    type Output = Result<(), WorkerError>;
-
-    async fn run<T: Transport + QueueAdmin>(self, transport: T) -> Self::Output {
-        let report = worker::serve(
-            transport,
-            self.store,
-            self.batcher,
-            self.settings,
-            &self.mesh,
-            self.shutdown,
-        )
-        .await?;
-        tracing::info!(?report, "gpu worker stopped");
-        Ok(())
-    }
 }

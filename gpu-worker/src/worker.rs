@@ -115,23 +115,37 @@ pub async fn serve<T: Transport + QueueAdmin, St: IdempotencyStore>(
     );
     let mut config = RunnerConfig::new(settings.actor.clone());
     config.naming = settings.naming.clone();
-    config.concurrency = settings.prefetch;
-    // One consumer: a second would split the prefetch, and batches form across all of it.
-    config.workers = 1;
-    config.consume = ConsumeOptions {
-        prefetch: settings.prefetch,
-        lease: settings.lease,
-    };
-    config.shutdown_grace = settings.timeout;
-    tracing::info!(
-        actor = %settings.actor,
-        queue = %settings.naming.queue_for(&settings.actor).map_err(RunnerError::from)?,
-        max_batch_size = settings.batcher.max_batch_size,
-        max_queue_delay = ?settings.batcher.max_queue_delay,
-        prefetch = settings.prefetch,
-        "serving"
-    );
+    settings.configure_runner(&mut config);
+    settings.log_serving();
     Ok(Runner::new(transport, stack, config).run(shutdown).await?)
+}
+
+impl WorkerSettings {
+    /// Sets up a runner for batching (see the module docs): concurrency and prefetch
+    /// [`WorkerSettings::prefetch`] on one consumer, the lease, and the timeout as the
+    /// shutdown grace.
+    pub fn configure_runner(&self, config: &mut RunnerConfig) {
+        config.concurrency = self.prefetch;
+        // One consumer: a second would split the prefetch, and batches form across all of it.
+        config.workers = 1;
+        config.consume = ConsumeOptions {
+            prefetch: self.prefetch,
+            lease: self.lease,
+        };
+        config.shutdown_grace = self.timeout;
+    }
+
+    /// Logs how the worker batches, once, as it starts serving.
+    pub fn log_serving(&self) {
+        tracing::info!(
+            actor = %self.actor,
+            queue = ?self.naming.queue_for(&self.actor).ok(),
+            max_batch_size = self.batcher.max_batch_size,
+            max_queue_delay = ?self.batcher.max_queue_delay,
+            prefetch = self.prefetch,
+            "serving"
+        );
+    }
 }
 
 /// Runs `batches` forward passes on zeros for each batch size in `sizes` (each input of

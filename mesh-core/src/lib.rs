@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod availability;
 pub mod decode;
 pub mod envelope;
 pub mod handler;
@@ -23,6 +24,7 @@ pub mod sump;
 pub mod transport;
 pub mod wire;
 
+pub use availability::{Availability, Unavailable, unavailable_dependency};
 pub use decode::{DecodeError, DecodeLimits};
 pub use envelope::{Envelope, assign_fan_out_ids, fan_out_id};
 pub use handler::{HandlerFn, PayloadFn, handler_fn, payload_fn};

@@ -11,7 +11,13 @@
 //! - **graceful shutdown**: on cancel it stops pulling, lets in-flight work finish for
 //!   [`RunnerConfig::shutdown_grace`], then nacks what is left so it is redelivered at once;
 //! - **poison protection**: a message delivered more than
-//!   [`RunnerConfig::max_redeliveries`] times (a crash or panic loop) goes to `x-sump`.
+//!   [`RunnerConfig::max_redeliveries`] times (a crash or panic loop) goes to `x-sump`;
+//! - **outages are not the envelope's fault**: when the stack reports that a dependency is
+//!   down (an [`Unavailable`](crate::Unavailable) store, an
+//!   [unavailable](crate::HandlerError::unavailable) handler), the runner keeps the
+//!   delivery, stops pulling new work, marks its [`Availability`] down and calls again with
+//!   a capped backoff until the dependency answers: neither retry attempts nor
+//!   redeliveries are spent on the outage.
 //!
 //! Structure: [`RunnerConfig::workers`] tasks, each with its own consumer (competing
 //! consumers of the actor's queue) and a bounded set of in-flight envelopes polled inside the
@@ -31,6 +37,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tower::{BoxError, Service, ServiceExt};
 
+use crate::availability::{Availability, unavailable_dependency};
 use crate::decode::DecodeLimits;
 use crate::envelope::Envelope;
 use crate::naming::{NameError, QueueNaming, SUMP};
@@ -60,7 +67,9 @@ pub struct RunnerConfig {
     /// Delay before an input is redelivered after an infrastructure failure (publish not
     /// confirmed, store down, panic). It doubles with each redelivery of the same message,
     /// up to 64 times this value, so a sustained outage or back-pressure does not spend
-    /// `max_redeliveries` in seconds.
+    /// `max_redeliveries` in seconds. It is also the first pause before a delivery held
+    /// through a dependency outage is tried again; that pause doubles up to
+    /// [`HOLD_BACKOFF_CAP`] times this value.
     pub redelivery_delay: Duration,
     /// A message delivered more often than this goes to `x-sump`; `None` never gives up.
     /// Every redelivery counts, whatever its cause: with the defaults (1 s doubling to 64 s,
@@ -85,6 +94,11 @@ impl RunnerConfig {
         }
     }
 }
+
+/// A delivery held through a dependency outage is tried again at most every
+/// `HOLD_BACKOFF_CAP` × [`RunnerConfig::redelivery_delay`] (16 s by default), so the runner
+/// notices within seconds that the dependency is back.
+pub const HOLD_BACKOFF_CAP: u32 = 16;
 
 /// Why a runner could not run.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +158,7 @@ struct Shared<T> {
     config: RunnerConfig,
     queue: String,
     counters: Counters,
+    availability: Availability,
 }
 
 /// Runs one actor. See the module docs for its guarantees.
@@ -151,6 +166,7 @@ pub struct Runner<T, S> {
     transport: T,
     service: S,
     config: RunnerConfig,
+    availability: Availability,
 }
 
 enum Settle {
@@ -171,7 +187,22 @@ where
             transport,
             service,
             config,
+            availability: Availability::default(),
         }
+    }
+
+    /// Shares `availability` (created beforehand, say, for a readiness probe) instead of a
+    /// fresh one.
+    #[must_use]
+    pub fn with_availability(mut self, availability: Availability) -> Self {
+        self.availability = availability;
+        self
+    }
+
+    /// Whether the stack's dependencies answer, as this runner sees them: false while it
+    /// holds deliveries through an outage. Serve it as readiness.
+    pub fn availability(&self) -> Availability {
+        self.availability.clone()
     }
 
     /// Runs until `shutdown` is cancelled or the transport closes, then drains.
@@ -204,6 +235,7 @@ where
             queue,
             config: self.config,
             counters: Counters::default(),
+            availability: self.availability,
         });
         tracing::info!(actor = %shared.config.actor, queue = %shared.queue, concurrency, workers, "runner started");
 
@@ -281,14 +313,18 @@ where
         let resume = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(resume);
         let mut paused = false;
+        let availability = &shared.availability;
         loop {
+            let available = availability.is_available();
             tokio::select! {
                 biased;
                 () = &mut stop => break,
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 () = &mut resume, if paused => paused = false,
+                // While a dependency is down, new work would only be held too.
+                () = availability.available(), if !available => {}
                 // `Consumer::next` is cancel-safe, so losing this race loses no delivery.
-                next = consumer.next(), if !paused && in_flight.len() < self.slots => match next {
+                next = consumer.next(), if available && !paused && in_flight.len() < self.slots => match next {
                     None => {
                         tracing::info!(queue = %shared.queue, "transport closed the consumer");
                         break;
@@ -302,7 +338,7 @@ where
                     }
                     Some(Ok(delivery)) => {
                         consecutive_errors = 0;
-                        in_flight.push(process(shared, self.service.clone(), delivery, &abandon));
+                        in_flight.push(process(shared, self.service.clone(), delivery, &shutdown, &abandon));
                     }
                 },
             }
@@ -319,6 +355,7 @@ async fn process<T, S>(
     shared: &Shared<T>,
     service: S,
     delivery: <T::Consumer as Consumer>::Delivery,
+    shutdown: &CancellationToken,
     abandon: &CancellationToken,
 ) where
     T: Transport,
@@ -337,7 +374,7 @@ async fn process<T, S>(
             }
         }
     };
-    let work = AssertUnwindSafe(handle(shared, service, &delivery)).catch_unwind();
+    let work = AssertUnwindSafe(handle(shared, service, &delivery, shutdown)).catch_unwind();
     // Work is polled first: most envelopes finish in one poll, and then neither the shared
     // cancellation token (a mutex-guarded waiter list) nor the heartbeat timer is touched.
     let settle = tokio::select! {
@@ -373,7 +410,12 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "non-string panic".to_owned())
 }
 
-async fn handle<T, S, D>(shared: &Shared<T>, mut service: S, delivery: &D) -> Settle
+async fn handle<T, S, D>(
+    shared: &Shared<T>,
+    mut service: S,
+    delivery: &D,
+    shutdown: &CancellationToken,
+) -> Settle
 where
     T: Transport,
     D: Delivery,
@@ -396,18 +438,46 @@ where
         return publish_to_sump(shared, env, delivery.redeliveries()).await;
     }
 
-    let envelope = match Envelope::from_slice(body, &shared.config.limits) {
-        Ok(env) => env,
-        Err(error) => {
-            tracing::warn!(queue = %shared.queue, %error, "undecodable message goes to x-sump");
-            let env = sump::wrap_body(body, Reason::ParseError, "DecodeError", &error.to_string(), actor);
-            return publish_to_sump(shared, env, delivery.redeliveries()).await;
+    let mut hold = shared.config.redelivery_delay;
+    let mut held = false;
+    let dispatch = loop {
+        // Decoded again for each call of a held delivery: the stack owns what it is given,
+        // and keeping a copy for the rare outage would cost every envelope a clone.
+        let envelope = match Envelope::from_slice(body, &shared.config.limits) {
+            Ok(env) => env,
+            Err(error) => {
+                tracing::warn!(queue = %shared.queue, %error, "undecodable message goes to x-sump");
+                let env = sump::wrap_body(body, Reason::ParseError, "DecodeError", &error.to_string(), actor);
+                return publish_to_sump(shared, env, delivery.redeliveries()).await;
+            }
+        };
+        let dispatch = match service.ready().await {
+            Ok(ready) => ready.call(envelope).await,
+            Err(e) => Err(e),
+        };
+        let error: BoxError = match dispatch {
+            Ok(dispatch) => break Ok(dispatch),
+            Err(error) => error.into(),
+        };
+        let Some(dependency) = unavailable_dependency(&*error) else {
+            break Err(error);
+        };
+        if shared.availability.mark_down() {
+            tracing::warn!(queue = %shared.queue, %dependency, %error, "a dependency is down: holding in-flight deliveries and taking no new work until it answers");
+        } else {
+            tracing::debug!(envelope.id = ?sump::readable_id(body), queue = %shared.queue, %dependency, "still down; holding the delivery");
         }
+        held = true;
+        tokio::select! {
+            () = tokio::time::sleep(hold) => {}
+            // Back to the queue at once: shutting down is not this envelope's fault either.
+            () = shutdown.cancelled() => return Settle::Nack(None),
+        }
+        hold = (hold * 2).min(shared.config.redelivery_delay * HOLD_BACKOFF_CAP);
     };
-    let dispatch = match service.ready().await {
-        Ok(ready) => ready.call(envelope).await,
-        Err(e) => Err(e),
-    };
+    if held && dispatch.is_ok() && shared.availability.mark_up() {
+        tracing::info!(queue = %shared.queue, "dependencies answer again; taking new work");
+    }
     match dispatch {
         Ok(dispatch) => match publish(shared, dispatch).await {
             Ok(()) => Settle::Ack,
@@ -417,7 +487,6 @@ where
             }
         },
         Err(error) => {
-            let error: BoxError = error.into();
             // The id is read back from the body only here, on the failure path.
             tracing::warn!(envelope.id = ?sump::readable_id(body), queue = %shared.queue, %error, "layer stack failed; input will be redelivered");
             Settle::Nack(infra_delay)
@@ -520,7 +589,7 @@ fn undeliverable(envelope: &Envelope, actor: &str, reason: Reason, message: Stri
 /// (see [`Outcome::Published`](crate::Outcome::Published)).
 ///
 /// - The queue comes from `naming`; for a transport that deduplicates
-///   ([`Transport::DEDUPLICATES`]), the dedup id is the destination's hop key.
+///   ([`Transport::deduplicates`]), the dedup id is the destination's hop key.
 /// - A destination that cannot be a queue (an illegal name) goes to `x-sump` as
 ///   `InvalidRoute`.
 /// - A destination whose queue does not exist on the broker goes to `x-sump` as
@@ -534,7 +603,7 @@ pub async fn publish_one<T: Transport>(
     actor: &str,
     publication: &Publication,
 ) -> Result<(), TransportError> {
-    let (queue, body, options) = prepare_publication(naming, actor, publication, T::DEDUPLICATES);
+    let (queue, body, options) = prepare_publication(naming, actor, publication, transport.deduplicates());
     match transport.publish(&queue, body, options).await {
         Err(TransportError::NoSuchQueue { queue: missing })
             if missing == queue && publication.actor != SUMP =>

@@ -158,7 +158,9 @@ pub trait Transport: Clone + Send + Sync + 'static {
     /// Whether `publish` uses [`PublishOptions::dedup_id`]. The runner fills it (with the
     /// destination's hop key, which digests the payload) only for transports that do, so
     /// the others pay nothing for it.
-    const DEDUPLICATES: bool = false;
+    fn deduplicates(&self) -> bool {
+        false
+    }
 
     /// Publishes `body` to `queue`; resolves once the broker has accepted it.
     fn publish(

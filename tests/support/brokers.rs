@@ -38,12 +38,21 @@ pub fn kafka_mock_settings(kafka: &mut troupe::transports::KafkaConfig) {
     }
 }
 
+/// The Redis server of the failure tests' idempotency store.
+pub fn redis_url() -> String {
+    std::env::var("TROUPE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// The key prefix of one failure test's hop records.
+pub fn store_prefix(namespace: &str) -> String {
+    format!("troupe-failure:{namespace}:")
+}
+
 /// The idempotency store every actor of a failure test shares.
 pub async fn shared_store(namespace: &str) -> std::sync::Arc<RedisStore> {
-    let url = std::env::var("TROUPE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     RedisStore::connect(RedisStoreConfig {
-        url,
-        prefix: format!("troupe-failure:{namespace}:"),
+        url: redis_url(),
+        prefix: store_prefix(namespace),
         ttl: Duration::from_secs(600),
     })
     .await

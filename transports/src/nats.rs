@@ -510,7 +510,9 @@ async fn set_aside(js: &jetstream::Context, message: jetstream::Message, targets
 impl Transport for NatsTransport {
     type Consumer = NatsConsumer;
 
-    const DEDUPLICATES: bool = true;
+    fn deduplicates(&self) -> bool {
+        true
+    }
 
     async fn publish(&self, queue: &str, body: Bytes, options: PublishOptions) -> Result<(), TransportError> {
         check_queue(queue)?;

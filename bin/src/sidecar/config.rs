@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use clap::ArgMatches;
 use clap::parser::ValueSource;
-use troupe::broker::{Broker, BrokerConfig, QueueArgs};
+use troupe::broker::{Broker, QueueArgs};
 use troupe::layers::RetryPolicies;
 use troupe::layers::asya_resiliency::{AsyaResiliencyError, retry_policies};
 
@@ -61,8 +61,9 @@ pub struct SidecarArgs {
     /// How long to wait for the runtime at start.
     #[arg(long, env = "TROUPE_RUNTIME_READY_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub runtime_ready_timeout: Duration,
-    /// Exit non-zero (so Kubernetes restarts the pod) once the runtime has been unreachable,
-    /// or every call has timed out, this long.
+    /// Exit non-zero (so Kubernetes restarts the pod) once the runtime has taken calls but
+    /// answered none (every call and health probe timed out) this long. A runtime that
+    /// cannot be reached at all is waited for, however long, with `/readyz` false.
     #[arg(long, env = "TROUPE_RUNTIME_UNRESPONSIVE_LIMIT", default_value = "2m", value_parser = humantime::parse_duration)]
     pub runtime_unresponsive_limit: Duration,
 }
@@ -129,8 +130,6 @@ pub struct SidecarConfig {
     pub args: SidecarArgs,
     /// Retry policies built from the JSON settings.
     pub retry: RetryPolicies,
-    /// Broker addresses.
-    pub brokers: BrokerConfig,
 }
 
 impl SidecarConfig {
@@ -319,13 +318,7 @@ pub fn resolve(
         });
     }
     let retry = retry_policies(args.retry_policies.as_deref(), args.retry_rules.as_deref())?;
-    let brokers = args.queue.broker_config();
-    Ok(SidecarConfig {
-        actor,
-        args,
-        retry,
-        brokers,
-    })
+    Ok(SidecarConfig { actor, args, retry })
 }
 
 #[cfg(test)]

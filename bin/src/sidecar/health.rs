@@ -2,7 +2,8 @@
 //! that ends the process when the runtime stays unresponsive.
 //!
 //! Two kinds of failure count: the runtime cannot be reached (refused, connection broken,
-//! health probe failed), and a call got no answer in time. A successful call clears both;
+//! health probe refused), and a call or probe got no answer in time. Only the second ends
+//! the process: a runtime that is down is waited for, its deliveries held. A successful call clears both;
 //! a successful health probe clears only the first, because a runtime whose handler hangs
 //! still answers `/healthz` while every call times out, and that pod must not live on as
 //! a zombie.
@@ -63,17 +64,24 @@ impl RuntimeHealth {
         let mut failing = self.failing();
         match &mut *failing {
             None => *failing = Some((Instant::now(), failure)),
-            Some((_, kind)) => {
-                if failure == Failure::TimedOut {
+            // A hang is counted from its first timeout, not from an outage before it.
+            Some((since, kind)) => {
+                if failure == Failure::TimedOut && *kind == Failure::Unreachable {
+                    *since = Instant::now();
                     *kind = Failure::TimedOut;
                 }
             }
         }
     }
 
-    /// How long the runtime has been failing.
-    pub fn unresponsive_for(&self) -> Option<Duration> {
-        self.failing().map(|(since, _)| since.elapsed())
+    /// How long the runtime has been taking calls without answering them. An unreachable
+    /// runtime (its process down, restarting) is not hung: the runner holds its deliveries
+    /// until it is back.
+    pub fn hung_for(&self) -> Option<Duration> {
+        match *self.failing() {
+            Some((since, Failure::TimedOut)) => Some(since.elapsed()),
+            _ => None,
+        }
     }
 }
 
@@ -85,15 +93,11 @@ mod tests {
     fn an_answer_ends_a_run_of_failures() {
         let h = RuntimeHealth::default();
         h.set_ready(true);
-        assert!(h.is_ready() && h.unresponsive_for().is_none());
+        assert!(h.is_ready() && h.hung_for().is_none());
         h.unanswered(Failure::Unreachable);
-        std::thread::sleep(Duration::from_millis(20));
         h.unanswered(Failure::Unreachable);
-        assert!(
-            h.unresponsive_for().unwrap() >= Duration::from_millis(20),
-            "counted from the first"
-        );
         assert!(!h.is_ready());
+        assert!(h.hung_for().is_none(), "unreachable is not hung");
         h.probe_answered();
         assert!(h.is_ready(), "a probe clears unreachability");
     }
@@ -103,9 +107,15 @@ mod tests {
         let h = RuntimeHealth::default();
         h.unanswered(Failure::Unreachable);
         h.unanswered(Failure::TimedOut);
+        std::thread::sleep(Duration::from_millis(20));
+        h.unanswered(Failure::TimedOut);
+        assert!(
+            h.hung_for().unwrap() >= Duration::from_millis(20),
+            "a hang counts from its first timeout"
+        );
         h.probe_answered();
-        assert!(h.unresponsive_for().is_some(), "the handler still hangs");
+        assert!(h.hung_for().is_some(), "the handler still hangs");
         h.answered();
-        assert!(h.unresponsive_for().is_none());
+        assert!(h.hung_for().is_none());
     }
 }

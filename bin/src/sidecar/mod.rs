@@ -5,11 +5,14 @@
 //! `/readyz`, then the runtime: its `runtime-ready` file, then `GET /healthz`, both within
 //! `--runtime-ready-timeout`. Then the broker, and the runner until SIGTERM or SIGINT.
 //!
-//! A runtime that stops answering is handled in three steps: a call past its timeout fails
-//! into the retry policy and its connection is dropped (recycled); a call the runtime does
-//! not answer at all is nacked and redelivered without spending an attempt; and once calls
-//! have gone unanswered for `--runtime-unresponsive-limit`, the sidecar stops taking work,
-//! nacks what is in flight and exits non-zero, so Kubernetes restarts the pod.
+//! A runtime that stops answering is handled by how it fails. A call past its timeout fails
+//! into the retry policy and its connection is dropped (recycled). A runtime that cannot be
+//! reached (its process is down or restarting) is waited for: the runner holds the
+//! deliveries in flight, takes no new work and answers `/readyz` false, then resumes when
+//! the runtime answers, spending neither retry attempts nor redeliveries. A runtime that
+//! takes calls but answers none (hung) for `--runtime-unresponsive-limit` stops the
+//! sidecar: in-flight deliveries are nacked and it exits non-zero, so Kubernetes restarts
+//! the pod.
 
 pub mod client;
 pub mod config;
@@ -19,7 +22,6 @@ pub mod health;
 pub mod sse;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,19 +29,13 @@ use http_body_util::Full;
 use hyper::Request;
 use hyper::header::HOST;
 use tokio_util::sync::CancellationToken;
-use troupe::broker::{ConnectError, WithTransport};
-use troupe::core::{
-    ConsumeOptions, QueueAdmin, QueueSetupError, Runner, RunnerConfig, RunnerError, Transport,
-    ensure_actor_queues,
-};
-use troupe::layers::idempotency::StoreError;
-use troupe::layers::{AnyStore, MeshMetrics, StackConfig, actor_stack};
+use troupe::core::ConsumeOptions;
+use troupe::host::{ActorHost, HostError};
 
 use self::client::{RuntimeClient, read_body};
-use self::config::{ConfigError, SidecarConfig};
+use self::config::ConfigError;
 use self::handler::{RuntimeHandler, SidecarMetrics};
 use self::health::{Failure, RuntimeHealth};
-use troupe::http::{Probes, ServeError};
 
 pub use self::config::SidecarArgs;
 
@@ -61,65 +57,49 @@ pub enum SidecarError {
         /// The last thing that went wrong.
         last: String,
     },
-    /// The runtime stopped answering for too long.
+    /// The runtime accepted calls but answered none for too long.
     #[error(
         "the runtime has not answered for {0:?}; exiting so the pod is restarted (in-flight deliveries were nacked)"
     )]
     RuntimeUnresponsive(Duration),
-    /// The metrics endpoint could not start.
+    /// The process around the handler (metrics, store, broker, queues, runner) failed.
     #[error(transparent)]
-    Serve(#[from] ServeError),
-    /// The broker could not be reached.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
-    /// The idempotency store could not be reached.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The actor's queues could not be set up.
-    #[error(transparent)]
-    Queues(#[from] QueueSetupError),
-    /// The runner could not run.
-    #[error(transparent)]
-    Runner(#[from] RunnerError),
+    Host(#[from] HostError),
 }
 
 /// Runs the sidecar until a signal or a fatal runtime failure.
 pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), SidecarError> {
     let env: Vec<(String, String)> = std::env::vars().collect();
     let config = config::resolve(args, matches, &env)?;
-    let shutdown = CancellationToken::new();
-    troupe::signal::cancel_on_signal(shutdown.clone());
-
-    let mut registry = prometheus_client::registry::Registry::default();
-    let mesh = MeshMetrics::new(&mut registry);
-    let sidecar_metrics = SidecarMetrics::new(&mut registry);
+    let args = &config.args;
     let health = Arc::new(RuntimeHealth::default());
-    let runner_alive = Arc::new(AtomicBool::new(true));
-    let probes = Probes {
-        live: {
-            let alive = runner_alive.clone();
-            Arc::new(move || alive.load(Ordering::Acquire))
-        },
-        ready: {
+    let mut host = ActorHost::from_args(&config.actor, &args.queue, args.metrics_addr)?
+        .retry(config.retry.clone())
+        .timeout(args.timeout)
+        .runner(|runner| {
+            // As many envelopes in flight (and leased) as the runtime takes calls: more
+            // would only wait, holding leases that other replicas could use.
+            runner.concurrency = args.runtime_concurrency;
+            runner.workers = 1;
+            runner.consume = ConsumeOptions {
+                prefetch: args.runtime_concurrency,
+                ..ConsumeOptions::default()
+            };
+        })
+        .ready_when({
             let health = health.clone();
-            let alive = runner_alive.clone();
-            Arc::new(move || health.is_ready() && alive.load(Ordering::Acquire))
-        },
-    };
-    let bound = troupe::http::serve(
-        config.args.metrics_addr,
-        Arc::new(registry),
-        probes,
-        shutdown.clone(),
-    )
-    .await?;
-    tracing::info!(actor = %config.actor, metrics = %bound, transport = %config.args.queue.transport, "sidecar starting");
+            move || health.is_ready()
+        });
+    let sidecar_metrics = SidecarMetrics::new(host.registry_mut());
+    tracing::info!(actor = %config.actor, transport = %args.queue.transport, "sidecar starting");
+    // The store is connected here, before the runtime: a wrong store setting fails at once,
+    // not after the model loads.
+    let host = host.start().await?;
+    let shutdown = host.shutdown();
 
-    // Before the runtime: a wrong store setting fails at once, not after the model loads.
-    let store = config.args.queue.connect_store().await?;
-    let client = RuntimeClient::new(config.socket(), config.args.runtime_concurrency);
+    let client = RuntimeClient::new(config.socket(), args.runtime_concurrency);
     tokio::select! {
-        ready = wait_for_runtime(&client, config.args.runtime_ready_timeout) => ready?,
+        ready = wait_for_runtime(&client, args.runtime_ready_timeout) => ready?,
         () = shutdown.cancelled() => return Ok(()),
     }
     health.set_ready(true);
@@ -129,23 +109,21 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
     tokio::spawn(watchdog(
         client.clone(),
         health.clone(),
-        config.args.runtime_unresponsive_limit,
+        args.runtime_unresponsive_limit,
         shutdown.clone(),
         fatal.clone(),
     ));
-    let job = SidecarJob {
-        config: &config,
-        client,
-        health,
-        store,
-        mesh,
-        sidecar_metrics,
-        shutdown: shutdown.clone(),
-    };
-    let result = config.brokers.connect(config.args.queue.transport, job).await;
-    runner_alive.store(false, Ordering::Release);
-    shutdown.cancel();
-    result??;
+    host.serve(|ctx| {
+        RuntimeHandler::new(
+            ctx.actor.into(),
+            client,
+            ctx.transport.clone(),
+            ctx.naming.clone(),
+            health,
+            sidecar_metrics,
+        )
+    })
+    .await?;
     let fatal = *fatal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     match fatal {
         Some(unresponsive) => Err(SidecarError::RuntimeUnresponsive(unresponsive)),
@@ -183,6 +161,9 @@ async fn wait_for_runtime(client: &Arc<RuntimeClient>, limit: Duration) -> Resul
     })
 }
 
+/// What [`probe`] says when the runtime took the request but did not answer.
+const PROBE_TIMED_OUT: &str = "GET /healthz did not answer within 2 s";
+
 /// One `GET /healthz`, bounded to 2 s.
 async fn probe(client: &Arc<RuntimeClient>) -> Result<(), String> {
     let request = Request::get("/healthz")
@@ -205,11 +186,11 @@ async fn probe(client: &Arc<RuntimeClient>) -> Result<(), String> {
     };
     tokio::time::timeout(Duration::from_secs(2), call)
         .await
-        .unwrap_or_else(|_| Err("GET /healthz did not answer within 2 s".to_owned()))
+        .unwrap_or_else(|_| Err(PROBE_TIMED_OUT.to_owned()))
 }
 
-/// Probes an idle runtime every 5 s and stops the sidecar once the runtime has been failing
-/// for `limit`.
+/// Probes an idle runtime every 5 s and stops the sidecar once the runtime has been hung
+/// (taking requests, answering none) for `limit`.
 async fn watchdog(
     client: Arc<RuntimeClient>,
     health: Arc<RuntimeHealth>,
@@ -232,71 +213,22 @@ async fn watchdog(
                 Err(why) => {
                     tracing::warn!(%why, "runtime health probe failed");
                     client.recycle();
-                    health.unanswered(Failure::Unreachable);
+                    let failure = if why == PROBE_TIMED_OUT {
+                        Failure::TimedOut
+                    } else {
+                        Failure::Unreachable
+                    };
+                    health.unanswered(failure);
                 }
             }
         }
-        if let Some(failing) = health.unresponsive_for()
+        if let Some(failing) = health.hung_for()
             && failing >= limit
         {
-            tracing::error!(?failing, ?limit, "runtime unresponsive; stopping the sidecar");
+            tracing::error!(?failing, ?limit, "runtime hung; stopping the sidecar");
             *fatal.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(failing);
             shutdown.cancel();
             return;
         }
-    }
-}
-
-struct SidecarJob<'a> {
-    config: &'a SidecarConfig,
-    client: Arc<RuntimeClient>,
-    health: Arc<RuntimeHealth>,
-    store: AnyStore,
-    mesh: MeshMetrics,
-    sidecar_metrics: SidecarMetrics,
-    shutdown: CancellationToken,
-}
-
-impl WithTransport for SidecarJob<'_> {
-    type Output = Result<(), SidecarError>;
-
-    async fn run<T: Transport + QueueAdmin>(self, transport: T) -> Self::Output {
-        let config = self.config;
-        let args = &config.args;
-        let naming = args.queue.naming().map_err(RunnerError::from)?;
-        ensure_actor_queues(&transport, &naming, &config.actor).await?;
-        let actor: Arc<str> = config.actor.as_str().into();
-        let handler = RuntimeHandler::new(
-            actor.clone(),
-            self.client,
-            transport.clone(),
-            naming.clone(),
-            self.health,
-            self.sidecar_metrics,
-        );
-        let stack = actor_stack(
-            StackConfig {
-                actor: actor.clone(),
-                retry: config.retry.clone(),
-                timeout: args.timeout,
-                store: Arc::new(self.store),
-                metrics: self.mesh.actor(&config.actor),
-            },
-            handler,
-        );
-        let mut rc = RunnerConfig::new(config.actor.clone());
-        rc.naming = naming;
-        // As many envelopes in flight (and leased) as the runtime takes calls: more would
-        // only wait, holding leases that other replicas could use.
-        rc.concurrency = args.runtime_concurrency;
-        rc.workers = 1;
-        rc.consume = ConsumeOptions {
-            prefetch: args.runtime_concurrency,
-            ..ConsumeOptions::default()
-        };
-        rc.shutdown_grace = args.timeout;
-        let report = Runner::new(transport, stack, rc).run(self.shutdown).await?;
-        tracing::info!(?report, "sidecar stopped");
-        Ok(())
     }
 }

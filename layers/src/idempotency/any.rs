@@ -100,13 +100,13 @@ impl StoreUrl {
             #[cfg(not(feature = "redis"))]
             StoreUrl::Redis(url) => {
                 let _ = prefix;
-                Err(StoreError {
-                    operation: "connect",
-                    detail: format!(
+                Err(StoreError::failed(
+                    "connect",
+                    format!(
                         "this build has no Redis store ({}); rebuild with the `redis` feature",
                         Redacted(url)
                     ),
-                })
+                ))
             }
         }
     }

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
 use tower::{BoxError, Layer, Service};
-use troupe_core::{Dispatch, Envelope, Publication};
+use troupe_core::{Dispatch, Envelope, Publication, Unavailable};
 
 pub use any::{AnyStore, StoreUrl, UnknownStore};
 pub use memory::{MemoryStore, MemoryStoreConfig};
@@ -47,12 +47,25 @@ pub enum IdempotencyError {
         /// The hop key.
         key: String,
     },
-    /// The store failed.
+    /// The store answered, but not as it should.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+    /// The store did not answer: the runner holds the delivery until it does.
+    #[error("{0}")]
+    StoreUnavailable(#[source] Unavailable),
     /// The inner stack failed.
     #[error("inner service failed: {0}")]
     Inner(#[source] BoxError),
+}
+
+impl From<StoreError> for IdempotencyError {
+    fn from(error: StoreError) -> Self {
+        if error.unavailable {
+            IdempotencyError::StoreUnavailable(Unavailable::new("the idempotency store", error.to_string()))
+        } else {
+            IdempotencyError::Store(error)
+        }
+    }
 }
 
 /// Effectively-once processing over `store` for actor `actor`. See the module docs.

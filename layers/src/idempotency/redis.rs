@@ -97,9 +97,12 @@ pub struct RedisStore {
 }
 
 fn failed(operation: &'static str) -> impl Fn(redis::RedisError) -> StoreError {
-    move |e| StoreError {
-        operation,
-        detail: e.to_string(),
+    move |e| {
+        if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout() {
+            StoreError::unavailable(operation, e.to_string())
+        } else {
+            StoreError::failed(operation, e.to_string())
+        }
     }
 }
 
@@ -110,13 +113,15 @@ fn millis(d: Duration) -> u64 {
 impl RedisStore {
     /// Connects (and reconnects by itself later, after a connection loss).
     pub async fn connect(config: RedisStoreConfig) -> Result<Arc<Self>, StoreError> {
-        let connect_failed = |e: redis::RedisError| StoreError {
-            operation: "connect",
-            detail: format!(
-                "cannot connect to Redis at {}: {}",
-                troupe_core::redact::Redacted(&config.url),
-                troupe_core::redact::scrub(&e.to_string(), &config.url)
-            ),
+        let connect_failed = |e: redis::RedisError| {
+            StoreError::unavailable(
+                "connect",
+                format!(
+                    "cannot connect to Redis at {}: {}",
+                    troupe_core::redact::Redacted(&config.url),
+                    troupe_core::redact::scrub(&e.to_string(), &config.url)
+                ),
+            )
         };
         let client = redis::Client::open(config.url.as_str()).map_err(connect_failed)?;
         let connection = ConnectionManager::new(client).await.map_err(connect_failed)?;
@@ -140,10 +145,7 @@ impl RedisStore {
     }
 
     fn decode(stored: &str) -> Result<Vec<Publication>, StoreError> {
-        let corrupt = |detail: String| StoreError {
-            operation: "read record",
-            detail,
-        };
+        let corrupt = |detail: String| StoreError::failed("read record", detail);
         let items: Vec<Stored> = serde_json::from_str(stored).map_err(|e| corrupt(e.to_string()))?;
         items
             .into_iter()
@@ -191,9 +193,8 @@ impl IdempotencyStore for RedisStore {
     }
 
     async fn complete(&self, key: &str, outputs: &Arc<[Publication]>) -> Result<(), StoreError> {
-        let token = self.tokens().remove(key).ok_or_else(|| StoreError {
-            operation: "record",
-            detail: format!("this process holds no claim on hop {key}"),
+        let token = self.tokens().remove(key).ok_or_else(|| {
+            StoreError::failed("record", format!("this process holds no claim on hop {key}"))
         })?;
         let stored: Vec<Stored> = outputs
             .iter()
@@ -203,10 +204,7 @@ impl IdempotencyStore for RedisStore {
                 envelope: String::from_utf8_lossy(&p.envelope.to_vec()).into_owned(),
             })
             .collect();
-        let json = serde_json::to_string(&stored).map_err(|e| StoreError {
-            operation: "record",
-            detail: e.to_string(),
-        })?;
+        let json = serde_json::to_string(&stored).map_err(|e| StoreError::failed("record", e.to_string()))?;
         let replaced: i64 = self
             .replace_own
             .key(self.key(key))
@@ -219,12 +217,10 @@ impl IdempotencyStore for RedisStore {
         if replaced == 1 {
             Ok(())
         } else {
-            Err(StoreError {
-                operation: "record",
-                detail: format!(
-                    "the claim on hop {key} lapsed and was taken over; its outputs are not recorded"
-                ),
-            })
+            Err(StoreError::failed(
+                "record",
+                format!("the claim on hop {key} lapsed and was taken over; its outputs are not recorded"),
+            ))
         }
     }
 

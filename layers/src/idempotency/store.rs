@@ -28,6 +28,29 @@ pub struct StoreError {
     pub operation: &'static str,
     /// What went wrong.
     pub detail: String,
+    /// The store did not answer (refused, dropped or timed-out connection) rather than
+    /// answering something wrong: the runner holds the delivery until it answers again
+    /// instead of spending the envelope's redeliveries on the outage.
+    pub unavailable: bool,
+}
+
+impl StoreError {
+    /// The store answered, but not as it should (a corrupt record, a lapsed claim).
+    pub fn failed(operation: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            operation,
+            detail: detail.into(),
+            unavailable: false,
+        }
+    }
+
+    /// The store did not answer.
+    pub fn unavailable(operation: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            unavailable: true,
+            ..Self::failed(operation, detail)
+        }
+    }
 }
 
 /// Where hops are recorded. Shared stores (Redis, NATS KV) make the guarantee hold across
