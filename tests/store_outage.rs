@@ -92,6 +92,12 @@ async fn poll_readyz(addr: SocketAddr, want: u16, within: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_holds_work_and_loses_nothing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
     let outage = Duration::from_secs(
         std::env::var("TROUPE_OUTAGE_SECS")
             .ok()
@@ -151,7 +157,7 @@ async fn a_redis_outage_holds_work_and_loses_nothing() {
     while seen.len() < sent.len() {
         let delivery = tokio::time::timeout(Duration::from_secs(30), sink.next())
             .await
-            .expect("every envelope reaches x-sink")
+            .unwrap_or_else(|_| panic!("every envelope reaches x-sink: {} of {}", seen.len(), sent.len()))
             .unwrap()
             .unwrap();
         let env = Envelope::from_slice(delivery.body(), &Default::default()).unwrap();

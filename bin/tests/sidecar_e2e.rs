@@ -64,11 +64,23 @@ fn amqp_url() -> String {
 }
 
 fn sidecar(broker: Broker, namespace: &str, actor: &str, dir: &Path, extra: &[&str]) -> Proc {
+    sidecar_at("127.0.0.1:0", broker, namespace, actor, dir, extra)
+}
+
+/// A sidecar serving `/metrics`, `/healthz` and `/readyz` on `metrics`.
+fn sidecar_at(
+    metrics: &str,
+    broker: Broker,
+    namespace: &str,
+    actor: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_troupe"));
     cmd.args(["sidecar", "--actor", actor, "--namespace", namespace])
         .arg("--socket-dir")
         .arg(dir)
-        .args(["--metrics-addr", "127.0.0.1:0", "--runtime-ready-timeout", "60s"])
+        .args(["--metrics-addr", metrics, "--runtime-ready-timeout", "60s"])
         .args(extra)
         .env_remove("TROUPE_TRANSPORT")
         .env(
@@ -330,25 +342,89 @@ async fn python_actors_over_rabbitmq() {
     run_on(Broker::Amqp, pipeline).await;
 }
 
+/// The status code of the sidecar's `GET /readyz` (0 when it does not answer).
+fn readyz(port: u16) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut answer = String::new();
+    if stream
+        .write_all(b"GET /readyz HTTP/1.0\r\nHost: test\r\n\r\n")
+        .is_err()
+        || stream.read_to_string(&mut answer).is_err()
+    {
+        return 0;
+    }
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn wait_for_readyz(port: u16, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let code = tokio::task::spawn_blocking(move || readyz(port)).await.unwrap();
+        if code == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/readyz answered {code}, not {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Kills the runtime mid-run for `TROUPE_OUTAGE_SECS` seconds (2 by default; the issue's
+/// proof ran 300, past the sidecar's 2 minute hang limit): the sidecar holds its
+/// deliveries, answers `/readyz` 503, stays up, and resumes when a new runtime answers.
 async fn runtime_killed(broker: Broker, mesh: Box<dyn Mesh>) {
     const COUNT: usize = 600;
+    let outage = Duration::from_secs(
+        std::env::var("TROUPE_OUTAGE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(2),
+    );
     let ns = namespace("kill", broker);
     let dir = scratch(&ns);
     let naming = QueueNaming::new("asya", &ns).unwrap();
     let socket_dir = dir.join("slow");
     let mut runtime_proc = runtime(&socket_dir, "slow");
-    let _sidecar = sidecar(broker, &ns, "slow", &socket_dir, &["--runtime-concurrency", "2"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sidecar_proc = sidecar_at(
+        &format!("127.0.0.1:{port}"),
+        broker,
+        &ns,
+        "slow",
+        &socket_dir,
+        &["--runtime-concurrency", "2"],
+    );
     for n in 0..COUNT {
         let env = Envelope::new(Route::through(["slow"]), json!({"n": n}));
         mesh.send(naming.queue_for("slow").unwrap(), env).await;
     }
+    wait_for_readyz(port, 200).await;
     // Kill the runtime while the sidecar is busy with the queue, then start a new one, as
     // Kubernetes restarts a crashed container.
     tokio::time::sleep(Duration::from_millis(800)).await;
     runtime_proc.0.kill().unwrap();
     let _ = runtime_proc.0.wait();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let down_at = Instant::now();
+    wait_for_readyz(port, 503).await;
+    tokio::time::sleep(outage.saturating_sub(down_at.elapsed())).await;
+    assert!(
+        sidecar_proc.0.try_wait().unwrap().is_none(),
+        "the sidecar waits for a runtime that is down; it does not exit"
+    );
+    assert_eq!(readyz(port), 503, "not ready while the runtime is down");
     let _restarted = runtime(&socket_dir, "slow");
+    wait_for_readyz(port, 200).await;
     let sink = mesh
         .collect(
             naming.queue_for("x-sink").unwrap(),

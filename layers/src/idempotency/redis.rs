@@ -60,9 +60,12 @@ redis.call('SET', KEYS[1], 'p:' .. ARGV[1], 'PX', ARGV[2])
 return ''
 ";
 
-/// Replace the value only if this token still holds the claim. Returns 1 if replaced.
+/// Replace the value only if this token still holds the claim, or nobody does: a server
+/// that restarted without persistence has lost every claim, and no other worker can hold
+/// this one. Returns 1 if replaced.
 const REPLACE_OWN: &str = r"
-if redis.call('GET', KEYS[1]) == 'p:' .. ARGV[1] then
+local v = redis.call('GET', KEYS[1])
+if v == false or v == 'p:' .. ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return 1
 end
