@@ -443,8 +443,9 @@ pub struct QueueArgs {
     #[arg(long, env = "TROUPE_SQS_REGION", default_value = "us-east-1")]
     pub sqs_region: String,
     /// Where hop records are kept for effectively-once processing: `memory` (this process
-    /// only: lost on restart, not shared by replicas) or
-    /// `redis://[user:password@]host[:port][/db]`, shared and durable (no TLS yet).
+    /// only: lost on restart, not shared by replicas),
+    /// `redis://[user:password@]host[:port][/db]` or
+    /// `postgres://[user:password@]host[:port]/database`, shared and durable (no TLS yet).
     #[arg(long, env = "TROUPE_STORE", default_value = "memory", hide_env_values = true)]
     pub store: troupe_layers::StoreUrl,
     /// Prefix of the store's keys, so several meshes can share one server.

@@ -159,6 +159,18 @@ fn store_passwords_stay_out_of_the_sidecar() {
         assert!(out.contains("Redis"), "{out}");
         assert_clean("sidecar --store", &out, PASSWORD);
     }
+    // A role this PostgreSQL does not have is refused at start-up; port 1 is unreachable.
+    for url in [
+        format!(
+            "postgres://nobody{}:{PASSWORD}@127.0.0.1:5432/test",
+            std::process::id()
+        ),
+        format!("postgresql://troupe:{PASSWORD}@127.0.0.1:1/troupe"),
+    ] {
+        let out = sidecar(&[], &[("TROUPE_STORE", url.clone())]);
+        assert!(out.contains("PostgreSQL"), "{out}");
+        assert_clean("sidecar --store", &out, PASSWORD);
+    }
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Choosing the idempotency store at run time: `--store memory|redis://…`, one type for
-//! whichever was chosen.
+//! Choosing the idempotency store at run time: `--store memory|redis://…|postgres://…`,
+//! one type for whichever was chosen.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,6 +10,8 @@ use troupe_core::Publication;
 use troupe_core::redact::Redacted;
 
 use super::memory::MemoryStore;
+#[cfg(feature = "postgres")]
+use super::postgres::{PostgresStore, PostgresStoreConfig};
 #[cfg(feature = "redis")]
 use super::redis::{RedisStore, RedisStoreConfig};
 use super::store::{Claim, IdempotencyStore, StoreError};
@@ -21,6 +23,9 @@ use super::store::{Claim, IdempotencyStore, StoreError};
 /// - `redis://[user:password@]host[:port][/db]`: shared by every replica and kept across
 ///   restarts (feature `redis`). `rediss://` (TLS) is refused: the Redis client is built
 ///   without TLS.
+/// - `postgres://[user:password@]host[:port]/database` (or `postgresql://`): shared and
+///   durable, one row per hop in table `troupe_hops` (feature `postgres`); no TLS: use
+///   `sslmode=disable` or `prefer`.
 ///
 /// Its `Display` and `Debug` show URLs redacted.
 ///
@@ -38,11 +43,15 @@ pub enum StoreUrl {
     Memory,
     /// A Redis server (or cluster endpoint), by URL.
     Redis(String),
+    /// A PostgreSQL database, by URL.
+    Postgres(String),
 }
 
 /// A `--store` value that names no store this build knows.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown store {shown:?}: expected `memory` or `redis://[user:password@]host[:port][/db]`{why}")]
+#[error(
+    "unknown store {shown:?}: expected `memory`, `redis://[user:password@]host[:port][/db]` or `postgres://[user:password@]host[:port]/database`{why}"
+)]
 pub struct UnknownStore {
     /// The value, redacted.
     shown: String,
@@ -61,6 +70,7 @@ impl FromStr for StoreUrl {
         let scheme = s.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
         match scheme.as_deref() {
             Some("redis" | "redis+unix" | "unix") => Ok(StoreUrl::Redis(s.to_owned())),
+            Some("postgres" | "postgresql") => Ok(StoreUrl::Postgres(s.to_owned())),
             Some("rediss") => Err(UnknownStore {
                 shown: Redacted(s).to_string(),
                 why: "; this build has no TLS for Redis (rediss://)",
@@ -80,8 +90,10 @@ impl StoreUrl {
     }
 
     /// Connects to the store (the memory store needs nothing). Hop records expire after
-    /// `ttl`; Redis keys start with `prefix`.
+    /// `ttl`; Redis keys and PostgreSQL rows' keys start with `prefix`.
     pub async fn connect(&self, prefix: &str, ttl: Duration) -> Result<AnyStore, StoreError> {
+        // Only the shared stores key their records.
+        let _ = prefix;
         match self {
             StoreUrl::Memory => Ok(AnyStore::Memory(Arc::new(MemoryStore::new(
                 super::MemoryStoreConfig {
@@ -98,25 +110,38 @@ impl StoreUrl {
             .await
             .map(AnyStore::Redis),
             #[cfg(not(feature = "redis"))]
-            StoreUrl::Redis(url) => {
-                let _ = prefix;
-                Err(StoreError::failed(
-                    "connect",
-                    format!(
-                        "this build has no Redis store ({}); rebuild with the `redis` feature",
-                        Redacted(url)
-                    ),
-                ))
-            }
+            StoreUrl::Redis(url) => not_built("Redis", "redis", url),
+            #[cfg(feature = "postgres")]
+            StoreUrl::Postgres(url) => PostgresStore::connect(PostgresStoreConfig {
+                url: url.clone(),
+                prefix: prefix.to_owned(),
+                ttl,
+                ..PostgresStoreConfig::default()
+            })
+            .await
+            .map(AnyStore::Postgres),
+            #[cfg(not(feature = "postgres"))]
+            StoreUrl::Postgres(url) => not_built("PostgreSQL", "postgres", url),
         }
     }
+}
+
+#[allow(dead_code)] // Unused when every store is built in.
+fn not_built(name: &str, feature: &str, url: &str) -> Result<AnyStore, StoreError> {
+    Err(StoreError::failed(
+        "connect",
+        format!(
+            "this build has no {name} store ({}); rebuild with the `{feature}` feature",
+            Redacted(url)
+        ),
+    ))
 }
 
 impl fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreUrl::Memory => f.write_str("memory"),
-            StoreUrl::Redis(url) => fmt::Display::fmt(&Redacted(url), f),
+            StoreUrl::Redis(url) | StoreUrl::Postgres(url) => fmt::Display::fmt(&Redacted(url), f),
         }
     }
 }
@@ -126,6 +151,7 @@ impl fmt::Debug for StoreUrl {
         match self {
             StoreUrl::Memory => f.write_str("Memory"),
             StoreUrl::Redis(url) => f.debug_tuple("Redis").field(&Redacted(url)).finish(),
+            StoreUrl::Postgres(url) => f.debug_tuple("Postgres").field(&Redacted(url)).finish(),
         }
     }
 }
@@ -138,6 +164,9 @@ pub enum AnyStore {
     /// See [`RedisStore`].
     #[cfg(feature = "redis")]
     Redis(Arc<RedisStore>),
+    /// See [`PostgresStore`].
+    #[cfg(feature = "postgres")]
+    Postgres(Arc<PostgresStore>),
 }
 
 impl fmt::Debug for AnyStore {
@@ -146,6 +175,8 @@ impl fmt::Debug for AnyStore {
             AnyStore::Memory(_) => f.write_str("AnyStore::Memory"),
             #[cfg(feature = "redis")]
             AnyStore::Redis(_) => f.write_str("AnyStore::Redis"),
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres(_) => f.write_str("AnyStore::Postgres"),
         }
     }
 }
@@ -157,6 +188,8 @@ macro_rules! each_store {
             AnyStore::Memory($store) => $call,
             #[cfg(feature = "redis")]
             AnyStore::Redis($store) => $call,
+            #[cfg(feature = "postgres")]
+            AnyStore::Postgres($store) => $call,
         }
     };
 }
@@ -198,9 +231,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(tls.contains("no TLS") && !tls.contains("hunter2"), "{tls}");
-        let refused = "postgres://app:hunter2@db/troupe"
-            .parse::<StoreUrl>()
-            .unwrap_err();
+        assert_eq!(
+            "postgresql://db/troupe".parse::<StoreUrl>().ok(),
+            Some(StoreUrl::Postgres("postgresql://db/troupe".to_owned()))
+        );
+        let refused = "mongodb://app:hunter2@db/troupe".parse::<StoreUrl>().unwrap_err();
         let shown = refused.to_string();
         assert!(
             shown.contains("unknown store") && !shown.contains("hunter2"),

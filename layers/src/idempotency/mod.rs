@@ -20,6 +20,10 @@
 
 mod any;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod record;
 #[cfg(feature = "redis")]
 mod redis;
 mod store;
@@ -34,6 +38,8 @@ use troupe_core::{Dispatch, Envelope, Publication, Unavailable};
 
 pub use any::{AnyStore, StoreUrl, UnknownStore};
 pub use memory::{MemoryStore, MemoryStoreConfig};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresStore, PostgresStoreConfig};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreConfig};
 pub use store::{Claim, IdempotencyStore, StoreError};

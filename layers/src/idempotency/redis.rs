@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
-use troupe_core::{DecodeLimits, Envelope, Publication};
+use troupe_core::Publication;
 
+use super::record::{self, millis};
 use super::store::{Claim, IdempotencyStore, StoreError};
 
 /// Settings of a [`RedisStore`]. Its `Debug` shows the URL redacted.
@@ -80,14 +80,6 @@ end
 return 0
 ";
 
-/// A recorded output: the envelope is kept in its wire form.
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    actor: String,
-    delay_ms: Option<u64>,
-    envelope: String,
-}
-
 /// An idempotency store on Redis. Cheap to share behind an `Arc`.
 pub struct RedisStore {
     connection: ConnectionManager,
@@ -107,10 +99,6 @@ fn failed(operation: &'static str) -> impl Fn(redis::RedisError) -> StoreError {
             StoreError::failed(operation, e.to_string())
         }
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 impl RedisStore {
@@ -146,23 +134,6 @@ impl RedisStore {
         // Single inserts and removals: a poisoned map is still consistent.
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    fn decode(stored: &str) -> Result<Vec<Publication>, StoreError> {
-        let corrupt = |detail: String| StoreError::failed("read record", detail);
-        let items: Vec<Stored> = serde_json::from_str(stored).map_err(|e| corrupt(e.to_string()))?;
-        items
-            .into_iter()
-            .map(|s| {
-                let envelope = Envelope::from_slice(s.envelope.as_bytes(), &DecodeLimits::default())
-                    .map_err(|e| corrupt(e.to_string()))?;
-                Ok(Publication {
-                    actor: s.actor,
-                    envelope,
-                    delay: s.delay_ms.map(Duration::from_millis),
-                })
-            })
-            .collect()
-    }
 }
 
 impl IdempotencyStore for RedisStore {
@@ -186,33 +157,19 @@ impl IdempotencyStore for RedisStore {
             self.tokens().insert(key.to_owned(), token);
             return Ok(Claim::Acquired);
         }
-        if found == "done" {
-            return Ok(Claim::Published);
-        }
-        if let Some(json) = found.strip_prefix("c:") {
-            return Ok(Claim::Completed(Self::decode(json)?.into()));
-        }
-        Ok(Claim::InProgress)
+        record::found(&found)
     }
 
     async fn complete(&self, key: &str, outputs: &Arc<[Publication]>) -> Result<(), StoreError> {
         let token = self.tokens().remove(key).ok_or_else(|| {
             StoreError::failed("record", format!("this process holds no claim on hop {key}"))
         })?;
-        let stored: Vec<Stored> = outputs
-            .iter()
-            .map(|p| Stored {
-                actor: p.actor.clone(),
-                delay_ms: p.delay.map(millis),
-                envelope: String::from_utf8_lossy(&p.envelope.to_vec()).into_owned(),
-            })
-            .collect();
-        let json = serde_json::to_string(&stored).map_err(|e| StoreError::failed("record", e.to_string()))?;
+        let state = record::completed(outputs)?;
         let replaced: i64 = self
             .replace_own
             .key(self.key(key))
             .arg(&token)
-            .arg(format!("c:{json}"))
+            .arg(state)
             .arg(millis(self.config.ttl))
             .invoke_async(&mut self.connection.clone())
             .await
@@ -230,7 +187,7 @@ impl IdempotencyStore for RedisStore {
     async fn mark_published(&self, key: &str) -> Result<(), StoreError> {
         redis::cmd("SET")
             .arg(self.key(key))
-            .arg("done")
+            .arg(record::PUBLISHED)
             .arg("PX")
             .arg(millis(self.config.ttl))
             .query_async::<()>(&mut self.connection.clone())

@@ -1,0 +1,381 @@
+//! An [`IdempotencyStore`] on PostgreSQL (feature `postgres`), shared by every process of an
+//! actor and kept across restarts of the database itself.
+//!
+//! One row per hop in one table (`troupe_hops` by default, created if missing):
+//! `key` (`{prefix}{hop key}`), `state` (see the `record` module: `p:{token}`, `c:{json}`,
+//! `done`) and `expires_at`. A claim is one `INSERT ... ON CONFLICT DO UPDATE ... WHERE
+//! expired`, so two workers never both acquire a hop; recording and releasing compare the
+//! claim token, as on Redis. Expired rows are read as absent and deleted by a sweep once a
+//! minute.
+//!
+//! The connection is re-established on the next call after it breaks, so a database
+//! outage makes calls fail as [unavailable](StoreError::unavailable) (the runner holds its
+//! deliveries) until the database answers again. TLS is not built in: use a URL with
+//! `sslmode=disable` or `prefer` (which then connects in plain text), or a local TLS proxy.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+use troupe_core::Publication;
+use troupe_core::redact::{Redacted, scrub};
+
+use super::record::{self, millis};
+use super::store::{Claim, IdempotencyStore, StoreError};
+
+/// Settings of a [`PostgresStore`]. Its `Debug` shows the URL redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresStoreConfig {
+    /// Server, e.g. `postgres://troupe:secret@db:5432/troupe`.
+    pub url: String,
+    /// The table of hop records: lower-case letters, digits and `_`.
+    pub table: String,
+    /// Prefix of every key (namespace several meshes in one table).
+    pub prefix: String,
+    /// How long a finished hop is remembered.
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for PostgresStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStoreConfig")
+            .field("url", &Redacted(&self.url))
+            .field("table", &self.table)
+            .field("prefix", &self.prefix)
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl Default for PostgresStoreConfig {
+    /// `postgres://postgres@127.0.0.1:5432/postgres`, table `troupe_hops`, prefix
+    /// `troupe:hop:`, one day.
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/postgres".to_owned(),
+            table: "troupe_hops".to_owned(),
+            prefix: "troupe:hop:".to_owned(),
+            ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Longest a single statement may take before the database counts as not answering.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An idempotency store on PostgreSQL. Cheap to share behind an `Arc`.
+pub struct PostgresStore {
+    config: PostgresStoreConfig,
+    sql: Statements,
+    client: RwLock<Option<Arc<Client>>>,
+    /// One reconnection at a time; the others wait for it.
+    reconnecting: tokio::sync::Mutex<()>,
+    /// Claim tokens of hops this process holds.
+    tokens: Mutex<HashMap<String, String>>,
+}
+
+/// The statements, with the table name filled in (checked to be a plain identifier).
+struct Statements {
+    create: String,
+    claim: String,
+    look: String,
+    complete: String,
+    publish: String,
+    release: String,
+    sweep: String,
+}
+
+impl Statements {
+    fn for_table(t: &str) -> Self {
+        let expires = "now() + $3::bigint * interval '1 millisecond'";
+        Self {
+            create: format!(
+                "CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, state TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL); \
+                 CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"
+            ),
+            claim: format!(
+                "INSERT INTO {t} (key, state, expires_at) VALUES ($1, $2, {expires}) \
+                 ON CONFLICT (key) DO UPDATE SET state = EXCLUDED.state, expires_at = EXCLUDED.expires_at \
+                 WHERE {t}.expires_at <= now() RETURNING state"
+            ),
+            look: format!("SELECT state FROM {t} WHERE key = $1 AND expires_at > now()"),
+            complete: format!(
+                "UPDATE {t} SET state = $2, expires_at = {expires} WHERE key = $1 AND state = $4"
+            ),
+            publish: format!("UPDATE {t} SET state = $2, expires_at = {expires} WHERE key = $1"),
+            release: format!("DELETE FROM {t} WHERE key = $1 AND state = $2"),
+            sweep: format!("DELETE FROM {t} WHERE expires_at <= now()"),
+        }
+    }
+}
+
+/// Whether `e` means the database did not answer, rather than answered with an error.
+fn is_unavailable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        // No SQL state: an I/O or protocol failure on the way.
+        None => true,
+        Some(code) => {
+            code.code().starts_with("08") // connection exception
+                || [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW]
+                    .contains(code)
+        }
+    }
+}
+
+fn valid_table(table: &str) -> bool {
+    let mut chars = table.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && table.len() <= 48
+}
+
+impl PostgresStore {
+    /// Connects, creates the table if it is missing and starts the sweep of expired rows.
+    pub async fn connect(config: PostgresStoreConfig) -> Result<Arc<Self>, StoreError> {
+        if !valid_table(&config.table) {
+            return Err(StoreError::failed(
+                "connect",
+                format!(
+                    "table name {:?} is not a plain identifier (lower-case letters, digits, _)",
+                    config.table
+                ),
+            ));
+        }
+        let store = Arc::new(Self {
+            sql: Statements::for_table(&config.table),
+            config,
+            client: RwLock::default(),
+            reconnecting: tokio::sync::Mutex::default(),
+            tokens: Mutex::default(),
+        });
+        let client = store.client().await?;
+        if let Err(e) = client.batch_execute(&store.sql.create).await {
+            // Replicas starting together race to create the table; losing that race is fine.
+            let raced = e
+                .code()
+                .is_some_and(|c| *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_TABLE);
+            if !raced {
+                return Err(store.error("create table")(e));
+            }
+        }
+        tokio::spawn(sweep(Arc::downgrade(&store)));
+        Ok(store)
+    }
+
+    fn error(&self, operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
+        move |e| {
+            // The client's messages name the server, never the password; scrubbed anyway.
+            let detail = scrub(&e.to_string(), &self.config.url);
+            if is_unavailable(&e) {
+                StoreError::unavailable(operation, detail)
+            } else {
+                StoreError::failed(operation, detail)
+            }
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Client>> {
+        let client = self.client.read().unwrap_or_else(|p| p.into_inner());
+        client.as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+
+    /// The open connection, or a new one if it broke.
+    async fn client(&self) -> Result<Arc<Client>, StoreError> {
+        if let Some(client) = self.current() {
+            return Ok(client);
+        }
+        let _one_at_a_time = self.reconnecting.lock().await;
+        if let Some(client) = self.current() {
+            return Ok(client);
+        }
+        let unavailable = |detail: String| {
+            StoreError::unavailable(
+                "connect",
+                format!(
+                    "cannot connect to PostgreSQL at {}: {}",
+                    Redacted(&self.config.url),
+                    scrub(&detail, &self.config.url)
+                ),
+            )
+        };
+        let mut pg: tokio_postgres::Config =
+            self.config.url.parse().map_err(|e: tokio_postgres::Error| {
+                StoreError::failed(
+                    "connect",
+                    format!(
+                        "{} is not a PostgreSQL URL: {}",
+                        Redacted(&self.config.url),
+                        scrub(&e.to_string(), &self.config.url)
+                    ),
+                )
+            })?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(5));
+        }
+        let (client, connection) = pg.connect(NoTls).await.map_err(|e| unavailable(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(%error, "PostgreSQL store connection closed; reconnecting on the next call");
+            }
+        });
+        let client = Arc::new(client);
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+        Ok(client)
+    }
+
+    fn key(&self, hop: &str) -> String {
+        format!("{}{hop}", self.config.prefix)
+    }
+
+    fn tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        // Single inserts and removals: a poisoned map is still consistent.
+        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `statement` with `params`, bounded by [`STATEMENT_TIMEOUT`].
+    async fn rows(
+        &self,
+        operation: &'static str,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let client = self.client().await?;
+        match tokio::time::timeout(STATEMENT_TIMEOUT, client.query(statement, params)).await {
+            Ok(rows) => rows.map_err(self.error(operation)),
+            Err(_) => Err(StoreError::unavailable(
+                operation,
+                format!("PostgreSQL did not answer within {STATEMENT_TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    async fn affected(
+        &self,
+        operation: &'static str,
+        statement: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(statement, params)).await {
+            Ok(n) => n.map_err(self.error(operation)),
+            Err(_) => Err(StoreError::unavailable(
+                operation,
+                format!("PostgreSQL did not answer within {STATEMENT_TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    fn ttl_millis(d: Duration) -> i64 {
+        i64::try_from(millis(d)).unwrap_or(i64::MAX)
+    }
+}
+
+/// Deletes expired rows once a minute while the store lives.
+async fn sweep(store: Weak<PostgresStore>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        if let Err(error) = store.affected("sweep", &store.sql.sweep, &[]).await {
+            tracing::debug!(%error, "sweeping expired hop records failed; next minute again");
+        }
+    }
+}
+
+impl IdempotencyStore for PostgresStore {
+    async fn claim(&self, key: &str, ttl: Duration) -> Result<Claim, StoreError> {
+        // As on Redis: a duplicate inside this process waits while this process works on
+        // the hop, so one token per hop per process.
+        if self.tokens().contains_key(key) {
+            return Ok(Claim::InProgress);
+        }
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let (row_key, state) = (self.key(key), record::claimed(&token));
+        let acquired = self
+            .rows(
+                "claim",
+                &self.sql.claim,
+                &[&row_key, &state, &Self::ttl_millis(ttl)],
+            )
+            .await?;
+        if !acquired.is_empty() {
+            self.tokens().insert(key.to_owned(), token);
+            return Ok(Claim::Acquired);
+        }
+        let found = self.rows("claim", &self.sql.look, &[&row_key]).await?;
+        match found.first() {
+            Some(row) => record::found(&row.try_get::<_, String>(0).map_err(self.error("claim"))?),
+            // Expired between the two statements: let the redelivery claim it.
+            None => Ok(Claim::InProgress),
+        }
+    }
+
+    async fn complete(&self, key: &str, outputs: &Arc<[Publication]>) -> Result<(), StoreError> {
+        let token = self.tokens().remove(key).ok_or_else(|| {
+            StoreError::failed("record", format!("this process holds no claim on hop {key}"))
+        })?;
+        let state = record::completed(outputs)?;
+        let ttl = Self::ttl_millis(self.config.ttl);
+        let own = record::claimed(&token);
+        let updated = self
+            .affected(
+                "record",
+                &self.sql.complete,
+                &[&self.key(key), &state, &ttl, &own],
+            )
+            .await?;
+        if updated == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::failed(
+                "record",
+                format!("the claim on hop {key} lapsed and was taken over; its outputs are not recorded"),
+            ))
+        }
+    }
+
+    async fn mark_published(&self, key: &str) -> Result<(), StoreError> {
+        let ttl = Self::ttl_millis(self.config.ttl);
+        self.affected(
+            "mark published",
+            &self.sql.publish,
+            &[&self.key(key), &record::PUBLISHED, &ttl],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn release(&self, key: &str) -> Result<(), StoreError> {
+        let Some(token) = self.tokens().remove(key) else {
+            return Ok(());
+        };
+        self.affected(
+            "release",
+            &self.sql.release,
+            &[&self.key(key), &record::claimed(&token)],
+        )
+        .await
+        .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_table_names_reach_sql() {
+        for ok in ["troupe_hops", "_t", "hops2"] {
+            assert!(valid_table(ok), "{ok}");
+        }
+        for bad in ["", "Hops", "2hops", "hops; drop table x", "a.b", "hops\""] {
+            assert!(!valid_table(bad), "{bad}");
+        }
+    }
+}
