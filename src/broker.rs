@@ -445,7 +445,9 @@ pub struct QueueArgs {
     /// Where hop records are kept for effectively-once processing: `memory` (this process
     /// only: lost on restart, not shared by replicas),
     /// `redis://[user:password@]host[:port][/db]` or
-    /// `postgres://[user:password@]host[:port]/database`, shared and durable (no TLS yet).
+    /// `postgres://[user:password@]host[:port]/database` (no TLS yet) or `nats-kv://BUCKET`
+    /// (a JetStream key-value bucket on the `--nats-url` server, or
+    /// `nats-kv://[user:password@]host[:port]/BUCKET`), shared and durable.
     #[arg(long, env = "TROUPE_STORE", default_value = "memory", hide_env_values = true)]
     pub store: troupe_layers::StoreUrl,
     /// Prefix of the store's keys, so several meshes can share one server.

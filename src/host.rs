@@ -229,8 +229,12 @@ impl ActorHost {
                  set --store redis://... (TROUPE_STORE) for durable effectively-once"
             );
         }
-        let store = self.store.connect(&self.store_prefix, HOP_RECORD_TTL).await?;
-        tracing::info!(actor = %self.actor, store = %self.store, "idempotency store ready");
+        #[cfg(feature = "nats")]
+        let store_url = self.store.with_nats_default(&self.brokers.nats.url);
+        #[cfg(not(feature = "nats"))]
+        let store_url = self.store;
+        let store = store_url.connect(&self.store_prefix, HOP_RECORD_TTL).await?;
+        tracing::info!(actor = %self.actor, store = %store_url, "idempotency store ready");
         Ok(Host {
             actor: self.actor,
             broker: self.broker,

@@ -30,6 +30,8 @@ pub use deadline::DeadlineLayer;
 pub use idempotency::{
     AnyStore, IdempotencyError, IdempotencyLayer, IdempotencyStore, MemoryStore, StoreUrl, UnknownStore,
 };
+#[cfg(feature = "nats-kv")]
+pub use idempotency::{NatsKvStore, NatsKvStoreConfig};
 #[cfg(feature = "postgres")]
 pub use idempotency::{PostgresStore, PostgresStoreConfig};
 #[cfg(feature = "redis")]

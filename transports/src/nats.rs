@@ -143,39 +143,41 @@ fn check_queue(queue: &str) -> Result<(), TransportError> {
     crate::queue_check::refuse_if(queue, problem)
 }
 
+/// Connects a NATS client to `url` (servers separated by commas, credentials in the first
+/// URL that has them). The credentials go apart from the server list: async-nats logs the
+/// servers it dials (at debug level) with whatever userinfo they carry. Errors show the
+/// URL redacted.
+pub async fn connect_client(url: &str) -> Result<async_nats::Client, TransportError> {
+    let mut credentials = None;
+    let servers: Vec<String> = url
+        .split(',')
+        .map(|server| {
+            let (userinfo, bare) = troupe_core::redact::split_userinfo(server.trim());
+            credentials = credentials.take().or(userinfo);
+            bare
+        })
+        .collect();
+    let options = match credentials {
+        Some((user, Some(password))) => async_nats::ConnectOptions::with_user_and_password(user, password),
+        Some((token, None)) => async_nats::ConnectOptions::with_token(token),
+        None => async_nats::ConnectOptions::new(),
+    };
+    options
+        .connect(servers.join(",").as_str())
+        .await
+        .map_err(|e| TransportError::Disconnected {
+            detail: format!(
+                "cannot connect to NATS at {}: {}",
+                Redacted(url),
+                scrub(&e.to_string(), url)
+            ),
+        })
+}
+
 impl NatsTransport {
     /// Connects and makes sure both streams exist.
     pub async fn connect(config: NatsConfig) -> Result<Self, TransportError> {
-        // The credentials go apart from the server list: async-nats logs the servers it
-        // dials (at debug level) with whatever userinfo they carry.
-        let mut credentials = None;
-        let servers: Vec<String> = config
-            .url
-            .split(',')
-            .map(|server| {
-                let (userinfo, bare) = troupe_core::redact::split_userinfo(server.trim());
-                credentials = credentials.take().or(userinfo);
-                bare
-            })
-            .collect();
-        let options = match credentials {
-            Some((user, Some(password))) => {
-                async_nats::ConnectOptions::with_user_and_password(user, password)
-            }
-            Some((token, None)) => async_nats::ConnectOptions::with_token(token),
-            None => async_nats::ConnectOptions::new(),
-        };
-        let client =
-            options
-                .connect(servers.join(",").as_str())
-                .await
-                .map_err(|e| TransportError::Disconnected {
-                    detail: format!(
-                        "cannot connect to NATS at {}: {}",
-                        Redacted(&config.url),
-                        scrub(&e.to_string(), &config.url)
-                    ),
-                })?;
+        let client = connect_client(&config.url).await?;
         let js = jetstream::new(client);
         let stream = Self::work_queue(&js, &config.stream, &format!("{}.>", config.subject_prefix)).await?;
         let delay_stream = Self::work_queue(

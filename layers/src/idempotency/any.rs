@@ -1,5 +1,6 @@
-//! Choosing the idempotency store at run time: `--store memory|redis://…|postgres://…`,
-//! one type for whichever was chosen.
+//! Choosing the idempotency store at run time:
+//! `--store memory|redis://…|postgres://…|nats-kv://BUCKET`, one type for whichever was
+//! chosen.
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,6 +11,8 @@ use troupe_core::Publication;
 use troupe_core::redact::Redacted;
 
 use super::memory::MemoryStore;
+#[cfg(feature = "nats-kv")]
+use super::nats_kv::{NatsKvStore, NatsKvStoreConfig};
 #[cfg(feature = "postgres")]
 use super::postgres::{PostgresStore, PostgresStoreConfig};
 #[cfg(feature = "redis")]
@@ -26,6 +29,10 @@ use super::store::{Claim, IdempotencyStore, StoreError};
 /// - `postgres://[user:password@]host[:port]/database` (or `postgresql://`): shared and
 ///   durable, one row per hop in table `troupe_hops` (feature `postgres`); no TLS: use
 ///   `sslmode=disable` or `prefer`.
+/// - `nats-kv://BUCKET` or `nats-kv://[user:password@]host[:port]/BUCKET`: a NATS JetStream
+///   key-value bucket (feature `nats-kv`), created if missing; without a server, the one
+///   [`StoreUrl::with_nats_default`] names (the actor's NATS broker), else
+///   `127.0.0.1:4222`.
 ///
 /// Its `Display` and `Debug` show URLs redacted.
 ///
@@ -45,12 +52,19 @@ pub enum StoreUrl {
     Redis(String),
     /// A PostgreSQL database, by URL.
     Postgres(String),
+    /// A NATS JetStream key-value bucket.
+    NatsKv {
+        /// The NATS server(s) (`nats://…`), if the URL named them.
+        servers: Option<String>,
+        /// The bucket.
+        bucket: String,
+    },
 }
 
 /// A `--store` value that names no store this build knows.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unknown store {shown:?}: expected `memory`, `redis://[user:password@]host[:port][/db]` or `postgres://[user:password@]host[:port]/database`{why}"
+    "unknown store {shown:?}: expected `memory`, `redis://[user:password@]host[:port][/db]`, `postgres://[user:password@]host[:port]/database` or `nats-kv://[[user:password@]host[:port]/]BUCKET`{why}"
 )]
 pub struct UnknownStore {
     /// The value, redacted.
@@ -71,6 +85,28 @@ impl FromStr for StoreUrl {
         match scheme.as_deref() {
             Some("redis" | "redis+unix" | "unix") => Ok(StoreUrl::Redis(s.to_owned())),
             Some("postgres" | "postgresql") => Ok(StoreUrl::Postgres(s.to_owned())),
+            Some("nats-kv") => {
+                let rest = &s["nats-kv://".len()..];
+                let (servers, bucket) = match rest.rsplit_once('/') {
+                    Some((servers, bucket)) => (Some(format!("nats://{servers}")), bucket),
+                    None => (None, rest),
+                };
+                let valid = !bucket.is_empty()
+                    && bucket
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                if valid {
+                    Ok(StoreUrl::NatsKv {
+                        servers,
+                        bucket: bucket.to_owned(),
+                    })
+                } else {
+                    Err(UnknownStore {
+                        shown: Redacted(s).to_string(),
+                        why: "; a NATS KV bucket name is letters, digits, - and _",
+                    })
+                }
+            }
             Some("rediss") => Err(UnknownStore {
                 shown: Redacted(s).to_string(),
                 why: "; this build has no TLS for Redis (rediss://)",
@@ -87,6 +123,21 @@ impl StoreUrl {
     /// Whether records live only in this process.
     pub fn is_memory(&self) -> bool {
         matches!(self, StoreUrl::Memory)
+    }
+
+    /// A NATS KV store without a server of its own uses `servers` (the actor's NATS broker).
+    #[must_use]
+    pub fn with_nats_default(self, servers: &str) -> Self {
+        match self {
+            StoreUrl::NatsKv {
+                servers: None,
+                bucket,
+            } => StoreUrl::NatsKv {
+                servers: Some(servers.to_owned()),
+                bucket,
+            },
+            other => other,
+        }
     }
 
     /// Connects to the store (the memory store needs nothing). Hop records expire after
@@ -122,6 +173,19 @@ impl StoreUrl {
             .map(AnyStore::Postgres),
             #[cfg(not(feature = "postgres"))]
             StoreUrl::Postgres(url) => not_built("PostgreSQL", "postgres", url),
+            #[cfg(feature = "nats-kv")]
+            StoreUrl::NatsKv { servers, bucket } => NatsKvStore::connect(NatsKvStoreConfig {
+                url: servers
+                    .clone()
+                    .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned()),
+                bucket: bucket.clone(),
+                prefix: prefix.to_owned(),
+                ttl,
+            })
+            .await
+            .map(AnyStore::NatsKv),
+            #[cfg(not(feature = "nats-kv"))]
+            StoreUrl::NatsKv { bucket, .. } => not_built("NATS KV", "nats-kv", bucket),
         }
     }
 }
@@ -142,6 +206,14 @@ impl fmt::Display for StoreUrl {
         match self {
             StoreUrl::Memory => f.write_str("memory"),
             StoreUrl::Redis(url) | StoreUrl::Postgres(url) => fmt::Display::fmt(&Redacted(url), f),
+            StoreUrl::NatsKv {
+                servers: None,
+                bucket,
+            } => write!(f, "nats-kv://{bucket}"),
+            StoreUrl::NatsKv {
+                servers: Some(servers),
+                bucket,
+            } => write!(f, "NATS KV bucket {bucket} at {}", Redacted(servers)),
         }
     }
 }
@@ -152,6 +224,11 @@ impl fmt::Debug for StoreUrl {
             StoreUrl::Memory => f.write_str("Memory"),
             StoreUrl::Redis(url) => f.debug_tuple("Redis").field(&Redacted(url)).finish(),
             StoreUrl::Postgres(url) => f.debug_tuple("Postgres").field(&Redacted(url)).finish(),
+            StoreUrl::NatsKv { servers, bucket } => f
+                .debug_struct("NatsKv")
+                .field("servers", &servers.as_deref().map(Redacted))
+                .field("bucket", bucket)
+                .finish(),
         }
     }
 }
@@ -167,6 +244,9 @@ pub enum AnyStore {
     /// See [`PostgresStore`].
     #[cfg(feature = "postgres")]
     Postgres(Arc<PostgresStore>),
+    /// See [`NatsKvStore`].
+    #[cfg(feature = "nats-kv")]
+    NatsKv(Arc<NatsKvStore>),
 }
 
 impl fmt::Debug for AnyStore {
@@ -177,6 +257,8 @@ impl fmt::Debug for AnyStore {
             AnyStore::Redis(_) => f.write_str("AnyStore::Redis"),
             #[cfg(feature = "postgres")]
             AnyStore::Postgres(_) => f.write_str("AnyStore::Postgres"),
+            #[cfg(feature = "nats-kv")]
+            AnyStore::NatsKv(_) => f.write_str("AnyStore::NatsKv"),
         }
     }
 }
@@ -190,6 +272,8 @@ macro_rules! each_store {
             AnyStore::Redis($store) => $call,
             #[cfg(feature = "postgres")]
             AnyStore::Postgres($store) => $call,
+            #[cfg(feature = "nats-kv")]
+            AnyStore::NatsKv($store) => $call,
         }
     };
 }
@@ -235,6 +319,23 @@ mod tests {
             "postgresql://db/troupe".parse::<StoreUrl>().ok(),
             Some(StoreUrl::Postgres("postgresql://db/troupe".to_owned()))
         );
+        assert_eq!(
+            "nats-kv://HOPS".parse::<StoreUrl>().ok(),
+            Some(StoreUrl::NatsKv {
+                servers: None,
+                bucket: "HOPS".to_owned()
+            })
+        );
+        let kv: StoreUrl = "nats-kv://app:hunter2@nats:4222/HOPS".parse().unwrap();
+        assert_eq!(
+            kv,
+            StoreUrl::NatsKv {
+                servers: Some("nats://app:hunter2@nats:4222".to_owned()),
+                bucket: "HOPS".to_owned()
+            }
+        );
+        assert!(!format!("{kv} {kv:?}").contains("hunter2"));
+        assert!("nats-kv://a.b".parse::<StoreUrl>().is_err());
         let refused = "mongodb://app:hunter2@db/troupe".parse::<StoreUrl>().unwrap_err();
         let shown = refused.to_string();
         assert!(

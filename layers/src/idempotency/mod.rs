@@ -20,9 +20,11 @@
 
 mod any;
 mod memory;
+#[cfg(feature = "nats-kv")]
+mod nats_kv;
 #[cfg(feature = "postgres")]
 mod postgres;
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "nats-kv"))]
 mod record;
 #[cfg(feature = "redis")]
 mod redis;
@@ -38,6 +40,8 @@ use troupe_core::{Dispatch, Envelope, Publication, Unavailable};
 
 pub use any::{AnyStore, StoreUrl, UnknownStore};
 pub use memory::{MemoryStore, MemoryStoreConfig};
+#[cfg(feature = "nats-kv")]
+pub use nats_kv::{NatsKvStore, NatsKvStoreConfig};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreConfig};
 #[cfg(feature = "redis")]
