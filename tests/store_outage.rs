@@ -186,8 +186,14 @@ async fn a_redis_outage_holds_work_and_loses_nothing() {
 
     shutdown.cancel();
     let report = served.await.unwrap().unwrap();
-    assert_eq!(report.nacked, 0, "no redelivery spent on the outage: {report:?}");
-    assert_eq!(report.acked, 200, "{report:?}");
+    assert_eq!(
+        report.nacked, 0,
+        "the runner returned nothing to the queue: {report:?}"
+    );
+    assert_eq!(report.sumped, 0, "{report:?}");
+    // One output per envelope; copies the broker redelivered from the client's buffer
+    // during a long outage are acked without output (received and acked may exceed 200).
+    assert_eq!(report.published, 200, "{report:?}");
     redis.kill().unwrap();
     redis.wait().unwrap();
 }
