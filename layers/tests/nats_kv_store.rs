@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
-use troupe_core::{Envelope, Publication, Route};
 use troupe_layers::StoreUrl;
 use troupe_layers::idempotency::{Claim, IdempotencyStore, NatsKvStore, NatsKvStoreConfig};
 
@@ -26,64 +24,11 @@ async fn store(test: &str) -> Arc<NatsKvStore> {
     .unwrap_or_else(|e| panic!("NATS with JetStream must be running (bash .ci/run starts it): {e}"))
 }
 
-const CLAIM_TTL: Duration = Duration::from_secs(30);
+mod store_suite;
 
-#[tokio::test]
-async fn hop_lifecycle_records_and_returns_outputs() {
-    let s = store("lifecycle").await;
-    // A hop key carries a client's envelope id: any characters.
-    let hop = "id with spaces/é/a.b/0/1/digest";
-    assert_eq!(s.claim(hop, CLAIM_TTL).await.unwrap(), Claim::Acquired);
-    assert_eq!(s.claim(hop, CLAIM_TTL).await.unwrap(), Claim::InProgress);
-    let out = Envelope::new(Route::through(["b", "c"]), json!({"x": [1, 2], "f": 0.1}));
-    let outputs: Arc<[Publication]> = vec![
-        Publication::to("b", out.clone()),
-        Publication {
-            actor: "a".into(),
-            envelope: out,
-            delay: Some(Duration::from_millis(1500)),
-        },
-    ]
-    .into();
-    s.complete(hop, &outputs).await.unwrap();
-    let other = store("lifecycle").await;
-    assert_eq!(
-        other.claim(hop, CLAIM_TTL).await.unwrap(),
-        Claim::Completed(outputs)
-    );
-    s.mark_published(hop).await.unwrap();
-    assert_eq!(other.claim(hop, CLAIM_TTL).await.unwrap(), Claim::Published);
-}
+use store_suite::CLAIM_TTL;
 
-#[tokio::test]
-async fn claims_are_exclusive_across_processes_and_lapse() {
-    let a = store("exclusive").await;
-    let b = store("exclusive").await;
-    assert_eq!(
-        a.claim("k", Duration::from_millis(300)).await.unwrap(),
-        Claim::Acquired
-    );
-    b.release("k").await.unwrap(); // b holds nothing: a no-op
-    assert_eq!(b.claim("k", CLAIM_TTL).await.unwrap(), Claim::InProgress);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(
-        b.claim("k", CLAIM_TTL).await.unwrap(),
-        Claim::Acquired,
-        "a lapsed claim is taken over"
-    );
-    let outputs: Arc<[Publication]> = Vec::new().into();
-    let err = a.complete("k", &outputs).await.unwrap_err();
-    assert!(
-        err.to_string().contains("taken over") && !err.unavailable,
-        "{err}"
-    );
-    b.release("k").await.unwrap();
-    assert_eq!(
-        a.claim("k", CLAIM_TTL).await.unwrap(),
-        Claim::Acquired,
-        "released: free again"
-    );
-}
+store_suite!(store);
 
 #[tokio::test]
 async fn chosen_by_url_and_unreachable_is_unavailable_without_the_password() {
