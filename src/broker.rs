@@ -472,25 +472,6 @@ impl QueueArgs {
     pub fn naming(&self) -> Result<troupe_core::QueueNaming, troupe_core::NameError> {
         troupe_core::QueueNaming::new(&self.queue_prefix, &self.namespace)
     }
-
-    /// Connects the idempotency store `--store` names. With the memory store on a real
-    /// broker it warns that effectively-once holds only while this process lives: the
-    /// broker outlives the process, so a redelivery after a restart, or to another replica,
-    /// runs the hop again.
-    pub async fn connect_store(
-        &self,
-    ) -> Result<troupe_layers::AnyStore, troupe_layers::idempotency::StoreError> {
-        if self.store.is_memory() && self.transport != Broker::Memory {
-            tracing::warn!(
-                transport = %self.transport,
-                "--store memory: effectively-once does not survive a restart and is not shared by replicas; \
-                 set --store redis://... (TROUPE_STORE) for durable effectively-once"
-            );
-        }
-        let store = self.store.connect(&self.store_prefix, HOP_RECORD_TTL).await?;
-        tracing::info!(store = %self.store, "idempotency store ready");
-        Ok(store)
-    }
 }
 
 /// How long a finished hop is remembered by the store `--store` names: longer than any

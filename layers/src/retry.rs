@@ -303,7 +303,8 @@ where
     type Response = Dispatch;
     /// A failed call becomes a retry, reroute or failure dispatch, except an
     /// [unavailable](HandlerError::unavailable) handler: that error is returned as is, so
-    /// the runner nacks the delivery without spending one of its attempts.
+    /// the runner holds the delivery until the handler answers, spending none of its
+    /// attempts.
     type Error = HandlerError;
     type Future = BoxFuture<'static, Result<Dispatch, HandlerError>>;
 
@@ -324,7 +325,7 @@ where
                 Err(error) => {
                     let error: HandlerError = error.into();
                     if error.is_unavailable() {
-                        tracing::warn!(envelope.id = %input.id, actor = %actor, %error, "handler unavailable; the delivery will be redelivered");
+                        tracing::warn!(envelope.id = %input.id, actor = %actor, %error, "handler unavailable; the runner holds the delivery until it answers");
                         return Err(error);
                     }
                     Ok(on_failure(&actor, &policies, input, error, started))

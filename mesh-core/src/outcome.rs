@@ -66,8 +66,8 @@ impl Outcome {
 ///
 /// A failure of the machinery around the handler rather than of the handler on this
 /// envelope (its runtime process is down, say) is [`HandlerError::unavailable`]: the retry
-/// layer does not spend an attempt on it but hands it to the runner, which nacks the
-/// delivery so it comes back once the handler is reachable again.
+/// layer does not spend an attempt on it but hands it to the runner, which holds the
+/// delivery (and takes no new work) until the handler is reachable again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}: {}", info.type_name, info.message)]
 pub struct HandlerError {
@@ -94,7 +94,8 @@ impl HandlerError {
     }
 
     /// The handler could not be reached at all (type `type_name`); the envelope is not at
-    /// fault, so it is redelivered rather than retried or failed.
+    /// fault, so the runner holds it until the handler answers rather than retrying or
+    /// failing it.
     pub fn unavailable(type_name: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             unavailable: true,
