@@ -21,6 +21,7 @@ pub mod runner;
 pub mod setup;
 pub mod status;
 pub mod sump;
+pub mod tls;
 pub mod transport;
 pub mod wire;
 

@@ -68,6 +68,9 @@ pub enum TransportError {
     /// The transport was shut down.
     #[error("the transport is closed")]
     Closed,
+    /// The TLS settings name files that cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// Anything else the broker client reported.
     #[error("broker error: {0}")]
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),
