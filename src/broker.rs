@@ -31,6 +31,8 @@ use std::str::FromStr;
 
 #[allow(unused_imports)] // Used by the brokers that are compiled in.
 use troupe_core::redact::Redacted;
+#[allow(unused_imports)] // Used with the `cli` feature.
+use troupe_core::tls::TlsFiles;
 use troupe_core::{QueueAdmin, Transport, TransportError};
 use troupe_transports::MemoryTransport;
 
@@ -343,6 +345,11 @@ pub struct BrokerArgs {
         hide_env_values = true
     )]
     pub nats_url: String,
+    /// Send each output's hop key as `Nats-Msg-Id`, so the stream drops a republished
+    /// output within its duplicate window (`--transport nats`); `false` leaves that to the
+    /// idempotency store alone.
+    #[arg(long, env = "TROUPE_NATS_MESSAGE_IDS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub nats_message_ids: bool,
     /// RabbitMQ URL, credentials and vhost included (`--transport amqp`).
     #[arg(
         long,
@@ -386,6 +393,28 @@ pub struct BrokerArgs {
     /// librdkafka property for consumers only, `KEY=VALUE` (e.g. `fetch.wait.max.ms=10`).
     #[arg(long = "kafka-consumer-property", value_name = "KEY=VALUE", value_parser = key_value, env = "TROUPE_KAFKA_CONSUMER_PROPERTIES", value_delimiter = ',', hide_env_values = true)]
     pub kafka_consumer_properties: Vec<(String, String)>,
+    /// PEM bundle of CA certificates that broker and store TLS connections trust besides
+    /// the system's (`tls://` NATS, `amqps://`, `rediss://`, `sslmode=require`; Kafka's
+    /// `ssl.ca.location` unless a `--kafka-property` sets it).
+    #[arg(long, env = "TROUPE_TLS_CA_FILE", value_name = "PATH")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate for brokers and stores that verify clients (mutual TLS);
+    /// needs `--tls-key-file`.
+    #[arg(
+        long,
+        env = "TROUPE_TLS_CERT_FILE",
+        value_name = "PATH",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `--tls-cert-file`.
+    #[arg(
+        long,
+        env = "TROUPE_TLS_KEY_FILE",
+        value_name = "PATH",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<std::path::PathBuf>,
 }
 
 #[cfg(feature = "cli")]
@@ -399,6 +428,7 @@ impl fmt::Debug for BrokerArgs {
         };
         f.debug_struct("BrokerArgs")
             .field("nats_url", &Redacted(&self.nats_url))
+            .field("nats_message_ids", &self.nats_message_ids)
             .field("amqp_url", &Redacted(&self.amqp_url))
             .field(
                 "amqp_management_url",
@@ -417,6 +447,7 @@ impl fmt::Debug for BrokerArgs {
                 "kafka_consumer_properties",
                 &properties(&self.kafka_consumer_properties),
             )
+            .field("tls", &self.tls_files())
             .finish()
     }
 }
@@ -445,7 +476,7 @@ pub struct QueueArgs {
     /// Where hop records are kept for effectively-once processing: `memory` (this process
     /// only: lost on restart, not shared by replicas),
     /// `redis://[user:password@]host[:port][/db]` or
-    /// `postgres://[user:password@]host[:port]/database` (no TLS yet) or `nats-kv://BUCKET`
+    /// `postgres://[user:password@]host[:port]/database[?sslmode=require]` or `nats-kv://BUCKET`
     /// (a JetStream key-value bucket on the `--nats-url` server, or
     /// `nats-kv://[user:password@]host[:port]/BUCKET`), shared and durable.
     #[arg(long, env = "TROUPE_STORE", default_value = "memory", hide_env_values = true)]
@@ -489,6 +520,15 @@ fn key_value(s: &str) -> Result<(String, String), String> {
 
 #[cfg(feature = "cli")]
 impl BrokerArgs {
+    /// The TLS files the `--tls-*` flags name, for every broker and store client.
+    pub fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.tls_ca_file.clone(),
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_key_file.clone(),
+        }
+    }
+
     /// The broker settings these flags name.
     pub fn config(&self) -> BrokerConfig {
         #[allow(unused_mut)]
@@ -496,10 +536,13 @@ impl BrokerArgs {
         #[cfg(feature = "nats")]
         {
             config.nats.url = self.nats_url.clone();
+            config.nats.tls = self.tls_files();
+            config.nats.message_ids = self.nats_message_ids;
         }
         #[cfg(feature = "amqp")]
         {
             config.amqp.url = self.amqp_url.clone();
+            config.amqp.tls = self.tls_files();
             config.amqp.management =
                 self.amqp_management_url
                     .as_ref()
@@ -524,6 +567,20 @@ impl BrokerArgs {
             kafka
                 .consumer_properties
                 .extend(self.kafka_consumer_properties.iter().cloned());
+            // librdkafka reads the files itself; a property set explicitly wins.
+            let tls = self.tls_files();
+            for (key, path) in [
+                ("ssl.ca.location", &tls.ca_file),
+                ("ssl.certificate.location", &tls.cert_file),
+                ("ssl.key.location", &tls.key_file),
+            ] {
+                if let Some(path) = path {
+                    kafka
+                        .properties
+                        .entry(key.to_owned())
+                        .or_insert_with(|| path.display().to_string());
+                }
+            }
         }
         config
     }

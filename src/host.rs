@@ -45,6 +45,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use troupe_core::tls::TlsFiles;
 use troupe_core::{
     Availability, CancellationToken, Envelope, HandlerError, NameError, Outcome, QueueNaming,
     QueueSetupError, RunReport, Runner, RunnerConfig, RunnerError, ensure_actor_queues,
@@ -85,6 +86,7 @@ pub struct ActorHost {
     brokers: BrokerConfig,
     store: StoreUrl,
     store_prefix: String,
+    store_tls: TlsFiles,
     metrics_addr: Option<SocketAddr>,
     registry: Registry,
     mesh: MeshMetrics,
@@ -111,6 +113,7 @@ impl ActorHost {
             brokers,
             store: StoreUrl::Memory,
             store_prefix: "troupe:hop:".to_owned(),
+            store_tls: TlsFiles::default(),
             metrics_addr: None,
             registry,
             mesh,
@@ -132,6 +135,7 @@ impl ActorHost {
         Ok(Self::new(actor, args.transport, args.broker_config())
             .naming(naming)
             .store(args.store.clone(), &args.store_prefix)
+            .store_tls(args.brokers.tls_files())
             .metrics_addr(metrics_addr))
     }
 
@@ -147,6 +151,14 @@ impl ActorHost {
     pub fn store(mut self, store: StoreUrl, prefix: &str) -> Self {
         self.store = store;
         prefix.clone_into(&mut self.store_prefix);
+        self
+    }
+
+    /// What the store's TLS connection trusts and presents (the brokers' is in their
+    /// [`BrokerConfig`]).
+    #[must_use]
+    pub fn store_tls(mut self, tls: TlsFiles) -> Self {
+        self.store_tls = tls;
         self
     }
 
@@ -233,7 +245,9 @@ impl ActorHost {
         let store_url = self.store.with_nats_default(&self.brokers.nats.url);
         #[cfg(not(feature = "nats"))]
         let store_url = self.store;
-        let store = store_url.connect(&self.store_prefix, HOP_RECORD_TTL).await?;
+        let store = store_url
+            .connect(&self.store_prefix, HOP_RECORD_TTL, &self.store_tls)
+            .await?;
         tracing::info!(actor = %self.actor, store = %store_url, "idempotency store ready");
         Ok(Host {
             actor: self.actor,

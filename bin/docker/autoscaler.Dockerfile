@@ -7,7 +7,7 @@ FROM rust:1.95-slim-bookworm AS build
 # Kafka's librdkafka is built from its bundled source by ./configure + make; `make libs`
 # builds its C++ library too, and configure looks for python3 to write a linker script.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make g++ python3 \
+ && apt-get install -y --no-install-recommends make g++ python3 pkg-config libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

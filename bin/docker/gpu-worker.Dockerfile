@@ -21,7 +21,7 @@ ARG TORCH_SITE
 # torch-sys compiles its C++ wrapper against libtorch's headers with g++; python3-venv
 # installs the wheel.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make g++ python3 python3-venv \
+ && apt-get install -y --no-install-recommends make g++ python3 pkg-config libssl-dev python3-venv \
  && rm -rf /var/lib/apt/lists/*
 # The full install: torch's CUDA build and its nvidia-* wheels (cuDNN, cuBLAS, NCCL, ...),
 # about 5 GB. Before `COPY . .`, so a source change does not fetch it again. The test fails
@@ -50,6 +50,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # name from the system, and a system cuDNN of another version makes convolutions fail.
 FROM nvidia/cuda:13.0.3-runtime-ubuntu24.04
 ARG TORCH_SITE
+# OpenSSL for Kafka's TLS (librdkafka links it).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libssl3t64 \
+ && rm -rf /var/lib/apt/lists/*
 # libtorch (no Python files, no headers) and the CUDA libraries it loads, where the build
 # stage had them.
 COPY --from=build $TORCH_SITE/torch/lib $TORCH_SITE/torch/lib

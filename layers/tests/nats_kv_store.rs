@@ -19,6 +19,7 @@ async fn store(test: &str) -> Arc<NatsKvStore> {
         bucket: "TROUPE_TEST_HOPS".to_owned(),
         prefix: format!("troupe-test:{}:{test}:", std::process::id()),
         ttl: Duration::from_secs(600),
+        tls: Default::default(),
     })
     .await
     .unwrap_or_else(|e| panic!("NATS with JetStream must be running (bash .ci/run starts it): {e}"))
@@ -35,14 +36,17 @@ async fn chosen_by_url_and_unreachable_is_unavailable_without_the_password() {
     let store: StoreUrl = "nats-kv://TROUPE_TEST_HOPS".parse().unwrap();
     let any = store
         .with_nats_default(&url())
-        .connect("troupe-test:any:", Duration::from_secs(600))
+        .connect("troupe-test:any:", Duration::from_secs(600), &Default::default())
         .await
         .unwrap();
     let hop = format!("k{}", std::process::id());
     assert_eq!(any.claim(&hop, CLAIM_TTL).await.unwrap(), Claim::Acquired);
 
     let down: StoreUrl = "nats-kv://troupe:hunter2@127.0.0.1:1/HOPS".parse().unwrap();
-    let err = down.connect("x:", Duration::from_secs(1)).await.unwrap_err();
+    let err = down
+        .connect("x:", Duration::from_secs(1), &Default::default())
+        .await
+        .unwrap_err();
     assert!(err.unavailable, "{err}");
     assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
 }

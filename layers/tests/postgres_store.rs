@@ -36,7 +36,7 @@ async fn chosen_by_url_and_unreachable_is_unavailable_without_the_password() {
     let store: StoreUrl = url().parse().unwrap();
     assert!(matches!(store, StoreUrl::Postgres(_)));
     let any = store
-        .connect("troupe-test:any:", Duration::from_secs(60))
+        .connect("troupe-test:any:", Duration::from_secs(60), &Default::default())
         .await
         .unwrap();
     assert_eq!(
@@ -48,7 +48,10 @@ async fn chosen_by_url_and_unreachable_is_unavailable_without_the_password() {
 
     // Nothing listens on port 9 (discard); the password must not leak into the error.
     let down: StoreUrl = "postgres://troupe:hunter2@127.0.0.1:9/troupe".parse().unwrap();
-    let err = down.connect("x:", Duration::from_secs(1)).await.unwrap_err();
+    let err = down
+        .connect("x:", Duration::from_secs(1), &Default::default())
+        .await
+        .unwrap_err();
     assert!(err.unavailable, "{err}");
     assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
 }

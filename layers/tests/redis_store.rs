@@ -16,6 +16,7 @@ async fn store(test: &str) -> Arc<RedisStore> {
         url,
         prefix: format!("troupe-test:{}:{test}:", std::process::id()),
         ttl: Duration::from_secs(60),
+        ..RedisStoreConfig::default()
     })
     .await
     .unwrap_or_else(|e| panic!("Redis must be running for these tests (bash .ci/run starts it): {e}"))

@@ -54,6 +54,7 @@ pub async fn shared_store(namespace: &str) -> std::sync::Arc<RedisStore> {
         url: redis_url(),
         prefix: store_prefix(namespace),
         ttl: Duration::from_secs(600),
+        ..RedisStoreConfig::default()
     })
     .await
     .expect("Redis must be running (bash .ci/run starts it)")

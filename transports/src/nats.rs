@@ -47,6 +47,7 @@ use troupe_core::{
 };
 
 use troupe_core::redact::{Redacted, scrub};
+use troupe_core::tls::TlsFiles;
 use troupe_core::wire::{NOT_BEFORE, TARGET, spellings};
 
 /// Where and how to reach JetStream. Its `Debug` shows the URL redacted.
@@ -69,6 +70,13 @@ pub struct NatsConfig {
     /// Let the server delete a queue's consumer after this long without any client (for
     /// short-lived queues such as tests); `None` keeps consumers until deleted.
     pub consumer_inactive_threshold: Option<Duration>,
+    /// CA bundle and client certificate for TLS; TLS itself is on for a `tls://` URL or a
+    /// server that requires it.
+    pub tls: TlsFiles,
+    /// Send each output's hop key as `Nats-Msg-Id`, so the stream stores a republished
+    /// output once within its duplicate window (on by default). Off, the idempotency store
+    /// alone absorbs republished outputs, and the server keeps no window of ids.
+    pub message_ids: bool,
 }
 
 impl Default for NatsConfig {
@@ -81,6 +89,8 @@ impl Default for NatsConfig {
             max_deliver: -1,
             dead_letter_queue: None,
             consumer_inactive_threshold: None,
+            tls: TlsFiles::default(),
+            message_ids: true,
         }
     }
 }
@@ -94,6 +104,8 @@ impl std::fmt::Debug for NatsConfig {
             .field("max_deliver", &self.max_deliver)
             .field("dead_letter_queue", &self.dead_letter_queue)
             .field("consumer_inactive_threshold", &self.consumer_inactive_threshold)
+            .field("tls", &self.tls)
+            .field("message_ids", &self.message_ids)
             .finish()
     }
 }
@@ -147,7 +159,11 @@ fn check_queue(queue: &str) -> Result<(), TransportError> {
 /// URL that has them). The credentials go apart from the server list: async-nats logs the
 /// servers it dials (at debug level) with whatever userinfo they carry. Errors show the
 /// URL redacted.
-pub async fn connect_client(url: &str) -> Result<async_nats::Client, TransportError> {
+///
+/// TLS is used for `tls://` URLs (and servers that require it), verifying the server
+/// against the system roots and `tls.ca_file`; `tls.cert_file` and `tls.key_file` are the
+/// client's certificate for servers that verify clients.
+pub async fn connect_client(url: &str, tls: &TlsFiles) -> Result<async_nats::Client, TransportError> {
     let mut credentials = None;
     let servers: Vec<String> = url
         .split(',')
@@ -157,11 +173,21 @@ pub async fn connect_client(url: &str) -> Result<async_nats::Client, TransportEr
             bare
         })
         .collect();
-    let options = match credentials {
+    let mut options = match credentials {
         Some((user, Some(password))) => async_nats::ConnectOptions::with_user_and_password(user, password),
         Some((token, None)) => async_nats::ConnectOptions::with_token(token),
         None => async_nats::ConnectOptions::new(),
     };
+    // async-nats reads the files itself when it dials; reading them here first turns a
+    // missing file into an error that names it, before any connection attempt.
+    if let Some(ca) = &tls.ca_file {
+        tls.ca_pem()?;
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    tls.client_identity_pem()?;
     options
         .connect(servers.join(",").as_str())
         .await
@@ -177,7 +203,7 @@ pub async fn connect_client(url: &str) -> Result<async_nats::Client, TransportEr
 impl NatsTransport {
     /// Connects and makes sure both streams exist.
     pub async fn connect(config: NatsConfig) -> Result<Self, TransportError> {
-        let client = connect_client(&config.url).await?;
+        let client = connect_client(&config.url, &config.tls).await?;
         let js = jetstream::new(client);
         let stream = Self::work_queue(&js, &config.stream, &format!("{}.>", config.subject_prefix)).await?;
         let delay_stream = Self::work_queue(
@@ -513,7 +539,7 @@ impl Transport for NatsTransport {
     type Consumer = NatsConsumer;
 
     fn deduplicates(&self) -> bool {
-        true
+        self.inner.config.message_ids
     }
 
     async fn publish(&self, queue: &str, body: Bytes, options: PublishOptions) -> Result<(), TransportError> {

@@ -15,6 +15,7 @@ async fn connect(management: Option<ManagementApi>) -> AmqpTransport {
         // Each run uses fresh queue names; let the broker drop them afterwards.
         queue_expires: Some(Duration::from_secs(300)),
         management,
+        ..AmqpConfig::default()
     };
     match AmqpTransport::connect(config).await {
         Ok(t) => t,

@@ -69,6 +69,7 @@ async fn max_deliveries_go_to_the_dead_letter_queue() {
         consumer_inactive_threshold: Some(Duration::from_secs(300)),
         max_deliver: 2,
         dead_letter_queue: Some(dlq.clone()),
+        ..troupe_transports::NatsConfig::default()
     })
     .await
     .unwrap();

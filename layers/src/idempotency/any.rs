@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use troupe_core::Publication;
 use troupe_core::redact::Redacted;
+use troupe_core::tls::TlsFiles;
 
 use super::memory::MemoryStore;
 #[cfg(feature = "nats-kv")]
@@ -24,11 +25,10 @@ use super::store::{Claim, IdempotencyStore, StoreError};
 /// - `memory`: in the process. Effectively-once holds only while the process lives and only
 ///   within it: a restarted or second replica processes a redelivered hop again.
 /// - `redis://[user:password@]host[:port][/db]`: shared by every replica and kept across
-///   restarts (feature `redis`). `rediss://` (TLS) is refused: the Redis client is built
-///   without TLS.
+///   restarts (feature `redis`); `rediss://` for TLS.
 /// - `postgres://[user:password@]host[:port]/database` (or `postgresql://`): shared and
-///   durable, one row per hop in table `troupe_hops` (feature `postgres`); no TLS: use
-///   `sslmode=disable` or `prefer`.
+///   durable, one row per hop in table `troupe_hops` (feature `postgres`); add
+///   `?sslmode=require` for TLS (verified; `prefer` connects in plain text).
 /// - `nats-kv://BUCKET` or `nats-kv://[user:password@]host[:port]/BUCKET`: a NATS JetStream
 ///   key-value bucket (feature `nats-kv`), created if missing; without a server, the one
 ///   [`StoreUrl::with_nats_default`] names (the actor's NATS broker), else
@@ -83,7 +83,7 @@ impl FromStr for StoreUrl {
         }
         let scheme = s.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
         match scheme.as_deref() {
-            Some("redis" | "redis+unix" | "unix") => Ok(StoreUrl::Redis(s.to_owned())),
+            Some("redis" | "rediss" | "redis+unix" | "unix") => Ok(StoreUrl::Redis(s.to_owned())),
             Some("postgres" | "postgresql") => Ok(StoreUrl::Postgres(s.to_owned())),
             Some("nats-kv") => {
                 let rest = &s["nats-kv://".len()..];
@@ -107,10 +107,6 @@ impl FromStr for StoreUrl {
                     })
                 }
             }
-            Some("rediss") => Err(UnknownStore {
-                shown: Redacted(s).to_string(),
-                why: "; this build has no TLS for Redis (rediss://)",
-            }),
             _ => Err(UnknownStore {
                 shown: Redacted(s).to_string(),
                 why: "",
@@ -141,10 +137,12 @@ impl StoreUrl {
     }
 
     /// Connects to the store (the memory store needs nothing). Hop records expire after
-    /// `ttl`; Redis keys and PostgreSQL rows' keys start with `prefix`.
-    pub async fn connect(&self, prefix: &str, ttl: Duration) -> Result<AnyStore, StoreError> {
-        // Only the shared stores key their records.
-        let _ = prefix;
+    /// `ttl`; Redis keys and PostgreSQL rows' keys start with `prefix`; `tls` is what a TLS
+    /// connection (`rediss://`, `sslmode=require`, a `tls://` NATS server) trusts and
+    /// presents.
+    pub async fn connect(&self, prefix: &str, ttl: Duration, tls: &TlsFiles) -> Result<AnyStore, StoreError> {
+        // Only the shared stores key their records and speak TLS.
+        let _ = (prefix, tls);
         match self {
             StoreUrl::Memory => Ok(AnyStore::Memory(Arc::new(MemoryStore::new(
                 super::MemoryStoreConfig {
@@ -157,6 +155,7 @@ impl StoreUrl {
                 url: url.clone(),
                 prefix: prefix.to_owned(),
                 ttl,
+                tls: tls.clone(),
             })
             .await
             .map(AnyStore::Redis),
@@ -167,6 +166,7 @@ impl StoreUrl {
                 url: url.clone(),
                 prefix: prefix.to_owned(),
                 ttl,
+                tls: tls.clone(),
                 ..PostgresStoreConfig::default()
             })
             .await
@@ -181,6 +181,7 @@ impl StoreUrl {
                 bucket: bucket.clone(),
                 prefix: prefix.to_owned(),
                 ttl,
+                tls: tls.clone(),
             })
             .await
             .map(AnyStore::NatsKv),
@@ -304,17 +305,16 @@ mod tests {
     fn parses_what_the_flag_takes() {
         assert_eq!("memory".parse::<StoreUrl>().ok(), Some(StoreUrl::Memory));
         assert_eq!("MEMORY".parse::<StoreUrl>().ok(), Some(StoreUrl::Memory));
-        for url in ["redis://127.0.0.1:6379", "redis://u:p@h:6380/2"] {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "redis://u:p@h:6380/2",
+            "rediss://u:p@h:6380",
+        ] {
             assert_eq!(
                 url.parse::<StoreUrl>().ok(),
                 Some(StoreUrl::Redis(url.to_owned()))
             );
         }
-        let tls = "rediss://u:hunter2@h:6380"
-            .parse::<StoreUrl>()
-            .unwrap_err()
-            .to_string();
-        assert!(tls.contains("no TLS") && !tls.contains("hunter2"), "{tls}");
         assert_eq!(
             "postgresql://db/troupe".parse::<StoreUrl>().ok(),
             Some(StoreUrl::Postgres("postgresql://db/troupe".to_owned()))
@@ -355,7 +355,7 @@ mod tests {
     #[tokio::test]
     async fn memory_store_records_hops() {
         let store = StoreUrl::Memory
-            .connect("test:", Duration::from_secs(60))
+            .connect("test:", Duration::from_secs(60), &TlsFiles::default())
             .await
             .unwrap();
         assert_eq!(

@@ -17,6 +17,8 @@ use async_nats::jetstream::{self, kv};
 use troupe_core::Publication;
 use troupe_core::redact::Redacted;
 
+use troupe_core::tls::TlsFiles;
+
 use super::record;
 use super::store::{Claim, IdempotencyStore, StoreError};
 
@@ -31,6 +33,8 @@ pub struct NatsKvStoreConfig {
     pub prefix: String,
     /// How long a finished hop is remembered.
     pub ttl: Duration,
+    /// CA bundle and client certificate, as for the NATS transport.
+    pub tls: TlsFiles,
 }
 
 impl std::fmt::Debug for NatsKvStoreConfig {
@@ -40,6 +44,7 @@ impl std::fmt::Debug for NatsKvStoreConfig {
             .field("bucket", &self.bucket)
             .field("prefix", &self.prefix)
             .field("ttl", &self.ttl)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -95,7 +100,7 @@ fn down(operation: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreErro
 impl NatsKvStore {
     /// Connects, and creates the bucket if it is missing.
     pub async fn connect(config: NatsKvStoreConfig) -> Result<Arc<Self>, StoreError> {
-        let client = troupe_transports::nats::connect_client(&config.url)
+        let client = troupe_transports::nats::connect_client(&config.url, &config.tls)
             .await
             .map_err(|e| StoreError::unavailable("connect", e.to_string()))?;
         let js = jetstream::new(client);

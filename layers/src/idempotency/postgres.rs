@@ -10,17 +10,24 @@
 //!
 //! The connection is re-established on the next call after it breaks, so a database
 //! outage makes calls fail as [unavailable](StoreError::unavailable) (the runner holds its
-//! deliveries) until the database answers again. TLS is not built in: use a URL with
-//! `sslmode=disable` or `prefer` (which then connects in plain text), or a local TLS proxy.
+//! deliveries) until the database answers again.
+//!
+//! TLS: a URL with `sslmode=require` connects only over TLS and, unlike libpq's `require`,
+//! always verifies the server's certificate and host name (system roots plus the
+//! configured CA bundle). `sslmode=prefer` (the default) and `disable` connect in plain
+//! text: a connection that may silently fall back to plain text is not offered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use troupe_core::Publication;
 use troupe_core::redact::{Redacted, scrub};
+use troupe_core::tls::TlsFiles;
 
 use super::record::{self, millis};
 use super::store::{Claim, IdempotencyStore, StoreError};
@@ -36,6 +43,9 @@ pub struct PostgresStoreConfig {
     pub prefix: String,
     /// How long a finished hop is remembered.
     pub ttl: Duration,
+    /// For `sslmode=require`: the CA bundle trusted besides the system roots and the
+    /// client certificate for servers that verify clients.
+    pub tls: TlsFiles,
 }
 
 impl std::fmt::Debug for PostgresStoreConfig {
@@ -45,6 +55,7 @@ impl std::fmt::Debug for PostgresStoreConfig {
             .field("table", &self.table)
             .field("prefix", &self.prefix)
             .field("ttl", &self.ttl)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -58,6 +69,7 @@ impl Default for PostgresStoreConfig {
             table: "troupe_hops".to_owned(),
             prefix: "troupe:hop:".to_owned(),
             ttl: Duration::from_secs(24 * 3600),
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -68,6 +80,10 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idempotency store on PostgreSQL. Cheap to share behind an `Arc`.
 pub struct PostgresStore {
     config: PostgresStoreConfig,
+    /// The parsed URL, with a connect timeout.
+    pg: tokio_postgres::Config,
+    /// The TLS connector, for `sslmode=require`.
+    tls: Option<MakeRustlsConnect>,
     sql: Statements,
     client: RwLock<Option<Arc<Client>>>,
     /// One reconnection at a time; the others wait for it.
@@ -127,6 +143,26 @@ fn is_unavailable(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// The error and its causes: tokio-postgres's own message ("error performing TLS
+/// handshake") leaves out the one a user can act on ("certificate not valid for name").
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
+/// Runs a connection until it closes; the next call then reconnects.
+async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
+    if let Err(error) = connection.await {
+        tracing::warn!(%error, "PostgreSQL store connection closed; reconnecting on the next call");
+    }
+}
+
 fn valid_table(table: &str) -> bool {
     let mut chars = table.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
@@ -146,8 +182,37 @@ impl PostgresStore {
                 ),
             ));
         }
+        let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e: tokio_postgres::Error| {
+            StoreError::failed(
+                "connect",
+                format!(
+                    "{} is not a PostgreSQL URL: {}",
+                    Redacted(&config.url),
+                    scrub(&e.to_string(), &config.url)
+                ),
+            )
+        })?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(5));
+        }
+        let tls = if pg.get_ssl_mode() == SslMode::Require {
+            let connector = super::postgres_tls::connector(&config.tls).map_err(|detail| {
+                StoreError::failed(
+                    "connect",
+                    format!("TLS for PostgreSQL at {}: {detail}", Redacted(&config.url)),
+                )
+            })?;
+            Some(connector)
+        } else {
+            // `prefer` would try TLS with a verifying connector and fail on a certificate
+            // it cannot verify instead of falling back; plain text it is, as documented.
+            pg.ssl_mode(SslMode::Disable);
+            None
+        };
         let store = Arc::new(Self {
             sql: Statements::for_table(&config.table),
+            pg,
+            tls,
             config,
             client: RwLock::default(),
             reconnecting: tokio::sync::Mutex::default(),
@@ -203,26 +268,26 @@ impl PostgresStore {
                 ),
             )
         };
-        let mut pg: tokio_postgres::Config =
-            self.config.url.parse().map_err(|e: tokio_postgres::Error| {
-                StoreError::failed(
-                    "connect",
-                    format!(
-                        "{} is not a PostgreSQL URL: {}",
-                        Redacted(&self.config.url),
-                        scrub(&e.to_string(), &self.config.url)
-                    ),
-                )
-            })?;
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(Duration::from_secs(5));
-        }
-        let (client, connection) = pg.connect(NoTls).await.map_err(|e| unavailable(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(%error, "PostgreSQL store connection closed; reconnecting on the next call");
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, connection) = self
+                    .pg
+                    .connect(tls.clone())
+                    .await
+                    .map_err(|e| unavailable(with_causes(&e)))?;
+                tokio::spawn(drive(connection));
+                client
             }
-        });
+            None => {
+                let (client, connection) = self
+                    .pg
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| unavailable(with_causes(&e)))?;
+                tokio::spawn(drive(connection));
+                client
+            }
+        };
         let client = Arc::new(client);
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
         Ok(client)

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use troupe_core::Publication;
+use troupe_core::tls::TlsFiles;
 
 use super::record::{self, millis};
 use super::store::{Claim, IdempotencyStore, StoreError};
@@ -23,8 +24,11 @@ use super::store::{Claim, IdempotencyStore, StoreError};
 /// Settings of a [`RedisStore`]. Its `Debug` shows the URL redacted.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisStoreConfig {
-    /// Server, e.g. `redis://127.0.0.1:6379`.
+    /// Server, e.g. `redis://127.0.0.1:6379`, or `rediss://…` for TLS.
     pub url: String,
+    /// For `rediss://`: the CA bundle to trust (instead of the system roots, when given) and
+    /// the client certificate for servers that verify clients.
+    pub tls: TlsFiles,
     /// Prefix of every key (namespace several meshes in one Redis).
     pub prefix: String,
     /// How long a finished hop is remembered.
@@ -37,6 +41,7 @@ impl std::fmt::Debug for RedisStoreConfig {
             .field("url", &troupe_core::redact::Redacted(&self.url))
             .field("prefix", &self.prefix)
             .field("ttl", &self.ttl)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -48,6 +53,7 @@ impl Default for RedisStoreConfig {
             url: "redis://127.0.0.1:6379".to_owned(),
             prefix: "troupe:hop:".to_owned(),
             ttl: Duration::from_secs(24 * 3600),
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -114,7 +120,22 @@ impl RedisStore {
                 ),
             )
         };
-        let client = redis::Client::open(config.url.as_str()).map_err(connect_failed)?;
+        let tls_failed = |e: troupe_core::tls::TlsError| StoreError::failed("connect", e.to_string());
+        let client = if config.tls.is_empty() {
+            redis::Client::open(config.url.as_str())
+        } else {
+            let certificates = redis::TlsCertificates {
+                client_tls: config.tls.client_identity_pem().map_err(tls_failed)?.map(|id| {
+                    redis::ClientTlsConfig {
+                        client_cert: id.cert_pem,
+                        client_key: id.key_pem,
+                    }
+                }),
+                root_cert: config.tls.ca_pem().map_err(tls_failed)?,
+            };
+            redis::Client::build_with_tls(config.url.as_str(), certificates)
+        }
+        .map_err(connect_failed)?;
         let connection = ConnectionManager::new(client).await.map_err(connect_failed)?;
         Ok(Arc::new(Self {
             connection,

@@ -5,9 +5,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use lapin::options::ConfirmSelectOptions;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Channel, Connection, ConnectionProperties};
 use tokio::time::Instant;
 use troupe_core::TransportError;
+use troupe_core::tls::TlsFiles;
 
 /// Shortest and longest wait between two connection attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -33,6 +35,8 @@ impl Session {
 /// its own backoff.
 pub(crate) struct Link {
     url: String,
+    /// Used by `amqps://` URLs only.
+    tls: OwnedTLSConfig,
     current: RwLock<Option<Arc<Session>>>,
     /// Serialises reconnection and holds its backoff state.
     reconnect: tokio::sync::Mutex<Backoff>,
@@ -44,15 +48,25 @@ struct Backoff {
 }
 
 impl Link {
-    pub(crate) fn new(url: String) -> Self {
-        Self {
+    /// A link to `url`, trusting and presenting what `tls` names; its files are read here,
+    /// so a missing one fails the transport's `connect`, not a later reconnect.
+    pub(crate) fn new(url: String, tls: &TlsFiles) -> Result<Self, TransportError> {
+        let identity = tls.client_identity_pem()?.map(|id| OwnedIdentity::PKCS8 {
+            pem: id.cert_pem,
+            key: id.key_pem,
+        });
+        let cert_chain = tls
+            .ca_pem()?
+            .map(|pem| String::from_utf8_lossy(&pem).into_owned());
+        Ok(Self {
             url,
+            tls: OwnedTLSConfig { identity, cert_chain },
             current: RwLock::new(None),
             reconnect: tokio::sync::Mutex::new(Backoff {
                 next_attempt: None,
                 wait: BACKOFF_MIN,
             }),
-        }
+        })
     }
 
     fn live(&self) -> Option<Arc<Session>> {
@@ -106,15 +120,21 @@ impl Link {
     }
 
     async fn open(&self) -> Result<Session, TransportError> {
-        let connection = Connection::connect(&self.url, ConnectionProperties::default())
-            .await
-            .map_err(|e| TransportError::Disconnected {
-                detail: format!(
-                    "cannot connect to RabbitMQ at {}: {}",
-                    self.redacted_url(),
-                    troupe_core::redact::scrub(&e.to_string(), &self.url)
-                ),
-            })?;
+        let runtime = lapin::runtime::default_runtime().map_err(super::lost)?;
+        let connection = Connection::connect_with_config(
+            &self.url,
+            ConnectionProperties::default(),
+            self.tls.clone(),
+            runtime,
+        )
+        .await
+        .map_err(|e| TransportError::Disconnected {
+            detail: format!(
+                "cannot connect to RabbitMQ at {}: {}",
+                self.redacted_url(),
+                troupe_core::redact::scrub(&e.to_string(), &self.url)
+            ),
+        })?;
         let publish = connection.create_channel().await.map_err(super::lost)?;
         publish
             .confirm_select(ConfirmSelectOptions::default())

@@ -55,6 +55,7 @@ use management::Management;
 pub use management::ManagementApi;
 
 /// Header on a delayed copy: the redeliveries before it was parked.
+use troupe_core::tls::TlsFiles;
 use troupe_core::wire::REDELIVERIES;
 /// Longest queue name: delay buckets append up to 34 bytes and AMQP names end at 255.
 const MAX_QUEUE_LEN: usize = 200;
@@ -76,6 +77,9 @@ pub struct AmqpConfig {
     /// messages are always counted live at the broker); `None` counts this process's own
     /// unsettled and delayed ones.
     pub management: Option<ManagementApi>,
+    /// CA bundle and client certificate for an `amqps://` URL (the server is verified
+    /// against the system roots and the CA bundle).
+    pub tls: TlsFiles,
 }
 
 impl Default for AmqpConfig {
@@ -86,6 +90,7 @@ impl Default for AmqpConfig {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned(),
             queue_expires: None,
             management: None,
+            tls: TlsFiles::default(),
         }
     }
 }
@@ -96,6 +101,7 @@ impl std::fmt::Debug for AmqpConfig {
             .field("url", &troupe_core::redact::Redacted(&self.url))
             .field("queue_expires", &self.queue_expires)
             .field("management", &self.management)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -215,7 +221,7 @@ impl AmqpTransport {
         };
         let transport = Self {
             inner: Arc::new(Inner {
-                link: Link::new(config.url.clone()),
+                link: Link::new(config.url.clone(), &config.tls)?,
                 config,
                 management,
                 in_flight: Mutex::new(HashMap::new()),

@@ -1,0 +1,328 @@
+//! TLS for every broker and store client, against real servers that require it: a NATS
+//! server and a Redis server of the test's own (mutual TLS), RabbitMQ behind a TLS
+//! terminator (`socat`, mutual TLS), and the machine's PostgreSQL (`ssl = on` with its
+//! snakeoil certificate, as Debian installs it). Each client must work when it trusts the
+//! server's CA, and must refuse the server when it does not: the second proves the
+//! connection really is TLS and really is verified.
+//!
+//! The servers this test starts listen on 127.0.0.1 and are stopped by their process id.
+#![cfg(all(
+    feature = "nats",
+    feature = "amqp",
+    feature = "redis",
+    feature = "postgres",
+    feature = "nats-kv"
+))]
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+#[path = "support/tls_certs.rs"]
+mod tls_certs;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use troupe::core::tls::TlsFiles;
+use troupe::layers::idempotency::Claim;
+use troupe::layers::{IdempotencyStore, StoreUrl};
+use troupe::transports::{AmqpConfig, AmqpTransport, NatsConfig, NatsTransport};
+use troupe::{ConsumeOptions, Consumer, Delivery, PublishOptions, QueueAdmin, Transport};
+
+/// A server this test started; stopped (by its id) when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(program: &str, args: &[&str], port: u16) -> Server {
+    let child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} must be installed (bash .ci/run installs it): {e}"));
+    let server = Server(child);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{program} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("troupe-tls-{}-{name}", std::process::id()))
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Trusts nothing but the system roots, presents the client certificate.
+fn untrusting(files: &TlsFiles) -> TlsFiles {
+    TlsFiles {
+        ca_file: None,
+        ..files.clone()
+    }
+}
+
+/// Publishes one message to `queue` and reads it back.
+async fn round_trip<T: Transport + QueueAdmin>(transport: &T, queue: &str) {
+    transport.ensure_queue(queue).await.unwrap();
+    transport
+        .publish(queue, Bytes::from_static(b"over tls"), PublishOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = transport.consume(queue, ConsumeOptions::default()).await.unwrap();
+    let delivery = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+        .await
+        .expect("the message comes back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&delivery.body()[..], b"over tls");
+    delivery.ack().await.unwrap();
+}
+
+/// Claims a hop in `store` and finds it claimed.
+async fn store_works(store: &impl IdempotencyStore, key: &str) {
+    assert!(matches!(
+        store.claim(key, Duration::from_secs(30)).await.unwrap(),
+        Claim::Acquired
+    ));
+    assert!(matches!(
+        store.claim(key, Duration::from_secs(30)).await.unwrap(),
+        Claim::InProgress
+    ));
+}
+
+#[tokio::test]
+async fn nats_transport_and_kv_store_over_mutual_tls() {
+    let dir = scratch("nats");
+    let certs = tls_certs::generate(&dir);
+    let port = free_port();
+    let jetstream = dir.join("js");
+    let _nats = start(
+        "nats-server",
+        &[
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-js",
+            "-sd",
+            path(&jetstream),
+            "--tlsverify",
+            "--tlscert",
+            path(&certs.server_cert),
+            "--tlskey",
+            path(&certs.server_key),
+            "--tlscacert",
+            path(&certs.ca),
+        ],
+        port,
+    );
+    let url = format!("tls://127.0.0.1:{port}");
+    let config = |tls: TlsFiles| NatsConfig {
+        url: url.clone(),
+        tls,
+        ..NatsConfig::default()
+    };
+
+    let transport = NatsTransport::connect(config(certs.client_files()))
+        .await
+        .unwrap();
+    round_trip(&transport, "tls-check").await;
+    let store: StoreUrl = format!("nats-kv://127.0.0.1:{port}/TLS_HOPS").parse().unwrap();
+    let store = store
+        .connect("tls:", Duration::from_secs(60), &certs.client_files())
+        .await
+        .unwrap();
+    store_works(&store, "nats-kv").await;
+
+    let untrusted = NatsTransport::connect(config(untrusting(&certs.client_files())))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        untrusted.contains("cannot connect to NATS"),
+        "a server whose CA is not trusted is refused: {untrusted}"
+    );
+    let anonymous = NatsTransport::connect(config(TlsFiles {
+        ca_file: Some(certs.ca.clone()),
+        ..TlsFiles::default()
+    }))
+    .await;
+    assert!(
+        anonymous.is_err(),
+        "the server refuses a client without a certificate"
+    );
+    let missing = NatsTransport::connect(config(TlsFiles {
+        ca_file: Some(dir.join("nowhere.pem")),
+        ..TlsFiles::default()
+    }))
+    .await
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        missing.contains("nowhere.pem"),
+        "a missing file is named: {missing}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn redis_store_over_mutual_tls() {
+    let dir = scratch("redis");
+    let certs = tls_certs::generate(&dir);
+    let port = free_port();
+    let _redis = start(
+        "redis-server",
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--tls-cert-file",
+            path(&certs.server_cert),
+            "--tls-key-file",
+            path(&certs.server_key),
+            "--tls-ca-cert-file",
+            path(&certs.ca),
+            "--tls-auth-clients",
+            "yes",
+        ],
+        port,
+    );
+    let url: StoreUrl = format!("rediss://127.0.0.1:{port}").parse().unwrap();
+    let store = url
+        .connect("tls:", Duration::from_secs(60), &certs.client_files())
+        .await
+        .unwrap();
+    store_works(&store, "redis").await;
+
+    let untrusted = url
+        .connect(
+            "tls:",
+            Duration::from_secs(60),
+            &untrusting(&certs.client_files()),
+        )
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        untrusted.contains("cannot connect to Redis"),
+        "a server whose CA is not trusted is refused: {untrusted}"
+    );
+    let plain: StoreUrl = format!("redis://127.0.0.1:{port}").parse().unwrap();
+    assert!(
+        plain
+            .connect("tls:", Duration::from_secs(60), &TlsFiles::default())
+            .await
+            .is_err(),
+        "the TLS port does not speak plain text"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn rabbitmq_transport_over_mutual_tls() {
+    let dir = scratch("amqp");
+    let certs = tls_certs::generate(&dir);
+    let port = free_port();
+    // RabbitMQ's own TLS listener needs its configuration changed and a restart; a TLS
+    // terminator in front of its plain port is the same protocol to the client.
+    let listen = format!(
+        "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify=1",
+        path(&certs.server_cert),
+        path(&certs.server_key),
+        path(&certs.ca)
+    );
+    let _proxy = start("socat", &[&listen, "TCP:127.0.0.1:5672"], port);
+    let config = |tls: TlsFiles| AmqpConfig {
+        url: format!("amqps://guest:guest@127.0.0.1:{port}/%2f"),
+        queue_expires: Some(Duration::from_secs(60)),
+        tls,
+        ..AmqpConfig::default()
+    };
+    let transport = AmqpTransport::connect(config(certs.client_files()))
+        .await
+        .unwrap();
+    round_trip(&transport, &format!("tls-check-{}", std::process::id())).await;
+
+    let untrusted = AmqpTransport::connect(config(untrusting(&certs.client_files())))
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        untrusted.contains("cannot connect to RabbitMQ") && !untrusted.contains("guest:guest"),
+        "a server whose CA is not trusted is refused, the password not shown: {untrusted}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The machine's PostgreSQL, reached as `host`.
+fn postgres_url(host: &str, query: &str) -> String {
+    let url = std::env::var("TROUPE_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    format!("{}?{query}", url.replace("@127.0.0.1:", &format!("@{host}:")))
+}
+
+/// Debian's self-signed certificate for `localhost`, which its PostgreSQL serves.
+const SNAKEOIL: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+#[tokio::test]
+async fn postgres_store_with_sslmode_require_verifies_the_server() {
+    assert!(
+        Path::new(SNAKEOIL).exists(),
+        "this test needs PostgreSQL with ssl = on and Debian's snakeoil certificate at {SNAKEOIL}"
+    );
+    let trusting = TlsFiles {
+        ca_file: Some(SNAKEOIL.into()),
+        ..TlsFiles::default()
+    };
+    // `require` refuses a server that does not speak TLS, so a working store is a TLS one.
+    let require: StoreUrl = postgres_url("localhost", "sslmode=require").parse().unwrap();
+    let store = require
+        .connect("tls:", Duration::from_secs(60), &trusting)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL over TLS (ssl = on in postgresql.conf): {e}"));
+    store_works(&store, &format!("postgres-{}", std::process::id())).await;
+
+    // Debian also lists the snakeoil certificate among the system's (/etc/ssl/certs), so
+    // the verification shown here is of the name: the certificate is for `localhost` only.
+    let by_address: StoreUrl = postgres_url("127.0.0.1", "sslmode=require").parse().unwrap();
+    let mismatch = by_address
+        .connect("tls:", Duration::from_secs(60), &trusting)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        mismatch.contains("cannot connect to PostgreSQL") && mismatch.contains("certificate"),
+        "a certificate for another name is refused: {mismatch}"
+    );
+}
