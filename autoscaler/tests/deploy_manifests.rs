@@ -1137,6 +1137,43 @@ fn credentials_stay_in_secrets_created_out_of_band() -> TestResult {
     finish("inline credentials", problems)
 }
 
+/// Every overlay (a real broker) gives its queue consumers a shared, durable idempotency
+/// store, required from the Secret: with the in-memory default, effectively-once would not
+/// survive a restart nor span replicas. The base (the embedded broker) keeps the default.
+#[test]
+fn overlays_require_a_durable_store_from_the_secret() -> TestResult {
+    let mut problems = Vec::new();
+    let mut consumers = 0;
+    for render in renders()?.iter().filter(|r| r.overlay().is_some()) {
+        for (who, container) in render.containers() {
+            if !is_sidecar(container) && !is_gpu_worker(container) {
+                continue;
+            }
+            consumers += 1;
+            let Some(store) = env_var(container, "TROUPE_STORE") else {
+                problems.push(format!(
+                    "{who}: TROUPE_STORE is not set; the sidecar would keep hop records in memory"
+                ));
+                continue;
+            };
+            let required_secret = text(store, "/valueFrom/secretKeyRef/key") == Some("TROUPE_STORE")
+                && store
+                    .pointer("/valueFrom/secretKeyRef/optional")
+                    .and_then(Value::as_bool)
+                    != Some(true);
+            if !required_secret {
+                problems.push(format!(
+                    "{who}: TROUPE_STORE must come from the Secret's TROUPE_STORE key, not optional: {store}"
+                ));
+            }
+        }
+    }
+    if consumers == 0 {
+        problems.push("no overlay has a sidecar or GPU worker to check".to_owned());
+    }
+    finish("durable store", problems)
+}
+
 #[test]
 fn broker_settings_reach_the_queue_consumer_and_the_autoscaler_from_the_secret() -> TestResult {
     let mut problems = Vec::new();
