@@ -8,45 +8,17 @@
 #![cfg(all(feature = "nats", feature = "amqp"))]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::process::{Command, Stdio};
+#[path = "../../tests/support/output_scan.rs"]
+mod output_scan;
+
 use std::time::Duration;
 
-const PASSWORD: &str = "Pl4nted-S3cret";
+use output_scan::{PASSWORD, assert_clean};
 
 /// Runs `troupe args` with `env` at debug log level; returns stdout and stderr together.
+/// Bounded: every case here ends by itself (an error, or a refusal) well within the limit.
 fn run(args: &[&str], env: &[(&str, String)]) -> String {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_troupe"));
-    command
-        .args(args)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().unwrap();
-    // Bounded: every case here ends by itself (an error, or a refusal) well within this.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-fn assert_clean(case: &str, output: &str, secret: &str) {
-    for line in output.lines() {
-        assert!(!line.contains(secret), "{case}: the secret shows in: {line}");
-    }
+    output_scan::run(env!("CARGO_BIN_EXE_troupe"), args, env, Duration::from_secs(60))
 }
 
 fn ghost() -> String {
@@ -180,4 +152,63 @@ fn the_memory_store_on_a_real_broker_is_warned_about_at_start() {
         out.contains("effectively-once does not survive a restart"),
         "{out}"
     );
+}
+
+/// A SASL password among the Kafka properties: refused by a broker without SASL (tansu on
+/// 9092), and nobody listening on port 1.
+#[cfg(feature = "kafka")]
+#[test]
+fn kafka_sasl_passwords_stay_out_of_send() {
+    let ghost = ghost();
+    let properties = format!(
+        "security.protocol=SASL_PLAINTEXT,sasl.mechanism=PLAIN,sasl.username=troupe,sasl.password={PASSWORD}"
+    );
+    for bootstrap in ["127.0.0.1:1", "127.0.0.1:9092"] {
+        let out = run(
+            &[
+                "send",
+                "--transport",
+                "kafka",
+                "--kafka-bootstrap",
+                bootstrap,
+                "--actor",
+                &ghost,
+            ],
+            &[("TROUPE_KAFKA_PROPERTIES", properties.clone())],
+        );
+        assert!(out.to_lowercase().contains("kafka"), "{bootstrap}: {out}");
+        assert_clean(&format!("kafka at {bootstrap}"), &out, PASSWORD);
+    }
+}
+
+/// An AWS secret key in the environment, with nobody listening and with the local SQS
+/// emulator (which takes any key).
+#[cfg(feature = "sqs")]
+#[test]
+fn sqs_secret_keys_stay_out_of_send() {
+    let ghost = ghost();
+    let emulator = std::env::var("TROUPE_SQS_URL").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned());
+    for endpoint in ["http://127.0.0.1:1".to_owned(), emulator] {
+        let out = run(
+            &[
+                "send",
+                "--transport",
+                "sqs",
+                "--sqs-url",
+                &endpoint,
+                "--actor",
+                &ghost,
+            ],
+            &[
+                ("AWS_ACCESS_KEY_ID", "AKIATROUPETEST".to_owned()),
+                ("AWS_SECRET_ACCESS_KEY", PASSWORD.to_owned()),
+                ("AWS_REGION", "us-east-1".to_owned()),
+            ],
+        );
+        assert!(
+            out.contains("SQS") || out.contains("does not exist"),
+            "{endpoint}: {out}"
+        );
+        assert_clean(&format!("sqs at {endpoint}"), &out, PASSWORD);
+    }
 }

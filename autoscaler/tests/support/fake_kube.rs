@@ -108,9 +108,14 @@ impl FakeKube {
         self.world.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Its address, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// A kube client for this server.
     pub fn client(&self) -> Result<kube::Client, Box<dyn std::error::Error>> {
-        let url: axum::http::Uri = format!("http://{}", self.addr).parse()?;
+        let url: axum::http::Uri = self.url().parse()?;
         Ok(kube::Client::try_from(kube::Config::new(url))?)
     }
 
