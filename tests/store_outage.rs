@@ -10,13 +10,16 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod common;
+#[path = "support/local_server.rs"]
+mod local_server;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+use local_server::{free_port, spawn_listening};
 use serde_json::json;
 use troupe::broker::{Broker, BrokerConfig};
 use troupe::host::ActorHost;
@@ -25,38 +28,18 @@ use troupe::{Consumer, Delivery, Envelope, HandlerError, Outcome, QueueNaming, h
 
 /// A redis-server of this test's own, on `port`, keeping nothing on disk.
 fn start_redis(port: u16) -> Child {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (bash .ci/run installs it)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server on port {port} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let port_arg = port.to_string();
+    let args = [
+        "--port",
+        &port_arg,
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ];
+    spawn_listening("redis-server", &args, port)
 }
 
 /// The status code of `GET /readyz`.

@@ -15,15 +15,17 @@
 ))]
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+#[path = "support/local_server.rs"]
+mod local_server;
 #[path = "support/tls_certs.rs"]
 mod tls_certs;
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
+use std::time::Duration;
 
 use bytes::Bytes;
+use local_server::{free_port, spawn_listening};
 use troupe::core::tls::TlsFiles;
 use troupe::layers::idempotency::Claim;
 use troupe::layers::{IdempotencyStore, StoreUrl};
@@ -40,28 +42,8 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(program: &str, args: &[&str], port: u16) -> Server {
-    let child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program} must be installed (bash .ci/run installs it): {e}"));
-    let server = Server(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{program} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server
+    Server(spawn_listening(program, args, port))
 }
 
 fn scratch(name: &str) -> PathBuf {

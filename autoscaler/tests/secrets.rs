@@ -52,7 +52,7 @@ async fn broker_passwords_stay_out_of_the_autoscaler_output() {
     let config = kubeconfig(&kube.url());
     for (case, port, management) in [("nothing listening", 1, 1), ("brokers answering", 4222, 15672)] {
         let amqp_port = if port == 1 { 1 } else { 5672 };
-        let env = vec![
+        let env = [
             ("KUBECONFIG", config.display().to_string()),
             (
                 "TROUPE_NATS_URL",

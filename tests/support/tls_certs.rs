@@ -44,25 +44,34 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A new P-256 key, unencrypted (`openssl req` options).
+const NEW_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// `openssl req` with a new key written to `key`.
+fn req(dir: &Path, key: &str, rest: &[&str]) {
+    let args: Vec<&str> = ["req"]
+        .into_iter()
+        .chain(NEW_KEY)
+        .chain(["-keyout", key])
+        .chain(rest.iter().copied())
+        .collect();
+    openssl(dir, &args);
+}
+
 /// A leaf certificate for `name`, signed by the CA in `dir`.
 fn leaf(dir: &Path, name: &str, extensions: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ],
+    let (key, csr, subject) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("/CN={name}"),
     );
+    req(dir, &key, &["-out", &csr, "-subj", &subject]);
     std::fs::write(dir.join(format!("{name}.ext")), extensions).expect("write extensions");
     openssl(
         dir,
@@ -90,18 +99,11 @@ fn leaf(dir: &Path, name: &str, extensions: &str) {
 pub fn generate(dir: &Path) -> Certs {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).expect("create the certificate directory");
-    openssl(
+    req(
         dir,
+        "ca.key",
         &[
-            "req",
             "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
             "-out",
             "ca.pem",
             "-days",
