@@ -604,6 +604,50 @@ mod tests {
         assert!(err.contains("memory, nats, amqp, sqs, kafka"), "{err}");
     }
 
+    #[cfg(all(feature = "cli", feature = "kafka", feature = "nats", feature = "amqp"))]
+    #[test]
+    fn tls_flags_reach_every_client_and_a_kafka_property_wins() {
+        use clap::Parser;
+
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            brokers: BrokerArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "troupe",
+            "--tls-ca-file",
+            "/etc/troupe/ca.pem",
+            "--tls-cert-file",
+            "/etc/troupe/client.pem",
+            "--tls-key-file",
+            "/etc/troupe/client.key",
+            "--kafka-property",
+            "ssl.ca.location=/etc/kafka/ca.pem",
+        ])
+        .expect("flags parse");
+        let config = cli.brokers.config();
+        assert_eq!(config.nats.tls, cli.brokers.tls_files());
+        assert_eq!(config.amqp.tls, cli.brokers.tls_files());
+        assert_eq!(
+            config.nats.tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/troupe/ca.pem"))
+        );
+        let kafka = &config.kafka.properties;
+        assert_eq!(
+            kafka["ssl.ca.location"], "/etc/kafka/ca.pem",
+            "the explicit property wins"
+        );
+        assert_eq!(kafka["ssl.certificate.location"], "/etc/troupe/client.pem");
+        assert_eq!(kafka["ssl.key.location"], "/etc/troupe/client.key");
+
+        let half = Cli::try_parse_from(["troupe", "--tls-cert-file", "/etc/troupe/client.pem"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(half.contains("--tls-key-file"), "{half}");
+    }
+
     #[cfg(all(feature = "cli", feature = "kafka"))]
     #[test]
     fn kafka_properties_reach_the_clients_they_are_for() {
