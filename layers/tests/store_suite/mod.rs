@@ -13,6 +13,19 @@ use troupe_layers::idempotency::{Claim, IdempotencyStore};
 
 pub const CLAIM_TTL: Duration = Duration::from_secs(30);
 
+/// A store `url` (with the password `hunter2`) that nobody answers: connecting fails as
+/// unavailable (the runner holds its work), and the password shows in neither the error
+/// nor its `Debug`.
+pub async fn unreachable_is_unavailable_and_redacted(url: &str) {
+    let down: troupe_layers::StoreUrl = url.parse().unwrap();
+    let err = down
+        .connect("x:", Duration::from_secs(1), &Default::default())
+        .await
+        .unwrap_err();
+    assert!(err.unavailable, "{err}");
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+}
+
 /// Claim, record, publish, seen from another process; the hop key carries characters a
 /// client's envelope id may hold.
 pub async fn lifecycle<S: IdempotencyStore>(s: Arc<S>, other: Arc<S>) {
