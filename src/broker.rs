@@ -484,6 +484,11 @@ pub struct QueueArgs {
     /// Prefix of the store's keys, so several meshes can share one server.
     #[arg(long, env = "TROUPE_STORE_PREFIX", default_value = "troupe:hop:")]
     pub store_prefix: String,
+    /// Whether this actor reports the progress of gateway tasks (started, outputs, streamed
+    /// upstream events) on the broker's task events queue. Off, tasks still end in their
+    /// right state; only their progress misses this actor.
+    #[arg(long, env = "TROUPE_TASK_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub task_events: bool,
 }
 
 #[cfg(feature = "cli")]

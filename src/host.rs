@@ -47,7 +47,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use troupe_core::tls::TlsFiles;
 use troupe_core::{
-    Availability, CancellationToken, Envelope, HandlerError, NameError, Outcome, QueueNaming,
+    Availability, CancellationToken, Envelope, EventSink, HandlerError, NameError, Outcome, QueueNaming,
     QueueSetupError, RunReport, Runner, RunnerConfig, RunnerError, ensure_actor_queues,
 };
 use troupe_layers::idempotency::StoreError;
@@ -94,6 +94,7 @@ pub struct ActorHost {
     retry: RetryPolicies,
     timeout: Duration,
     runner: RunnerConfig,
+    task_events: bool,
 }
 
 impl ActorHost {
@@ -121,6 +122,7 @@ impl ActorHost {
             retry: RetryPolicies::default(),
             timeout,
             runner,
+            task_events: true,
         }
     }
 
@@ -136,6 +138,7 @@ impl ActorHost {
             .naming(naming)
             .store(args.store.clone(), &args.store_prefix)
             .store_tls(args.brokers.tls_files())
+            .task_events(args.task_events)
             .metrics_addr(metrics_addr))
     }
 
@@ -159,6 +162,14 @@ impl ActorHost {
     #[must_use]
     pub fn store_tls(mut self, tls: TlsFiles) -> Self {
         self.store_tls = tls;
+        self
+    }
+
+    /// Whether the actor reports the progress of gateway tasks (on by default; see
+    /// [`troupe_core::event`]).
+    #[must_use]
+    pub fn task_events(mut self, on: bool) -> Self {
+        self.task_events = on;
         self
     }
 
@@ -258,6 +269,7 @@ impl ActorHost {
             retry: self.retry,
             timeout: self.timeout,
             runner: self.runner,
+            task_events: self.task_events,
             availability,
             state,
             shutdown,
@@ -284,6 +296,7 @@ pub struct Host {
     retry: RetryPolicies,
     timeout: Duration,
     runner: RunnerConfig,
+    task_events: bool,
     availability: Availability,
     state: Arc<State>,
     shutdown: CancellationToken,
@@ -300,6 +313,8 @@ pub struct HandlerContext<'a> {
     pub naming: &'a QueueNaming,
     /// Cancelled when the process is asked to stop.
     pub shutdown: &'a CancellationToken,
+    /// Where the handler reports what it streams upstream for gateway tasks.
+    pub events: &'a EventSink,
 }
 
 impl Host {
@@ -342,11 +357,18 @@ impl Host {
         };
         let naming = &self.runner.naming;
         ensure_actor_queues(&transport, naming, &self.actor).await?;
+        let (events, publisher) = if self.task_events {
+            let (sink, task) = EventSink::start(transport.clone(), naming);
+            (sink, Some(task))
+        } else {
+            (EventSink::off(), None)
+        };
         let handler = make(&HandlerContext {
             actor: &self.actor,
             transport: &transport,
             naming,
             shutdown: &self.shutdown,
+            events: &events,
         });
         let actor: Arc<str> = self.actor.as_str().into();
         let stack = actor_stack(
@@ -359,10 +381,21 @@ impl Host {
             },
             handler,
         );
-        let runner =
-            Runner::new(transport, stack, self.runner.clone()).with_availability(self.availability.clone());
+        let runner = Runner::new(transport, stack, self.runner.clone())
+            .with_availability(self.availability.clone())
+            .with_events(events);
         self.state.serving.store(true, Ordering::Release);
         let report = runner.run(self.shutdown.clone()).await?;
+        if let Some(publisher) = publisher {
+            // Every sink is dropped once the runner and its handler are: what they sent
+            // is published before the process ends.
+            if tokio::time::timeout(Duration::from_secs(5), publisher)
+                .await
+                .is_err()
+            {
+                tracing::warn!(actor = %self.actor, "task events still unpublished after 5 s at shutdown; dropped");
+            }
+        }
         tracing::info!(actor = %self.actor, ?report, "stopped");
         Ok(report)
     }

@@ -1,19 +1,236 @@
 //! The Troupe gateway: how people and programs use a pipeline. A *task* is one submitted
-//! envelope and everything that descends from it (fan-out children included); the gateway
-//! records each task's state from the events the mesh's runners publish and from the
-//! pipeline's ends (`x-sink`, `x-sump`).
+//! envelope and everything that descends from it (fan-out children included).
 //!
-//! This crate starts with the rules every later part relies on, kept free of I/O so they
-//! can be tested exhaustively:
+//! How it works:
 //!
-//! - [`state`]: a task's state and how updates combine (rank-monotonic, idempotent, and
-//!   the same whatever order at-least-once delivery brings them in);
-//! - [`ledger`]: when a task whose envelopes fanned out is finished, and how.
+//! - a submission is recorded ([`Store`]) and its envelope, carrying the task id in the
+//!   `x-troupe-task` header, is published before the `201` answer;
+//! - runners report the hops of such envelopes as task events on the broker
+//!   ([`troupe_core::event`]); the gateway consumes them, and the ends of the pipeline
+//!   (`x-sink`, `x-sump`), acknowledging each message once it is stored ([`ingest`]);
+//! - a task's state combines updates by [`state`]'s rules, and a task that fanned out
+//!   ends when every branch has ([`ledger`]);
+//! - clients read records and follow events over HTTP ([`api`]).
+//!
+//! ```no_run
+//! use troupe_gateway::{Gateway, GatewayConfig, Store};
+//! # async fn run(transport: troupe_transports::memory::MemoryTransport) -> Result<(), Box<dyn std::error::Error>> {
+//! let store = Store::open(std::path::Path::new("tasks.db")).await?;
+//! let gateway = Gateway::new(transport, store, GatewayConfig::default()).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! gateway.serve(listener, troupe_core::CancellationToken::new()).await?;
+//! # Ok(()) }
+//! ```
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod ingest;
 pub mod ledger;
+pub mod record;
 pub mod state;
+pub mod store;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use troupe_core::{QueueAdmin, QueueNaming, Transport, TransportError};
+
+pub use api::{Api, ApiError};
 pub use ledger::{BranchEnd, Ledger};
+pub use record::{Progress, StoredEvent, TaskRecord};
 pub use state::{TaskState, Update};
+pub use store::{Store, StoreError};
+
+/// How a gateway behaves.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Actor-to-queue naming (the pipeline's).
+    pub naming: QueueNaming,
+    /// Largest request body accepted.
+    pub max_body: usize,
+    /// Longest a request may take to be answered (an event stream's body is not limited).
+    pub request_timeout: Duration,
+    /// How long a finished task is kept.
+    pub retention: Duration,
+}
+
+impl Default for GatewayConfig {
+    /// Default naming, 8 MiB bodies, 30 s per request, finished tasks kept a day.
+    fn default() -> Self {
+        Self {
+            naming: QueueNaming::default(),
+            max_body: 8 << 20,
+            request_timeout: Duration::from_secs(30),
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Why the gateway could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The broker refused a queue the gateway needs.
+    #[error("cannot set up queue {queue:?}: {source}")]
+    Queue {
+        /// The queue.
+        queue: String,
+        /// What the broker said.
+        #[source]
+        source: TransportError,
+    },
+    /// A queue name could not be made.
+    #[error(transparent)]
+    Naming(#[from] troupe_core::NameError),
+    /// Recording stopped: the broker refused a consumer or closed it.
+    #[error("cannot consume queue {queue:?}: {source}")]
+    Consume {
+        /// The queue.
+        queue: String,
+        /// What the broker said.
+        #[source]
+        source: TransportError,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// A gateway over one broker and one store.
+pub struct Gateway<T> {
+    api: Arc<Api<T>>,
+    config: GatewayConfig,
+}
+
+impl<T: Transport + QueueAdmin> Gateway<T> {
+    /// A gateway on `transport` and `store`; creates the queues it reads (`x-sink`,
+    /// `x-sump` and the task events queue) where missing.
+    pub async fn new(transport: T, store: Store, config: GatewayConfig) -> Result<Self, GatewayError> {
+        for (_, actor) in ingest::Source::ALL {
+            let queue = config.naming.queue_for(actor)?;
+            transport
+                .ensure_queue(&queue)
+                .await
+                .map_err(|source| GatewayError::Queue { queue, source })?;
+        }
+        let (live, _) = broadcast::channel(4096);
+        Ok(Self {
+            api: Arc::new(Api {
+                transport,
+                naming: config.naming.clone(),
+                store,
+                live,
+                closing: CancellationToken::new(),
+            }),
+            config,
+        })
+    }
+
+    /// The HTTP API, with body limit, timeout and request traces.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/v1/mesh", post(api::submit::<T>).get(api::list::<T>))
+            .route("/api/v1/mesh/{id}", get(api::status::<T>))
+            .route("/api/v1/mesh/{id}/events", get(api::events::<T>))
+            .with_state(self.api.clone())
+            .layer(RequestBodyLimitLayer::new(self.config.max_body))
+            .layer(TimeoutLayer::with_status_code(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                self.config.request_timeout,
+            ))
+            .layer(TraceLayer::new_for_http())
+    }
+
+    /// The task store.
+    pub fn store(&self) -> &Store {
+        &self.api.store
+    }
+
+    /// Records what the broker brings and expires old tasks until `shutdown`, without
+    /// serving HTTP (for a process that serves [`Gateway::router`] itself).
+    pub async fn record(&self, shutdown: CancellationToken) -> Result<(), GatewayError> {
+        let mut tasks = JoinSet::new();
+        let api = self.api.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            ingest::consume(
+                api.transport.clone(),
+                api.naming.clone(),
+                api.store.clone(),
+                api.live.clone(),
+                stop,
+            )
+            .await
+            .map_err(|(queue, source)| GatewayError::Consume { queue, source })
+        });
+        tasks.spawn(expire(
+            self.api.store.clone(),
+            self.config.retention,
+            shutdown.clone(),
+        ));
+        let mut outcome = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(Err(error)) = joined {
+                // Without recording, tasks would silently stop finishing: stop it all.
+                shutdown.cancel();
+                outcome = Err(error);
+            }
+        }
+        outcome
+    }
+
+    /// Serves the API on `listener` and records until `shutdown`.
+    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), GatewayError> {
+        let router = self.router();
+        let closing = self.api.closing.clone();
+        let stop = shutdown.clone();
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            // Open event streams end too, or the server would wait for them forever.
+            async move {
+                shutdown.cancelled().await;
+                closing.cancel()
+            }
+        });
+        let server =
+            axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await });
+        let (served, recorded) = tokio::join!(
+            async {
+                let served = server.await;
+                shutdown.cancel();
+                served
+            },
+            self.record(shutdown.clone())
+        );
+        served?;
+        recorded
+    }
+}
+
+/// Deletes finished tasks older than `retention`, once a minute.
+async fn expire(store: Store, retention: Duration, shutdown: CancellationToken) -> Result<(), GatewayError> {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    loop {
+        // None: a retention longer than the calendar reaches back keeps everything.
+        if let Some(cutoff) = chrono::Utc::now().checked_sub_signed(retention) {
+            match store.expire(cutoff).await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "expired finished tasks"),
+                Err(error) => tracing::warn!(%error, "expiring finished tasks failed; will try again"),
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+}

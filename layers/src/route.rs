@@ -20,8 +20,9 @@ use std::task::{Context, Poll};
 
 use chrono::Utc;
 use futures_util::future::{self, BoxFuture, Either, FutureExt};
+use serde_json::Value;
 use tower::{Layer, Service};
-use troupe_core::headers::FIRST_ATTEMPT;
+use troupe_core::headers::{FIRST_ATTEMPT, SPAWNED};
 use troupe_core::{
     Dispatch, Envelope, ErrorInfo, HandlerError, Outcome, Phase, Publication, Reason, Route, SINK, SUMP,
     assign_fan_out_ids, validate_name,
@@ -168,6 +169,7 @@ pub fn route_output(
     } else {
         output.id = troupe_core::fan_out_id(&received.id, actor, received.route.position(), index);
         output.parent_id = Some(received.id);
+        output.headers.shift_remove(SPAWNED);
     }
     Ok(advanced(actor, input.attempt_at(actor), output))
 }
@@ -221,11 +223,38 @@ fn forward(
         input.route.position(),
         &mut outputs,
     );
+    record_spawned(&mut outputs);
     let publications = outputs
         .into_iter()
         .map(|env| advanced(actor, attempt, env))
         .collect();
     Ok(Dispatch::new(publications))
+}
+
+/// Appends the ids of a fan-out's other children to the [`SPAWNED`] list of the child
+/// that keeps the input's id, so the branch's end record names every branch it spawned.
+fn record_spawned(outputs: &mut [Envelope]) {
+    let Some((first, others)) = outputs.split_first_mut() else {
+        return;
+    };
+    if others.is_empty() {
+        return;
+    }
+    for child in others.iter_mut() {
+        // A child starts a branch of its own: the list it was cloned with is its parent's.
+        child.headers.shift_remove(SPAWNED);
+    }
+    let spawned = first
+        .headers
+        .entry(SPAWNED)
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if !spawned.is_array() {
+        // Not ours to interpret: a handler wrote something else there. Ours replaces it.
+        *spawned = Value::Array(Vec::new());
+    }
+    if let Value::Array(list) = spawned {
+        list.extend(others.iter().map(|child| Value::String(child.id.clone())));
+    }
 }
 
 fn end(actor: &str, attempt: u32, input: &Received, mut env: Envelope) -> Result<Dispatch, HandlerError> {
@@ -366,7 +395,20 @@ mod tests {
             assert_ne!(p.envelope.id, input.id);
             assert_eq!(p.envelope.parent_id.as_deref(), Some(input.id.as_str()));
             assert_eq!(p.actor, "next");
+            assert!(
+                p.envelope.headers.get(SPAWNED).is_none(),
+                "a child's own list starts empty"
+            );
         }
+        let spawned: Vec<&str> = d.publications()[1..]
+            .iter()
+            .map(|p| p.envelope.id.as_str())
+            .collect();
+        assert_eq!(
+            d.publications()[0].envelope.headers[SPAWNED],
+            json!(spawned),
+            "the branch that keeps the id names the others"
+        );
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@
 pub mod availability;
 pub mod decode;
 pub mod envelope;
+pub mod event;
 pub mod handler;
 pub mod headers;
 pub mod naming;
@@ -28,6 +29,7 @@ pub mod wire;
 pub use availability::{Availability, Unavailable, unavailable_dependency};
 pub use decode::{DecodeError, DecodeLimits};
 pub use envelope::{Envelope, assign_fan_out_ids, fan_out_id};
+pub use event::{EventSink, TaskEvent};
 pub use handler::{HandlerFn, PayloadFn, handler_fn, payload_fn};
 pub use naming::{NameError, QueueNaming, SINK, SUMP, validate_name};
 pub use outcome::{Dispatch, HandlerError, Outcome, Publication, PublishedHook};
@@ -39,3 +41,4 @@ pub use tokio_util::sync::CancellationToken;
 pub use transport::{
     ConsumeOptions, Consumer, Delivery, PublishOptions, QueueAdmin, QueueDepth, Transport, TransportError,
 };
+pub use wire::EVENTS;

@@ -12,6 +12,10 @@
 //!   [`RunnerConfig::shutdown_grace`], then nacks what is left so it is redelivered at once;
 //! - **poison protection**: a message delivered more than
 //!   [`RunnerConfig::max_redeliveries`] times (a crash or panic loop) goes to `x-sump`;
+//! - **task events never hold up the data path**: for envelopes of gateway tasks, the
+//!   runner reports the start and the outputs of each hop to its [`EventSink`]
+//!   ([`Runner::with_events`]), which publishes them in the background (see
+//!   [`event`](crate::event));
 //! - **outages are not the envelope's fault**: when the stack reports that a dependency is
 //!   down (an [`Unavailable`](crate::Unavailable) store, an
 //!   [unavailable](crate::HandlerError::unavailable) handler), the runner keeps the
@@ -40,6 +44,7 @@ use tower::{BoxError, Service, ServiceExt};
 use crate::availability::{Availability, unavailable_dependency};
 use crate::decode::DecodeLimits;
 use crate::envelope::Envelope;
+use crate::event::{EventKind, EventSink, HopOutput};
 use crate::naming::{NameError, QueueNaming, SUMP};
 use crate::outcome::{Dispatch, Publication};
 use crate::status::{Phase, Reason};
@@ -159,6 +164,7 @@ struct Shared<T> {
     queue: String,
     counters: Counters,
     availability: Availability,
+    events: EventSink,
 }
 
 /// Runs one actor. See the module docs for its guarantees.
@@ -167,6 +173,7 @@ pub struct Runner<T, S> {
     service: S,
     config: RunnerConfig,
     availability: Availability,
+    events: EventSink,
 }
 
 enum Settle {
@@ -188,7 +195,15 @@ where
             service,
             config,
             availability: Availability::default(),
+            events: EventSink::off(),
         }
+    }
+
+    /// Reports the hops of gateway tasks to `events` (by default, nowhere).
+    #[must_use]
+    pub fn with_events(mut self, events: EventSink) -> Self {
+        self.events = events;
+        self
     }
 
     /// Shares `availability` (created beforehand, say, for a readiness probe) instead of a
@@ -236,6 +251,7 @@ where
             config: self.config,
             counters: Counters::default(),
             availability: self.availability,
+            events: self.events,
         });
         tracing::info!(actor = %shared.config.actor, queue = %shared.queue, concurrency, workers, "runner started");
 
@@ -451,12 +467,16 @@ where
                 return publish_to_sump(shared, env, delivery.redeliveries()).await;
             }
         };
+        let head = shared.events.head(&envelope, actor);
+        if let Some(head) = &head {
+            shared.events.send(head.event(EventKind::Started)).await;
+        }
         let dispatch = match service.ready().await {
             Ok(ready) => ready.call(envelope).await,
             Err(e) => Err(e),
         };
         let error: BoxError = match dispatch {
-            Ok(dispatch) => break Ok(dispatch),
+            Ok(dispatch) => break Ok((dispatch, head)),
             Err(error) => error.into(),
         };
         let Some(dependency) = unavailable_dependency(&*error) else {
@@ -479,13 +499,24 @@ where
         tracing::info!(queue = %shared.queue, "dependencies answer again; taking new work");
     }
     match dispatch {
-        Ok(dispatch) => match publish(shared, dispatch).await {
-            Ok(()) => Settle::Ack,
-            Err(error) => {
-                tracing::warn!(envelope.id = ?sump::readable_id(body), queue = %shared.queue, %error, "publish failed; input will be redelivered");
-                Settle::Nack(infra_delay)
+        Ok((dispatch, head)) => {
+            // A handler that published its outputs itself reports its hop itself.
+            let hop = head
+                .filter(|_| !dispatch.publications().is_empty())
+                .map(|head| (head, hop_outputs(&dispatch)));
+            match publish(shared, dispatch).await {
+                Ok(()) => {
+                    if let Some((head, outputs)) = hop {
+                        shared.events.send(head.event(EventKind::Hop { outputs })).await;
+                    }
+                    Settle::Ack
+                }
+                Err(error) => {
+                    tracing::warn!(envelope.id = ?sump::readable_id(body), queue = %shared.queue, %error, "publish failed; input will be redelivered");
+                    Settle::Nack(infra_delay)
+                }
             }
-        },
+        }
         Err(error) => {
             // The id is read back from the body only here, on the failure path.
             tracing::warn!(envelope.id = ?sump::readable_id(body), queue = %shared.queue, %error, "layer stack failed; input will be redelivered");
@@ -505,6 +536,11 @@ async fn publish_to_sump<T: Transport>(shared: &Shared<T>, env: Envelope, redeli
             Settle::Nack(Some(infra_delay(&shared.config, redeliveries)))
         }
     }
+}
+
+/// Where each publication of `dispatch` goes, for a hop event.
+fn hop_outputs(dispatch: &Dispatch) -> Vec<HopOutput> {
+    dispatch.publications().iter().map(HopOutput::of).collect()
 }
 
 /// The redelivery delay after an infrastructure failure: doubling per redelivery, capped.

@@ -16,6 +16,10 @@
 pub const SINK: &str = "x-sink";
 /// Last-resort actor for what cannot be processed at all.
 pub const SUMP: &str = "x-sump";
+/// Troupe's own pseudo-actor whose queue carries task events (see
+/// [`event`](crate::event)) from every runner to the gateway. It exists only where a
+/// gateway created it; runners publish nothing to it otherwise.
+pub const EVENTS: &str = "x-troupe-events";
 
 /// Message header: the Unix time in milliseconds before which a delayed message must not be
 /// delivered.

@@ -14,7 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tower::Service;
-use troupe::core::{Envelope, HandlerError, Outcome, QueueNaming, Transport, publish_one};
+use troupe::core::event::{EventKind, HopOutput};
+use troupe::core::{Envelope, EventSink, HandlerError, Outcome, QueueNaming, Transport, publish_one};
 use troupe::layers::route::route_output;
 
 use super::client::{ClientError, Lent, RuntimeClient, read_body};
@@ -78,6 +79,8 @@ struct Inner<T> {
     naming: QueueNaming,
     health: Arc<RuntimeHealth>,
     metrics: SidecarMetrics,
+    /// Where streamed upstream events of gateway tasks go.
+    events: EventSink,
 }
 
 impl<T: Transport> RuntimeHandler<T> {
@@ -89,6 +92,7 @@ impl<T: Transport> RuntimeHandler<T> {
         naming: QueueNaming,
         health: Arc<RuntimeHealth>,
         metrics: SidecarMetrics,
+        events: EventSink,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -98,6 +102,7 @@ impl<T: Transport> RuntimeHandler<T> {
                 naming,
                 health,
                 metrics,
+                events,
             }),
         }
     }
@@ -228,6 +233,10 @@ impl<T: Transport> Inner<T> {
         watch: &mut CallWatch<'_>,
     ) -> Result<Outcome, HandlerError> {
         let mut reader = EventReader::default();
+        let head = self.events.head(&env, &self.actor);
+        let mut upstream_seq = 0;
+        let mut flushed = 0;
+        let mut routed = Vec::new();
         let mut emitted = 0;
         let mut done = false;
         while let Some(frame) = body.frame().await {
@@ -246,6 +255,11 @@ impl<T: Transport> Inner<T> {
                         })?;
                         let output = frames::output(&env, frame)?;
                         let publication = route_output(&self.actor, &env, emitted, output)?;
+                        if upstream_seq > flushed {
+                            // The tokens streamed so far reach the broker before this output.
+                            self.events.flush().await;
+                            flushed = upstream_seq;
+                        }
                         publish_one(&self.transport, &self.naming, &self.actor, &publication)
                             .await
                             .map_err(|e| {
@@ -255,10 +269,25 @@ impl<T: Transport> Inner<T> {
                                 )
                             })?;
                         tracing::debug!(envelope.id = %env.id, actor = %self.actor, to = %publication.actor, index = emitted, "streamed frame routed");
+                        if head.is_some() {
+                            routed.push(HopOutput::of(&publication));
+                        }
                         emitted += 1;
                     }
                     "upstream" => {
                         self.metrics.upstream.inc();
+                        if let Some(head) = &head {
+                            // Asya's FLY payload is JSON; anything else is passed on as text.
+                            let data = serde_json::from_str(&event.data)
+                                .unwrap_or_else(|_| Value::String(event.data.clone()));
+                            self.events
+                                .send(head.event(EventKind::Fly {
+                                    seq: upstream_seq,
+                                    data,
+                                }))
+                                .await;
+                            upstream_seq += 1;
+                        }
                         tracing::info!(envelope.id = %env.id, actor = %self.actor, progress = %event.data, "runtime progress");
                     }
                     "error" => {
@@ -279,6 +308,12 @@ impl<T: Transport> Inner<T> {
         lent.release();
         if emitted == 0 {
             return Ok(Outcome::end(env));
+        }
+        if let Some(head) = head {
+            // The runner sees no publications for a streamed answer: the hop is told here.
+            self.events
+                .send(head.event(EventKind::Hop { outputs: routed }))
+                .await;
         }
         Ok(Outcome::Published)
     }

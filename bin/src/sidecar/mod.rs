@@ -121,6 +121,7 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
             ctx.naming.clone(),
             health,
             sidecar_metrics,
+            ctx.events.clone(),
         )
     })
     .await?;

@@ -1,0 +1,369 @@
+//! The HTTP API: submit, status, list and live events of tasks.
+//!
+//! | Method and path | Answer |
+//! |---|---|
+//! | `POST /api/v1/mesh?actor=A` (or a body `route`) | `201 {"id", "status"}`, once the envelope is on the broker |
+//! | `GET /api/v1/mesh/{id}` | the task's [record](crate::TaskRecord) |
+//! | `GET /api/v1/mesh?status=&limit=&offset=` | `{"tasks": [...]}`, newest first |
+//! | `GET /api/v1/mesh/{id}/events` | Server-Sent Events: the record, then every stored event |
+//!
+//! Every refusal is a 4xx with `{"error": "..."}` naming the problem.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use troupe_core::headers::TASK;
+use troupe_core::{
+    Envelope, Publication, QueueAdmin, QueueNaming, Route, Transport, TransportError, publish_one,
+    validate_name,
+};
+
+use crate::record::StoredEvent;
+use crate::state::TaskState;
+use crate::store::{Store, StoreError};
+
+/// The actor name the gateway publishes as (in logs and `x-sump` records).
+pub const GATEWAY_ACTOR: &str = "gateway";
+/// Most tasks one list answer holds.
+pub const MAX_LIST: u32 = 1000;
+
+/// What every handler shares.
+pub struct Api<T> {
+    /// The broker.
+    pub transport: T,
+    /// Actor-to-queue naming.
+    pub naming: QueueNaming,
+    /// The task store.
+    pub store: Store,
+    /// Every event as it is stored, to wake the streams that follow its task.
+    pub live: broadcast::Sender<StoredEvent>,
+    /// Cancelled when the gateway stops: event streams end.
+    pub closing: CancellationToken,
+}
+
+/// A refused or failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is wrong; the message says how.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such task (never submitted here, or expired).
+    #[error("unknown task id {0:?} (never submitted, or expired)")]
+    UnknownTask(String),
+    /// The broker or the store did not answer; try again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownTask(_) => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (status, Json(json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        tracing::warn!(%error, "task store failed");
+        ApiError::Unavailable(error.to_string())
+    }
+}
+
+/// The body of a submission.
+#[derive(Debug, Deserialize)]
+pub struct Submission {
+    /// The handler's input (any JSON).
+    pub payload: Value,
+    /// Envelope headers to send with it (`x-asya-mesh-status: off` switches events off).
+    #[serde(default)]
+    pub headers: Map<String, Value>,
+    /// Seconds the whole task may take; past it, actors drop it as timed out.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+    /// The actors to visit, in order (instead of `?actor=`).
+    #[serde(default)]
+    pub route: Option<Vec<String>>,
+}
+
+/// The query of a submission.
+#[derive(Debug, Deserialize)]
+pub struct SubmitQuery {
+    /// The one actor to send the payload to.
+    pub actor: Option<String>,
+}
+
+/// `POST /api/v1/mesh`: checks the route, records the task, publishes its envelope.
+pub async fn submit<T: Transport + QueueAdmin>(
+    State(api): State<Arc<Api<T>>>,
+    Query(query): Query<SubmitQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let submission: Submission = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not a valid submission: {e}")))?;
+    let route = match (query.actor, submission.route) {
+        (Some(actor), None) => vec![actor],
+        (None, Some(route)) if !route.is_empty() => route,
+        (None, Some(_)) => return Err(ApiError::BadRequest("the route is empty".into())),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give either ?actor= or a body route, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "no destination: add ?actor=NAME or a body route: [\"a\", \"b\"]".into(),
+            ));
+        }
+    };
+    check_route(&api, &route).await?;
+    let mut envelope = Envelope::new(Route::through(route.iter().cloned()), submission.payload);
+    envelope.headers = submission.headers;
+    envelope
+        .headers
+        .insert(TASK.to_owned(), Value::String(envelope.id.clone()));
+    if let Some(seconds) = submission.timeout {
+        let timeout = Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("timeout {seconds} is not a positive number of seconds"))
+            })?;
+        envelope.status_mut().deadline_at = Some(chrono::Utc::now() + timeout);
+    }
+    let id = envelope.id.clone();
+    let first = route[0].clone();
+    let events = api.store.create(id.clone(), route).await?;
+    let publication = Publication::to(first, envelope);
+    if let Err(error) = publish_one(&api.transport, &api.naming, GATEWAY_ACTOR, &publication).await {
+        tracing::warn!(task = %id, %error, "submission not published; the task is dropped");
+        if let Err(error) = api.store.delete(id.clone()).await {
+            tracing::warn!(task = %id, %error, "could not drop an unpublished task; it stays pending");
+        }
+        return Err(ApiError::Unavailable(format!(
+            "the broker did not take the task: {error}"
+        )));
+    }
+    for event in events {
+        let _ = api.live.send(event);
+    }
+    tracing::info!(task = %id, "task submitted");
+    let location = format!("/api/v1/mesh/{id}");
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(json!({"id": id, "status": TaskState::Pending})),
+    )
+        .into_response())
+}
+
+/// Every actor of `route` is a legal name with a queue on the broker.
+async fn check_route<T: QueueAdmin>(api: &Api<T>, route: &[String]) -> Result<(), ApiError> {
+    for actor in route {
+        validate_name("actor", actor).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let queue = api
+            .naming
+            .queue_for(actor)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        match api.transport.depth(&queue).await {
+            Ok(_) => {}
+            Err(TransportError::NoSuchQueue { .. }) => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown actor {actor:?}: its queue {queue:?} is not on the broker"
+                )));
+            }
+            Err(error) => {
+                return Err(ApiError::Unavailable(format!(
+                    "cannot check actor {actor:?} on the broker: {error}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `GET /api/v1/mesh/{id}`.
+pub async fn status<T>(State(api): State<Arc<Api<T>>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match api.store.get(id.clone()).await? {
+        Some(task) => Ok(Json(task).into_response()),
+        None => Err(ApiError::UnknownTask(id)),
+    }
+}
+
+/// The query of a list.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Only tasks in this state.
+    pub status: Option<String>,
+    /// At most this many (default 50, at most [`MAX_LIST`]).
+    pub limit: Option<u32>,
+    /// Skip this many.
+    pub offset: Option<u32>,
+}
+
+/// `GET /api/v1/mesh`.
+pub async fn list<T>(
+    State(api): State<Arc<Api<T>>>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let status = query
+        .status
+        .as_deref()
+        .map(|s| {
+            serde_json::from_value::<TaskState>(Value::String(s.to_owned())).map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "unknown status {s:?}: use pending, running, paused, succeeded, failed or canceled"
+                ))
+            })
+        })
+        .transpose()?;
+    let limit = query.limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_LIST {
+        return Err(ApiError::BadRequest(format!("limit must be 1 to {MAX_LIST}")));
+    }
+    let tasks = api.store.list(status, limit, query.offset.unwrap_or(0)).await?;
+    Ok(Json(json!({"tasks": tasks})).into_response())
+}
+
+/// `GET /api/v1/mesh/{id}/events`: the task's record, then its stored events from the one
+/// after `Last-Event-ID` on, live, until it finishes.
+pub async fn events<T: Send + Sync + 'static>(
+    State(api): State<Arc<Api<T>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let after = match headers.get("last-event-id") {
+        None => 0,
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .ok_or_else(|| {
+                ApiError::BadRequest("Last-Event-ID must be an event id this gateway sent".into())
+            })?,
+    };
+    // Subscribed before the record is read, so nothing stored in between is missed.
+    let wake = api.live.subscribe();
+    let record = api
+        .store
+        .get(id.clone())
+        .await?
+        .ok_or_else(|| ApiError::UnknownTask(id.clone()))?;
+    let (tx, rx) = mpsc::channel(64);
+    let first = Event::default()
+        .event("task")
+        .json_data(&record)
+        .unwrap_or_default();
+    let _ = tx.send(first).await;
+    // A task that finished moments ago may still have events on their way.
+    let finished = record.finished_at.map(|at| {
+        let since = (chrono::Utc::now() - at).to_std().unwrap_or_default();
+        tokio::time::Instant::now() + LINGER.saturating_sub(since)
+    });
+    let follower = follow(api.store.clone(), wake, id, after, finished, tx);
+    let closing = api.closing.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = follower => {}
+            () = closing.cancelled() => {}
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|event| (Ok(event), rx))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// How long a stream waits for a wake-up before it looks at the store anyway.
+const RECHECK: Duration = Duration::from_secs(2);
+/// How long a stream stays open after the final status, for events that travelled on
+/// another queue and were stored after it (a handler's last upstream events).
+const LINGER: Duration = Duration::from_millis(300);
+
+/// Sends task `id`'s stored events after `last` to `tx` until [`LINGER`] after its final
+/// status (`close_at`, when it had finished before the stream began) or until the client
+/// has gone. The store is the source of each event: a wake-up only
+/// says "look", so events arrive in stored order and without gaps whatever order the
+/// wake-ups come in.
+async fn follow(
+    store: Store,
+    mut wake: broadcast::Receiver<StoredEvent>,
+    id: String,
+    mut last: i64,
+    mut close_at: Option<tokio::time::Instant>,
+    tx: mpsc::Sender<Event>,
+) {
+    loop {
+        let events = match store.events_after(id.clone(), last).await {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::warn!(task = %id, %error, "event stream ended: the store failed");
+                return;
+            }
+        };
+        let mut done = false;
+        for event in events {
+            last = event.seq;
+            done |= is_final(&event);
+            let sse = Event::default()
+                .id(event.seq.to_string())
+                .event(event.kind.as_str())
+                .json_data(&event.data)
+                .unwrap_or_default();
+            if tx.send(sse).await.is_err() {
+                return;
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if done && close_at.is_none() {
+            close_at = Some(now + LINGER);
+        }
+        if close_at.is_some_and(|at| now >= at) {
+            return;
+        }
+        let recheck = close_at.unwrap_or(now + RECHECK);
+        tokio::select! {
+            () = tx.closed() => return,
+            () = tokio::time::sleep_until(recheck) => {}
+            woken = wait_for(&mut wake, &id) => if !woken { return },
+        }
+    }
+}
+
+/// Waits until an event of task `id` is stored (or the receiver lagged, which may have
+/// hidden one); false once the gateway is shutting down.
+async fn wait_for(wake: &mut broadcast::Receiver<StoredEvent>, id: &str) -> bool {
+    loop {
+        match wake.recv().await {
+            Ok(event) if event.task == id => return true,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return true,
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+    }
+}
+
+fn is_final(event: &StoredEvent) -> bool {
+    event.kind == "status"
+        && event
+            .data
+            .get("status")
+            .and_then(|s| serde_json::from_value::<TaskState>(s.clone()).ok())
+            .is_some_and(TaskState::is_terminal)
+}

@@ -1,0 +1,206 @@
+//! What the gateway reads from the broker: the ends of the pipeline (`x-sink`, `x-sump`)
+//! and the runners' task events, each recorded in the store before it is acknowledged.
+//!
+//! Nothing is lost while the gateway is down: the three queues keep what arrives, and on
+//! restart the gateway records it all. Nothing is counted twice: the store ignores copies.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use troupe_core::event::{EventKind, HopOutput};
+use troupe_core::headers::{SPAWNED, TASK};
+use troupe_core::{
+    ConsumeOptions, Consumer, DecodeLimits, Delivery, EVENTS, Envelope, Phase, QueueNaming, SINK, SUMP,
+    TaskEvent, Transport, TransportError,
+};
+
+use crate::ledger::BranchEnd;
+use crate::record::StoredEvent;
+use crate::store::{BranchEnding, Store, StoreError};
+
+/// Which queue a message came from, and so how to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Finished branches.
+    Sink,
+    /// Failed branches.
+    Sump,
+    /// Runners' task events (a JSON array per message).
+    Events,
+}
+
+impl Source {
+    /// Every source, with its pseudo-actor.
+    pub const ALL: [(Source, &'static str); 3] = [
+        (Source::Sink, SINK),
+        (Source::Sump, SUMP),
+        (Source::Events, EVENTS),
+    ];
+}
+
+/// Records one message from `source`; returns the events it added. A message that is not
+/// what the queue should hold is logged and skipped (it would never become readable).
+pub async fn record(store: &Store, source: Source, body: &Bytes) -> Result<Vec<StoredEvent>, StoreError> {
+    match source {
+        Source::Sink | Source::Sump => {
+            let Some((ending, last_hop)) = branch_ending(source, body) else {
+                return Ok(Vec::new());
+            };
+            // The last actor's hop, told by the end itself: its own report travels on
+            // another queue and may come later, but the task's last progress event must
+            // come before its final status. Whichever copy comes second is ignored.
+            let mut added = match last_hop {
+                Some(hop) => store.apply_event(hop).await?,
+                None => Vec::new(),
+            };
+            added.extend(store.record_end(ending).await?);
+            Ok(added)
+        }
+        Source::Events => {
+            let events: Vec<TaskEvent> = match serde_json::from_slice(body) {
+                Ok(events) => events,
+                Err(error) => {
+                    tracing::warn!(%error, "a task events message is not a list of events; skipped");
+                    return Ok(Vec::new());
+                }
+            };
+            let mut added = Vec::new();
+            for event in events {
+                added.extend(store.apply_event(event).await?);
+            }
+            Ok(added)
+        }
+    }
+}
+
+/// How the branch in an `x-sink` or `x-sump` message ended, if it belongs to a task, and
+/// the hop event of the actor that sent it there.
+fn branch_ending(source: Source, body: &Bytes) -> Option<(BranchEnding, Option<TaskEvent>)> {
+    let env = match Envelope::from_slice(body, &DecodeLimits::default()) {
+        Ok(env) => env,
+        Err(error) => {
+            tracing::debug!(%error, ?source, "an end-of-pipeline message is not an envelope; not a task's");
+            return None;
+        }
+    };
+    let task = env.header_str(TASK)?.to_owned();
+    let spawned = match env.headers.get(SPAWNED) {
+        Some(Value::Array(ids)) => ids.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    };
+    let failed = source == Source::Sump || env.status.as_ref().and_then(|s| s.phase) == Some(Phase::Failed);
+    let last_hop = last_hop(&task, &env, if source == Source::Sump { SUMP } else { SINK });
+    let (end, value) = match failed {
+        false => (BranchEnd::Succeeded, env.payload),
+        true => {
+            let error = env
+                .status
+                .as_ref()
+                .and_then(|s| s.error.as_ref())
+                .and_then(|e| serde_json::to_value(e).ok())
+                .unwrap_or_else(|| json!({"message": "the envelope was set aside without an error"}));
+            (BranchEnd::Failed, error)
+        }
+    };
+    let ending = BranchEnding {
+        task,
+        branch: env.id,
+        end,
+        spawned,
+        value,
+    };
+    Some((ending, last_hop))
+}
+
+/// The hop event the actor that ended `env` reported (or will) for sending it to `to`:
+/// the same event, so the same key.
+fn last_hop(task: &str, env: &Envelope, to: &str) -> Option<TaskEvent> {
+    let status = env.status.as_ref()?;
+    let actor = status.actor.clone()?;
+    // A finished route was advanced past that actor; an early end or a failure was not.
+    let position = env.route.position() - usize::from(env.route.is_finished() && env.route.position() > 0);
+    Some(TaskEvent {
+        task: task.to_owned(),
+        id: env.id.clone(),
+        actor,
+        position,
+        at: status.updated_at.unwrap_or_else(chrono::Utc::now),
+        kind: EventKind::Hop {
+            outputs: vec![HopOutput {
+                id: env.id.clone(),
+                to: to.to_owned(),
+                phase: status.phase.map(|p| p.as_str().to_owned()),
+            }],
+        },
+    })
+}
+
+/// Consumes the three queues until `shutdown`, recording each message and announcing what
+/// it added on `live`; a message is acknowledged only once recorded. One loop, events
+/// first: a runner's report that is already on the broker is recorded before a branch end
+/// that came after it, so a task's progress precedes its final status wherever the broker
+/// keeps that order.
+pub async fn consume<T: Transport>(
+    transport: T,
+    naming: QueueNaming,
+    store: Store,
+    live: broadcast::Sender<StoredEvent>,
+    shutdown: CancellationToken,
+) -> Result<(), (String, TransportError)> {
+    let mut consumers = Vec::with_capacity(Source::ALL.len());
+    for (source, actor) in Source::ALL {
+        let queue = naming.queue_for(actor).unwrap_or_else(|_| actor.to_owned());
+        let consumer = transport
+            .consume(&queue, ConsumeOptions::default())
+            .await
+            .map_err(|e| (queue.clone(), e))?;
+        tracing::info!(%queue, "recording");
+        consumers.push((source, queue, consumer));
+    }
+    let [
+        (_, sink_queue, mut sink),
+        (_, sump_queue, mut sump),
+        (_, events_queue, mut events),
+    ] = <[_; 3]>::try_from(consumers).map_err(|_| (String::new(), TransportError::Closed))?;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        // `Consumer::next` is cancel-safe: the branches that lose lose no delivery.
+        let (source, queue, next) = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(()),
+            next = events.next() => (Source::Events, &events_queue, next),
+            next = sink.next() => (Source::Sink, &sink_queue, next),
+            next = sump.next() => (Source::Sump, &sump_queue, next),
+        };
+        let delivery = match next {
+            None => return Err((queue.clone(), TransportError::Closed)),
+            Some(Ok(delivery)) => delivery,
+            Some(Err(error)) => {
+                tracing::warn!(%queue, %error, "receive failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let settled = match record(&store, source, delivery.body()).await {
+            Ok(added) => {
+                for event in added {
+                    // No subscriber is fine: nobody is watching.
+                    let _ = live.send(event);
+                }
+                delivery.ack().await
+            }
+            Err(error) => {
+                tracing::warn!(%queue, %error, "could not record a message; it will be redelivered");
+                delivery.nack(Some(Duration::from_secs(1))).await
+            }
+        };
+        if let Err(error) = settled {
+            tracing::warn!(%queue, %error, "settling a recorded message failed; it will come again and change nothing");
+        }
+    }
+}

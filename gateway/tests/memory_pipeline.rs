@@ -1,0 +1,414 @@
+//! The gateway in front of a pipeline on the in-memory broker, in one process: submission,
+//! records, live events, fan-out, failure, refusals, and catching up after a restart.
+
+#![allow(clippy::unwrap_used)] // test helpers unwrap: a failure is a test failure
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use troupe_core::{
+    CancellationToken, ConsumeOptions, Envelope, EventSink, HandlerError, Outcome, QueueAdmin, QueueNaming,
+    Runner, RunnerConfig, handler_fn, payload_fn,
+};
+use troupe_gateway::{Gateway, GatewayConfig, Store};
+use troupe_layers::{MemoryStore, MeshMetrics, RetryPolicies, RetryPolicy, StackConfig, actor_stack};
+use troupe_transports::memory::MemoryTransport;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A pipeline of three actors on one memory broker: `double`, `split` (two children) and
+/// `fail` (always raises), each reporting task events.
+struct Pipeline {
+    transport: MemoryTransport,
+    stop: CancellationToken,
+    runners: Vec<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    async fn start() -> Self {
+        let transport = MemoryTransport::default();
+        // As deployed, the gateway's queues come first (an actor that starts before them
+        // drops its events until they exist).
+        for actor in [troupe_core::EVENTS, troupe_core::SINK, troupe_core::SUMP] {
+            transport
+                .ensure_queue(&QueueNaming::default().queue_for(actor).unwrap())
+                .await
+                .unwrap();
+        }
+        let mut pipeline = Self {
+            transport,
+            stop: CancellationToken::new(),
+            runners: Vec::new(),
+        };
+        pipeline
+            .spawn(
+                "double",
+                payload_fn(
+                    |p: Value| async move { Ok::<_, HandlerError>(json!(p.as_i64().unwrap_or(0) * 2)) },
+                ),
+            )
+            .await;
+        pipeline
+            .spawn(
+                "split",
+                handler_fn(|e: Envelope| async move {
+                    let children = (1..=2)
+                        .map(|i| {
+                            let mut child = e.clone();
+                            child.payload = json!(e.payload.as_i64().unwrap_or(0) + i);
+                            child
+                        })
+                        .collect();
+                    Ok(Outcome::Forward(children))
+                }),
+            )
+            .await;
+        pipeline
+            .spawn(
+                "fail",
+                payload_fn(|_: Value| async move {
+                    Err::<Value, _>(HandlerError::new("ValueError", "bad input"))
+                }),
+            )
+            .await;
+        pipeline
+    }
+
+    async fn spawn<H>(&mut self, actor: &str, handler: H)
+    where
+        H: tower::Service<Envelope, Response = Outcome, Error = HandlerError> + Clone + Send + 'static,
+        H::Future: Send + 'static,
+    {
+        let naming = QueueNaming::default();
+        troupe_core::ensure_actor_queues(&self.transport, &naming, actor)
+            .await
+            .unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let stack = actor_stack(
+            StackConfig {
+                actor: actor.into(),
+                retry: RetryPolicies::new(RetryPolicy::constant(1, Duration::from_millis(10))),
+                timeout: Duration::from_secs(5),
+                store: Arc::new(MemoryStore::default()),
+                metrics: MeshMetrics::new(&mut registry).actor(actor),
+            },
+            handler,
+        );
+        let mut config = RunnerConfig::new(actor);
+        config.consume = ConsumeOptions {
+            prefetch: 16,
+            lease: Duration::from_secs(5),
+        };
+        let (events, _) = EventSink::start(self.transport.clone(), &naming);
+        let runner = Runner::new(self.transport.clone(), stack, config).with_events(events);
+        let stop = self.stop.clone();
+        self.runners.push(tokio::spawn(async move {
+            runner.run(stop).await.unwrap();
+        }));
+    }
+
+    async fn shutdown(self) {
+        self.stop.cancel();
+        for runner in self.runners {
+            runner.await.unwrap();
+        }
+    }
+}
+
+/// A gateway serving on a free local port.
+struct Running {
+    base: String,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+async fn gateway(transport: &MemoryTransport, store: Store) -> Running {
+    let gateway = Gateway::new(
+        transport.clone(),
+        store,
+        GatewayConfig {
+            max_body: 64 << 10,
+            ..GatewayConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move { gateway.serve(listener, token).await.unwrap() });
+    Running { base, stop, task }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(WAIT, self.task).await.unwrap().unwrap();
+    }
+}
+
+async fn submit(base: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/mesh"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+async fn task(base: &str, id: &str) -> Value {
+    reqwest::get(format!("{base}/api/v1/mesh/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls the record until it is final.
+async fn finished(base: &str, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let record = task(base, id).await;
+        if ["succeeded", "failed", "canceled"].contains(&record["status"].as_str().unwrap_or("")) {
+            return record;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task {id} not finished: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One Server-Sent Event: its id, name and data.
+#[derive(Debug, Clone)]
+struct Sse {
+    id: Option<String>,
+    event: String,
+    data: Value,
+}
+
+/// Reads the task's event stream to its end (the gateway closes it after the final status).
+async fn follow(base: &str, id: &str, last_event_id: Option<&str>) -> Vec<Sse> {
+    let mut request = reqwest::Client::new().get(format!("{base}/api/v1/mesh/{id}/events"));
+    if let Some(last) = last_event_id {
+        request = request.header("Last-Event-ID", last);
+    }
+    let mut response = request.send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the stream of {id} did not end: {text}"));
+    text.split("\n\n")
+        .filter(|block| block.lines().any(|l| l.starts_with("data:")))
+        .map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start().to_owned()))
+            };
+            Sse {
+                id: field("id:"),
+                event: field("event:").unwrap_or_default(),
+                data: serde_json::from_str(&field("data:").unwrap_or_default()).unwrap(),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_is_followed_from_submission_to_its_result() {
+    let pipeline = Pipeline::start().await;
+    let gw = gateway(&pipeline.transport, Store::in_memory().await.unwrap()).await;
+    let (status, created) = submit(&gw.base, json!({"route": ["double", "double"], "payload": 3})).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let events = follow(&gw.base, &id, None).await;
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names.first(), Some(&"task"), "the record comes first: {names:?}");
+    let statuses: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event == "status")
+        .filter_map(|e| e.data["status"].as_str())
+        .collect();
+    assert_eq!(statuses, ["pending", "running", "succeeded"], "{names:?}");
+    let hops: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event == "hop")
+        .filter_map(|e| e.data["position"].as_u64())
+        .collect();
+    assert_eq!(hops.len(), 2, "one progress event per actor: {names:?}");
+    let final_status = events.iter().rposition(|e| e.event == "status").unwrap();
+    assert_eq!(events[final_status].data["result"], 12);
+    // The last actor's progress is told by the end itself, so it always precedes the
+    // result; an earlier actor's report may be overtaken by a faster later actor (here
+    // every hop takes microseconds) and still reaches the open stream.
+    let last_hop = events
+        .iter()
+        .position(|e| e.event == "hop" && e.data["position"] == 1);
+    assert!(last_hop.is_some_and(|at| at < final_status), "{names:?}");
+
+    let record = task(&gw.base, &id).await;
+    assert_eq!(record["status"], "succeeded");
+    assert_eq!(record["result"], 12);
+    assert_eq!(record["progress"]["hops"], 2);
+
+    // A client that reconnects after the second event gets exactly the rest.
+    let second = events[2].id.clone().unwrap();
+    let rest = follow(&gw.base, &id, Some(&second)).await;
+    let resumed: Vec<&str> = rest[1..].iter().filter_map(|e| e.id.as_deref()).collect();
+    let expected: Vec<&str> = events[3..].iter().filter_map(|e| e.id.as_deref()).collect();
+    assert_eq!(resumed, expected);
+    gw.stop().await;
+    pipeline.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_ends_with_its_last_branch_and_a_failure_fails_the_task() {
+    let pipeline = Pipeline::start().await;
+    let gw = gateway(&pipeline.transport, Store::in_memory().await.unwrap()).await;
+    let (_, created) = submit(&gw.base, json!({"route": ["split", "double"], "payload": 10})).await;
+    let record = finished(&gw.base, created["id"].as_str().unwrap()).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    let mut results: Vec<i64> = record["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
+    results.sort_unstable();
+    assert_eq!(results, [22, 24], "both children's results");
+    assert_eq!(record["progress"]["branches"], 2);
+    assert_eq!(record["progress"]["branches_ended"], 2);
+
+    let (_, created) = submit(&gw.base, json!({"route": ["double", "fail"], "payload": 1})).await;
+    let record = finished(&gw.base, created["id"].as_str().unwrap()).await;
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["error"]["message"], "bad input", "{record}");
+    gw.stop().await;
+    pipeline.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_4xx_that_names_the_problem() {
+    let pipeline = Pipeline::start().await;
+    let gw = gateway(&pipeline.transport, Store::in_memory().await.unwrap()).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v1/mesh", gw.base);
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            client
+                .post(format!("{url}?actor=nobody"))
+                .json(&json!({"payload": 1})),
+            400,
+            "unknown actor \"nobody\"",
+        ),
+        (
+            client.post(format!("{url}?actor=double")).body("{not json"),
+            400,
+            "not a valid submission",
+        ),
+        (
+            client.post(&url).json(&json!({"payload": 1})),
+            400,
+            "no destination",
+        ),
+        (
+            client
+                .post(&url)
+                .json(&json!({"payload": 1, "route": ["bad name"]})),
+            400,
+            "actor name \"bad name\"",
+        ),
+        (
+            client
+                .post(format!("{url}?actor=double"))
+                .json(&json!({"payload": 1, "timeout": -1})),
+            400,
+            "timeout",
+        ),
+        (client.get(format!("{url}/no-such-task")), 404, "unknown task id"),
+        (
+            client.get(format!("{url}/no-such-task/events")),
+            404,
+            "unknown task id",
+        ),
+        (
+            client.get(format!("{url}?status=done")),
+            400,
+            "unknown status \"done\"",
+        ),
+    ];
+    for (request, code, message) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), code);
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap_or("").contains(message),
+            "{body} should say {message}"
+        );
+    }
+    let big = client
+        .post(format!("{url}?actor=double"))
+        .json(&json!({"payload": "x".repeat(100 << 10)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status().as_u16(), 413, "over the body limit");
+    assert_eq!(
+        pipeline
+            .transport
+            .depth("asya-default-double")
+            .await
+            .unwrap()
+            .total(),
+        0,
+        "nothing refused was published"
+    );
+    gw.stop().await;
+    pipeline.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_was_down_catches_up_on_restart() {
+    let pipeline = Pipeline::start().await;
+    let dir = std::env::temp_dir().join(format!("troupe-gateway-restart-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tasks.db");
+    let gw = gateway(&pipeline.transport, Store::open(&path).await.unwrap()).await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let (status, created) = submit(
+            &gw.base,
+            json!({"route": ["double", "split", "double"], "payload": n}),
+        )
+        .await;
+        assert_eq!(status, 201);
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    // Down while the pipeline runs: ends and events wait in their queues.
+    gw.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gw = gateway(&pipeline.transport, Store::open(&path).await.unwrap()).await;
+    for id in &ids {
+        let record = finished(&gw.base, id).await;
+        assert_eq!(record["status"], "succeeded", "{record}");
+        assert_eq!(record["progress"]["branches_ended"], 2, "{record}");
+    }
+    gw.stop().await;
+    pipeline.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
