@@ -4,6 +4,7 @@
 
 mod by_hand;
 mod demo;
+mod gateway;
 mod runtime_bench;
 mod sidecar;
 
@@ -26,6 +27,8 @@ struct Cli {
 enum Command {
     /// Run a realistic multi-actor pipeline in this process on the embedded broker.
     Demo(demo::DemoArgs),
+    /// Serve the pipeline's front door: submit tasks, follow them, stream their events.
+    Gateway(gateway::GatewayArgs),
     /// Serve one actor's queue with a handler runtime (e.g. Python) behind a Unix socket.
     Sidecar(sidecar::SidecarArgs),
     /// Publish one envelope to an actor's queue; prints its id.
@@ -41,6 +44,8 @@ enum Command {
 enum CommandError {
     #[error(transparent)]
     Demo(#[from] demo::DemoError),
+    #[error(transparent)]
+    Gateway(#[from] gateway::GatewayCommandError),
     #[error(transparent)]
     Sidecar(#[from] sidecar::SidecarError),
     #[error(transparent)]
@@ -60,6 +65,7 @@ async fn main() -> std::process::ExitCode {
     };
     let result: Result<(), CommandError> = match cli.command {
         Command::Demo(args) => demo::run(args).await.map_err(Into::into),
+        Command::Gateway(args) => gateway::run(args).await.map_err(Into::into),
         Command::Sidecar(args) => {
             let sub = matches.subcommand_matches("sidecar").cloned().unwrap_or_default();
             sidecar::run(args, &sub).await.map_err(Into::into)

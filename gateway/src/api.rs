@@ -11,6 +11,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Json;
@@ -51,6 +52,8 @@ pub struct Api<T> {
     pub live: broadcast::Sender<StoredEvent>,
     /// Cancelled when the gateway stops: event streams end.
     pub closing: CancellationToken,
+    /// Whether the gateway records what the broker brings (its consumers run).
+    pub recording: Arc<AtomicBool>,
 }
 
 /// A refused or failed request.
@@ -196,6 +199,20 @@ async fn check_route<T: QueueAdmin>(api: &Api<T>, route: &[String]) -> Result<()
         }
     }
     Ok(())
+}
+
+/// `GET /healthz`: the process answers.
+pub async fn healthz() -> StatusCode {
+    StatusCode::OK
+}
+
+/// `GET /readyz`: the gateway records what the broker brings, so tasks it accepts finish.
+pub async fn readyz<T>(State(api): State<Arc<Api<T>>>) -> StatusCode {
+    if api.recording.load(Ordering::Acquire) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 /// `GET /api/v1/mesh/{id}`.

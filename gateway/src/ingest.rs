@@ -4,6 +4,7 @@
 //! Nothing is lost while the gateway is down: the three queues keep what arrives, and on
 //! restart the gateway records it all. Nothing is counted twice: the store ignores copies.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -149,6 +150,7 @@ pub async fn consume<T: Transport>(
     store: Store,
     live: broadcast::Sender<StoredEvent>,
     shutdown: CancellationToken,
+    recording: &AtomicBool,
 ) -> Result<(), (String, TransportError)> {
     let mut consumers = Vec::with_capacity(Source::ALL.len());
     for (source, actor) in Source::ALL {
@@ -165,6 +167,9 @@ pub async fn consume<T: Transport>(
         (_, sump_queue, mut sump),
         (_, events_queue, mut events),
     ] = <[_; 3]>::try_from(consumers).map_err(|_| (String::new(), TransportError::Closed))?;
+    recording.store(true, Ordering::Release);
+    // Not ready once this loop ends, whatever the reason.
+    let _not_recording = NotRecording(recording);
     let mut backoff = Duration::from_millis(100);
     loop {
         // `Consumer::next` is cancel-safe: the branches that lose lose no delivery.
@@ -202,5 +207,14 @@ pub async fn consume<T: Transport>(
         if let Err(error) = settled {
             tracing::warn!(%queue, %error, "settling a recorded message failed; it will come again and change nothing");
         }
+    }
+}
+
+/// Clears the readiness flag when recording stops.
+struct NotRecording<'a>(&'a AtomicBool);
+
+impl Drop for NotRecording<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }

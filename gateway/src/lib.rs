@@ -32,6 +32,7 @@ pub mod state;
 pub mod store;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use axum::Router;
@@ -130,6 +131,7 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
                 store,
                 live,
                 closing: CancellationToken::new(),
+                recording: Arc::new(AtomicBool::new(false)),
             }),
             config,
         })
@@ -141,6 +143,8 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
             .route("/api/v1/mesh", post(api::submit::<T>).get(api::list::<T>))
             .route("/api/v1/mesh/{id}", get(api::status::<T>))
             .route("/api/v1/mesh/{id}/events", get(api::events::<T>))
+            .route("/healthz", get(api::healthz))
+            .route("/readyz", get(api::readyz::<T>))
             .with_state(self.api.clone())
             .layer(RequestBodyLimitLayer::new(self.config.max_body))
             .layer(TimeoutLayer::with_status_code(
@@ -168,6 +172,7 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
                 api.store.clone(),
                 api.live.clone(),
                 stop,
+                &api.recording,
             )
             .await
             .map_err(|(queue, source)| GatewayError::Consume { queue, source })

@@ -237,14 +237,23 @@ fn record_spawned(outputs: &mut [Envelope]) {
     let Some((first, others)) = outputs.split_first_mut() else {
         return;
     };
-    if others.is_empty() {
-        return;
-    }
     for child in others.iter_mut() {
         // A child starts a branch of its own: the list it was cloned with is its parent's.
         child.headers.shift_remove(SPAWNED);
     }
-    let spawned = first
+    note_spawned(first, others.iter().map(|child| child.id.clone()));
+}
+
+/// Appends `children` to the [`SPAWNED`] list of `continuing`, the output of a fan-out
+/// that keeps the input's id, so whoever records the end of its branch learns every branch
+/// it spawned. A handler that streams its outputs publishes that one last, once it knows
+/// its siblings.
+pub fn note_spawned(continuing: &mut Envelope, children: impl IntoIterator<Item = String>) {
+    let mut children = children.into_iter().peekable();
+    if children.peek().is_none() {
+        return;
+    }
+    let spawned = continuing
         .headers
         .entry(SPAWNED)
         .or_insert_with(|| Value::Array(Vec::new()));
@@ -253,7 +262,7 @@ fn record_spawned(outputs: &mut [Envelope]) {
         *spawned = Value::Array(Vec::new());
     }
     if let Value::Array(list) = spawned {
-        list.extend(others.iter().map(|child| Value::String(child.id.clone())));
+        list.extend(children.map(Value::String));
     }
 }
 

@@ -15,8 +15,10 @@ use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tower::Service;
 use troupe::core::event::{EventKind, HopOutput};
-use troupe::core::{Envelope, EventSink, HandlerError, Outcome, QueueNaming, Transport, publish_one};
-use troupe::layers::route::route_output;
+use troupe::core::{
+    Envelope, EventSink, HandlerError, Outcome, Publication, QueueNaming, Transport, publish_one,
+};
+use troupe::layers::route::{note_spawned, route_output};
 
 use super::client::{ClientError, Lent, RuntimeClient, read_body};
 use super::frames::{self, PROTOCOL_ERROR};
@@ -224,7 +226,8 @@ impl<T: Transport> Inner<T> {
         }
     }
 
-    /// Routes each `downstream` frame the moment it arrives.
+    /// Routes each `downstream` frame the moment it arrives, except the first, which keeps
+    /// the input's id: it goes when the stream ends, naming the children routed before it.
     async fn stream(
         &self,
         env: Envelope,
@@ -237,6 +240,8 @@ impl<T: Transport> Inner<T> {
         let mut upstream_seq = 0;
         let mut flushed = 0;
         let mut routed = Vec::new();
+        let mut first = None;
+        let mut spawned = Vec::new();
         let mut emitted = 0;
         let mut done = false;
         while let Some(frame) = body.frame().await {
@@ -255,24 +260,20 @@ impl<T: Transport> Inner<T> {
                         })?;
                         let output = frames::output(&env, frame)?;
                         let publication = route_output(&self.actor, &env, emitted, output)?;
-                        if upstream_seq > flushed {
-                            // The tokens streamed so far reach the broker before this output.
-                            self.events.flush().await;
-                            flushed = upstream_seq;
+                        emitted += 1;
+                        if emitted == 1 {
+                            // The output that keeps the input's id goes last, naming its
+                            // siblings (see `note_spawned`): the branch's end then tells
+                            // whoever counts branches how many there are.
+                            first = Some(publication);
+                            continue;
                         }
-                        publish_one(&self.transport, &self.naming, &self.actor, &publication)
-                            .await
-                            .map_err(|e| {
-                                HandlerError::unavailable(
-                                    "PublishFailed",
-                                    format!("a streamed frame was not published: {e}"),
-                                )
-                            })?;
-                        tracing::debug!(envelope.id = %env.id, actor = %self.actor, to = %publication.actor, index = emitted, "streamed frame routed");
+                        spawned.push(publication.envelope.id.clone());
+                        self.publish_streamed(&publication, upstream_seq, &mut flushed)
+                            .await?;
                         if head.is_some() {
                             routed.push(HopOutput::of(&publication));
                         }
-                        emitted += 1;
                     }
                     "upstream" => {
                         self.metrics.upstream.inc();
@@ -306,15 +307,42 @@ impl<T: Transport> Inner<T> {
         }
         watch.answered();
         lent.release();
-        if emitted == 0 {
+        let Some(mut first) = first else {
             return Ok(Outcome::end(env));
-        }
+        };
+        note_spawned(&mut first.envelope, spawned);
+        self.publish_streamed(&first, upstream_seq, &mut flushed).await?;
         if let Some(head) = head {
+            routed.insert(0, HopOutput::of(&first));
             // The runner sees no publications for a streamed answer: the hop is told here.
             self.events
                 .send(head.event(EventKind::Hop { outputs: routed }))
                 .await;
         }
         Ok(Outcome::Published)
+    }
+
+    /// Publishes one streamed output, after the upstream events streamed so far (so a
+    /// client sees the tokens before the result they led to).
+    async fn publish_streamed(
+        &self,
+        publication: &Publication,
+        upstream_seq: u64,
+        flushed: &mut u64,
+    ) -> Result<(), HandlerError> {
+        if upstream_seq > *flushed {
+            self.events.flush().await;
+            *flushed = upstream_seq;
+        }
+        publish_one(&self.transport, &self.naming, &self.actor, publication)
+            .await
+            .map_err(|e| {
+                HandlerError::unavailable(
+                    "PublishFailed",
+                    format!("a streamed frame was not published: {e}"),
+                )
+            })?;
+        tracing::debug!(envelope.id = %publication.envelope.id, actor = %self.actor, to = %publication.actor, "streamed frame routed");
+        Ok(())
     }
 }

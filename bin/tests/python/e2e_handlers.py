@@ -64,3 +64,10 @@ def slow(payload):
     """10 ms of work, so a run lasts long enough to kill the runtime in the middle."""
     time.sleep(0.01)
     return payload
+
+
+def tokens(payload):
+    """A generator in the middle of a pipeline: streams tokens upstream, then passes on."""
+    for word in ("hello", "from", "troupe"):
+        yield ("FLY", {"token": word})
+    yield {**payload, "said": "hello from troupe"}
