@@ -489,6 +489,14 @@ pub struct QueueArgs {
     /// right state; only their progress misses this actor.
     #[arg(long, env = "TROUPE_TASK_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub task_events: bool,
+    /// The gateway this actor learns canceled and paused tasks from (`http://host:port`),
+    /// polled every half second, never per envelope. Without it, cancel and pause stop a
+    /// task only at the gateway: its envelopes run to the end.
+    #[arg(long, env = "TROUPE_GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// The API key to send to `--gateway-url`, when the gateway asks for one.
+    #[arg(long, env = "TROUPE_GATEWAY_API_KEY", hide_env_values = true)]
+    pub gateway_api_key: Option<String>,
 }
 
 #[cfg(feature = "cli")]

@@ -47,8 +47,8 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use troupe_core::tls::TlsFiles;
 use troupe_core::{
-    Availability, CancellationToken, Envelope, EventSink, HandlerError, NameError, Outcome, QueueNaming,
-    QueueSetupError, RunReport, Runner, RunnerConfig, RunnerError, ensure_actor_queues,
+    Availability, CancellationToken, Control, Envelope, EventSink, HandlerError, NameError, Outcome,
+    QueueNaming, QueueSetupError, RunReport, Runner, RunnerConfig, RunnerError, ensure_actor_queues,
 };
 use troupe_layers::idempotency::StoreError;
 use troupe_layers::{AnyStore, MeshMetrics, RetryPolicies, StackConfig, StoreUrl, actor_stack};
@@ -95,6 +95,7 @@ pub struct ActorHost {
     timeout: Duration,
     runner: RunnerConfig,
     task_events: bool,
+    gateway: Option<crate::control::GatewayLink>,
 }
 
 impl ActorHost {
@@ -123,6 +124,7 @@ impl ActorHost {
             timeout,
             runner,
             task_events: true,
+            gateway: None,
         }
     }
 
@@ -139,6 +141,7 @@ impl ActorHost {
             .store(args.store.clone(), &args.store_prefix)
             .store_tls(args.brokers.tls_files())
             .task_events(args.task_events)
+            .gateway(args.gateway_url.clone(), args.gateway_api_key.clone())
             .metrics_addr(metrics_addr))
     }
 
@@ -170,6 +173,14 @@ impl ActorHost {
     #[must_use]
     pub fn task_events(mut self, on: bool) -> Self {
         self.task_events = on;
+        self
+    }
+
+    /// The gateway to learn canceled and paused tasks from (see [`troupe_core::control`]),
+    /// and the API key it asks for, if any.
+    #[must_use]
+    pub fn gateway(mut self, url: Option<String>, api_key: Option<String>) -> Self {
+        self.gateway = url.map(|url| crate::control::GatewayLink { url, api_key });
         self
     }
 
@@ -270,6 +281,7 @@ impl ActorHost {
             timeout: self.timeout,
             runner: self.runner,
             task_events: self.task_events,
+            gateway: self.gateway,
             availability,
             state,
             shutdown,
@@ -297,6 +309,7 @@ pub struct Host {
     timeout: Duration,
     runner: RunnerConfig,
     task_events: bool,
+    gateway: Option<crate::control::GatewayLink>,
     availability: Availability,
     state: Arc<State>,
     shutdown: CancellationToken,
@@ -315,6 +328,8 @@ pub struct HandlerContext<'a> {
     pub shutdown: &'a CancellationToken,
     /// Where the handler reports what it streams upstream for gateway tasks.
     pub events: &'a EventSink,
+    /// Which gateway tasks are canceled or paused.
+    pub control: &'a Control,
 }
 
 impl Host {
@@ -363,12 +378,21 @@ impl Host {
         } else {
             (EventSink::off(), None)
         };
+        let control = Control::default();
+        if let Some(link) = &self.gateway {
+            tokio::spawn(crate::control::poll(
+                link.clone(),
+                control.clone(),
+                self.shutdown.clone(),
+            ));
+        }
         let handler = make(&HandlerContext {
             actor: &self.actor,
             transport: &transport,
             naming,
             shutdown: &self.shutdown,
             events: &events,
+            control: &control,
         });
         let actor: Arc<str> = self.actor.as_str().into();
         let stack = actor_stack(
@@ -383,7 +407,8 @@ impl Host {
         );
         let runner = Runner::new(transport, stack, self.runner.clone())
             .with_availability(self.availability.clone())
-            .with_events(events);
+            .with_events(events)
+            .with_control(control);
         self.state.serving.store(true, Ordering::Release);
         let report = runner.run(self.shutdown.clone()).await?;
         if let Some(publisher) = publisher {

@@ -36,6 +36,8 @@
 pub mod any_transport;
 pub mod broker;
 #[cfg(all(feature = "cli", feature = "http"))]
+pub mod control;
+#[cfg(all(feature = "cli", feature = "http"))]
 pub mod host;
 #[cfg(feature = "http")]
 pub mod http;

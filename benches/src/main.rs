@@ -37,7 +37,7 @@ use troupe::{
     CancellationToken, ConsumeOptions, Consumer, DecodeLimits, Delivery, Envelope, PublishOptions,
     QueueAdmin, QueueNaming, Runner, RunnerConfig, SINK, Transport, TransportError,
 };
-use troupe_bench::{envelope_through, noop_stack};
+use troupe_bench::{cpu_time, envelope_through, noop_stack};
 
 #[global_allocator]
 static ALLOC: troupe_bench::Allocator = mimalloc::MiMalloc;
@@ -210,19 +210,6 @@ impl WithTransport for Job<'_> {
     async fn run<T: Transport + QueueAdmin>(self, transport: T) -> Self::Output {
         run(transport, self.naming, self.args, self.scenario, self.latency).await
     }
-}
-
-/// CPU time this process has used so far (user + system), from `/proc/self/stat`.
-fn cpu_time() -> Duration {
-    // Fields 14 and 15 (utime, stime), in clock ticks of USER_HZ = 100 on Linux.
-    let ticks = std::fs::read_to_string("/proc/self/stat").ok().and_then(|stat| {
-        let after_name = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(utime + stime)
-    });
-    Duration::from_millis(ticks.unwrap_or(0) * 10)
 }
 
 /// One repetition: from the first publish until every envelope reached the last queue.

@@ -7,15 +7,28 @@ use std::time::Duration;
 
 use troupe::broker::{Broker, QueueArgs};
 use troupe::core::CancellationToken;
+use troupe_gateway::auth::ApiKeys;
 use troupe_gateway::{Gateway, GatewayConfig, GatewayError, Store, StoreError};
 
 /// `troupe gateway`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
-    /// Where the HTTP API listens. Loopback only: API keys are not implemented yet, and an
-    /// open gateway must not be reachable from other machines.
+    /// Where the HTTP API listens. Without API keys, loopback only: an open gateway must
+    /// not be reachable from other machines.
     #[arg(long, env = "TROUPE_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// API keys, comma-separated: every API request must send `Authorization: Bearer
+    /// <one of them>`.
+    #[arg(
+        long,
+        env = "TROUPE_GATEWAY_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Vec<String>,
+    /// A file of API keys, one per line (a mounted Secret), added to `--api-keys`.
+    #[arg(long, env = "TROUPE_GATEWAY_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
     /// The SQLite file that holds tasks and their events (created if missing).
     #[arg(long, env = "TROUPE_GATEWAY_DATABASE", default_value = "troupe-gateway.db")]
     pub database: PathBuf,
@@ -59,10 +72,17 @@ pub enum GatewayCommandError {
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn run(args: GatewayArgs) -> Result<(), GatewayCommandError> {
-    if !args.listen.ip().is_loopback() {
+    let mut keys = args.api_keys.clone();
+    if let Some(file) = &args.api_keys_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| GatewayCommandError::Usage(format!("--api-keys-file {}: {e}", file.display())))?;
+        keys.extend(text.lines().map(str::to_owned));
+    }
+    let api_keys = ApiKeys::new(keys);
+    if api_keys.is_empty() && !args.listen.ip().is_loopback() {
         return Err(GatewayCommandError::Usage(format!(
-            "--listen {}: API keys are not implemented yet, so the gateway listens on loopback only \
-             (127.0.0.1 or ::1); put an authenticating proxy in front of it to expose it",
+            "--listen {}: without API keys (--api-keys or --api-keys-file) the gateway listens on \
+             loopback only (127.0.0.1 or ::1)",
             args.listen
         )));
     }
@@ -88,6 +108,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayCommandError> {
         naming,
         max_body: args.max_body,
         retention: args.retention,
+        api_keys: api_keys.clone(),
         ..GatewayConfig::default()
     };
     let gateway = Gateway::new(transport, store, config).await?;
@@ -98,7 +119,11 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayCommandError> {
             source,
         })?;
     let bound = listener.local_addr().unwrap_or(args.listen);
-    tracing::warn!(listen = %bound, "serving the gateway API without API keys, on loopback only");
+    if api_keys.is_empty() {
+        tracing::warn!(listen = %bound, "serving the gateway API without API keys, on loopback only");
+    } else {
+        tracing::info!(listen = %bound, keys = api_keys.len(), "serving the gateway API; requests need an API key");
+    }
     println!("troupe gateway listening on http://{bound}");
     gateway.serve(listener, shutdown).await?;
     Ok(())

@@ -156,7 +156,13 @@ async fn front_door(broker: Broker) {
     ] {
         let socket_dir = dir.join(actor);
         procs.push(runtime(&socket_dir, handler));
-        procs.push(sidecar(broker, &ns, actor, &socket_dir, &[]));
+        procs.push(sidecar(
+            broker,
+            &ns,
+            actor,
+            &socket_dir,
+            &["--gateway-url", &base],
+        ));
     }
 
     // Three actors, the middle one streaming tokens.
@@ -237,6 +243,39 @@ async fn front_door(broker: Broker) {
         .filter_map(|r| r["part"].as_i64())
         .collect();
     assert_eq!(parts.len(), 2, "{fanned}");
+
+    // Cancel mid-pipeline: the runtime call hangs (20 s) and is abandoned; `audit` never
+    // sees the task.
+    let id = submit(
+        &base,
+        json!({"route": ["trouble", "audit"], "payload": {"mode": "hang", "key": "c1"}}),
+    )
+    .await;
+    let deadline = Instant::now() + WAIT;
+    while record(&base, &id).await["status"] != "running" {
+        assert!(Instant::now() < deadline, "the hanging task never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let canceled: Value = reqwest::Client::new()
+        .delete(format!("{base}/api/v1/mesh/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(canceled["status"], "canceled", "{canceled}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = record(&base, &id).await;
+    assert_eq!(
+        (
+            after["status"].as_str(),
+            after["progress"]["hops"].as_u64(),
+            after["progress"]["branches_ended"].as_u64()
+        ),
+        (Some("canceled"), Some(0), Some(0)),
+        "no hop finished and nothing reached the end after the cancel: {after}"
+    );
 
     // SIGKILL the gateway with tasks in flight; after a restart every one ends right.
     let mut ids = Vec::new();

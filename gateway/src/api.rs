@@ -31,8 +31,9 @@ use troupe_core::{
     validate_name,
 };
 
+use crate::metrics::GatewayMetrics;
 use crate::record::StoredEvent;
-use crate::state::TaskState;
+use crate::state::{TaskState, Update};
 use crate::store::{Store, StoreError};
 
 /// The actor name the gateway publishes as (in logs and `x-sump` records).
@@ -54,6 +55,8 @@ pub struct Api<T> {
     pub closing: CancellationToken,
     /// Whether the gateway records what the broker brings (its consumers run).
     pub recording: Arc<AtomicBool>,
+    /// What `/metrics` shows.
+    pub metrics: GatewayMetrics,
 }
 
 /// A refused or failed request.
@@ -65,6 +68,9 @@ pub enum ApiError {
     /// No such task (never submitted here, or expired).
     #[error("unknown task id {0:?} (never submitted, or expired)")]
     UnknownTask(String),
+    /// The task is not in a state the request can change.
+    #[error("{0}")]
+    Conflict(String),
     /// The broker or the store did not answer; try again.
     #[error("{0}")]
     Unavailable(String),
@@ -75,6 +81,7 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnknownTask(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         (status, Json(json!({"error": self.to_string()}))).into_response()
@@ -166,6 +173,7 @@ pub async fn submit<T: Transport + QueueAdmin>(
     for event in events {
         let _ = api.live.send(event);
     }
+    api.metrics.submitted.inc();
     tracing::info!(task = %id, "task submitted");
     let location = format!("/api/v1/mesh/{id}");
     Ok((
@@ -215,12 +223,91 @@ pub async fn readyz<T>(State(api): State<Arc<Api<T>>>) -> StatusCode {
     }
 }
 
+/// `GET /metrics`.
+pub async fn metrics<T>(State(api): State<Arc<Api<T>>>) -> Response {
+    match api.store.counts().await {
+        Ok(counts) => api.metrics.set_tasks(&counts),
+        Err(error) => tracing::warn!(%error, "task counts for /metrics failed"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        api.metrics.render(),
+    )
+        .into_response()
+}
+
 /// `GET /api/v1/mesh/{id}`.
 pub async fn status<T>(State(api): State<Arc<Api<T>>>, Path(id): Path<String>) -> Result<Response, ApiError> {
     match api.store.get(id.clone()).await? {
         Some(task) => Ok(Json(task).into_response()),
         None => Err(ApiError::UnknownTask(id)),
     }
+}
+
+/// `DELETE /api/v1/mesh/{id}`: cancel. Runners learn it at their next look at the
+/// gateway (`--gateway-url`): the task's envelopes are dropped at their next hop and its
+/// running handlers stopped.
+pub async fn cancel<T>(state: State<Arc<Api<T>>>, id: Path<String>) -> Result<Response, ApiError> {
+    command(state, id, Update::Cancel).await
+}
+
+/// `POST /api/v1/mesh/{id}/pause`: its envelopes are parked at their next hop.
+pub async fn pause<T>(state: State<Arc<Api<T>>>, id: Path<String>) -> Result<Response, ApiError> {
+    command(state, id, Update::Pause).await
+}
+
+/// `POST /api/v1/mesh/{id}/resume`: parked envelopes go on from where they stopped.
+pub async fn resume<T>(state: State<Arc<Api<T>>>, id: Path<String>) -> Result<Response, ApiError> {
+    command(state, id, Update::Resume).await
+}
+
+async fn command<T>(
+    State(api): State<Arc<Api<T>>>,
+    Path(id): Path<String>,
+    update: Update,
+) -> Result<Response, ApiError> {
+    let (before, after, events) = api
+        .store
+        .command(id.clone(), update)
+        .await?
+        .ok_or_else(|| ApiError::UnknownTask(id.clone()))?;
+    // Repeating a command is fine (a client retrying); changing a finished task is not.
+    let refused = before.is_terminal() && !(update == Update::Cancel && before == TaskState::Canceled);
+    if refused {
+        return Err(ApiError::Conflict(format!(
+            "task {id:?} is {before}: there is nothing to {}",
+            match update {
+                Update::Cancel => "cancel",
+                Update::Pause => "pause",
+                _ => "resume",
+            }
+        )));
+    }
+    for event in events {
+        let _ = api.live.send(event);
+    }
+    tracing::info!(task = %id, from = %before, to = %after, "task command");
+    status(State(api), Path(id)).await
+}
+
+/// The query of `GET /api/v1/control`.
+#[derive(Debug, Deserialize)]
+pub struct ControlQuery {
+    /// Unix milliseconds: cancels at or after it (the `now_ms` of the previous answer).
+    #[serde(default)]
+    pub since: i64,
+}
+
+/// `GET /api/v1/control`: what runners poll: tasks canceled since `since` and every task
+/// paused now.
+pub async fn control<T>(
+    State(api): State<Arc<Api<T>>>,
+    Query(query): Query<ControlQuery>,
+) -> Result<Response, ApiError> {
+    Ok(Json(api.store.control(query.since).await?).into_response())
 }
 
 /// The query of a list.
@@ -295,11 +382,14 @@ pub async fn events<T: Send + Sync + 'static>(
     });
     let follower = follow(api.store.clone(), wake, id, after, finished, tx);
     let closing = api.closing.clone();
+    let clients = api.metrics.sse_clients.clone();
     tokio::spawn(async move {
+        clients.inc();
         tokio::select! {
             () = follower => {}
             () = closing.cancelled() => {}
         }
+        clients.dec();
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|event| (Ok(event), rx))

@@ -9,16 +9,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use troupe_core::event::{EventKind, HopOutput};
 use troupe_core::headers::{SPAWNED, TASK};
 use troupe_core::{
-    ConsumeOptions, Consumer, DecodeLimits, Delivery, EVENTS, Envelope, Phase, QueueNaming, SINK, SUMP,
-    TaskEvent, Transport, TransportError,
+    ConsumeOptions, Consumer, DecodeLimits, Delivery, EVENTS, Envelope, Phase, SINK, SUMP, TaskEvent,
+    Transport, TransportError,
 };
 
+use crate::api::Api;
 use crate::ledger::BranchEnd;
+use crate::metrics::GatewayMetrics;
 use crate::record::StoredEvent;
 use crate::store::{BranchEnding, Store, StoreError};
 
@@ -44,7 +45,12 @@ impl Source {
 
 /// Records one message from `source`; returns the events it added. A message that is not
 /// what the queue should hold is logged and skipped (it would never become readable).
-pub async fn record(store: &Store, source: Source, body: &Bytes) -> Result<Vec<StoredEvent>, StoreError> {
+pub async fn record(
+    store: &Store,
+    source: Source,
+    body: &Bytes,
+    metrics: &GatewayMetrics,
+) -> Result<Vec<StoredEvent>, StoreError> {
     match source {
         Source::Sink | Source::Sump => {
             let Some((ending, last_hop)) = branch_ending(source, body) else {
@@ -69,7 +75,11 @@ pub async fn record(store: &Store, source: Source, body: &Bytes) -> Result<Vec<S
                 }
             };
             let mut added = Vec::new();
+            let now = chrono::Utc::now();
             for event in events {
+                metrics
+                    .event_lag
+                    .observe((now - event.at).to_std().unwrap_or_default().as_secs_f64());
                 added.extend(store.apply_event(event).await?);
             }
             Ok(added)
@@ -145,13 +155,11 @@ fn last_hop(task: &str, env: &Envelope, to: &str) -> Option<TaskEvent> {
 /// that came after it, so a task's progress precedes its final status wherever the broker
 /// keeps that order.
 pub async fn consume<T: Transport>(
-    transport: T,
-    naming: QueueNaming,
-    store: Store,
-    live: broadcast::Sender<StoredEvent>,
+    api: &Api<T>,
     shutdown: CancellationToken,
-    recording: &AtomicBool,
 ) -> Result<(), (String, TransportError)> {
+    let (transport, naming, store, live) = (&api.transport, &api.naming, &api.store, &api.live);
+    let recording = &*api.recording;
     let mut consumers = Vec::with_capacity(Source::ALL.len());
     for (source, actor) in Source::ALL {
         let queue = naming.queue_for(actor).unwrap_or_else(|_| actor.to_owned());
@@ -191,7 +199,7 @@ pub async fn consume<T: Transport>(
             }
         };
         backoff = Duration::from_millis(100);
-        let settled = match record(&store, source, delivery.body()).await {
+        let settled = match record(store, source, delivery.body(), &api.metrics).await {
             Ok(added) => {
                 for event in added {
                     // No subscriber is fine: nobody is watching.

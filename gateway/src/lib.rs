@@ -25,8 +25,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod ingest;
 pub mod ledger;
+pub mod metrics;
 pub mod record;
 pub mod state;
 pub mod store;
@@ -63,6 +65,8 @@ pub struct GatewayConfig {
     pub request_timeout: Duration,
     /// How long a finished task is kept.
     pub retention: Duration,
+    /// The API keys every API request must bear (none: the API is open).
+    pub api_keys: auth::ApiKeys,
 }
 
 impl Default for GatewayConfig {
@@ -73,6 +77,7 @@ impl Default for GatewayConfig {
             max_body: 8 << 20,
             request_timeout: Duration::from_secs(30),
             retention: Duration::from_secs(24 * 3600),
+            api_keys: auth::ApiKeys::default(),
         }
     }
 }
@@ -132,19 +137,34 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
                 live,
                 closing: CancellationToken::new(),
                 recording: Arc::new(AtomicBool::new(false)),
+                metrics: metrics::GatewayMetrics::default(),
             }),
             config,
         })
     }
 
-    /// The HTTP API, with body limit, timeout and request traces.
+    /// The HTTP API, with API keys (when configured), body limit, timeout and request
+    /// traces; the probes answer without a key.
     pub fn router(&self) -> Router {
-        Router::new()
+        let api = Router::new()
             .route("/api/v1/mesh", post(api::submit::<T>).get(api::list::<T>))
-            .route("/api/v1/mesh/{id}", get(api::status::<T>))
+            .route(
+                "/api/v1/mesh/{id}",
+                get(api::status::<T>).delete(api::cancel::<T>),
+            )
+            .route("/api/v1/mesh/{id}/pause", post(api::pause::<T>))
+            .route("/api/v1/mesh/{id}/resume", post(api::resume::<T>))
             .route("/api/v1/mesh/{id}/events", get(api::events::<T>))
+            .route("/api/v1/control", get(api::control::<T>))
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.config.api_keys.clone(),
+                auth::require_key,
+            ));
+        Router::new()
+            .merge(api)
             .route("/healthz", get(api::healthz))
             .route("/readyz", get(api::readyz::<T>))
+            .route("/metrics", get(api::metrics::<T>))
             .with_state(self.api.clone())
             .layer(RequestBodyLimitLayer::new(self.config.max_body))
             .layer(TimeoutLayer::with_status_code(
@@ -166,16 +186,9 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
         let api = self.api.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            ingest::consume(
-                api.transport.clone(),
-                api.naming.clone(),
-                api.store.clone(),
-                api.live.clone(),
-                stop,
-                &api.recording,
-            )
-            .await
-            .map_err(|(queue, source)| GatewayError::Consume { queue, source })
+            ingest::consume(&api, stop)
+                .await
+                .map_err(|(queue, source)| GatewayError::Consume { queue, source })
         });
         tasks.spawn(expire(
             self.api.store.clone(),

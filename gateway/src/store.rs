@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::{Value, json};
-use troupe_core::TaskEvent;
 use troupe_core::event::EventKind;
+use troupe_core::{ControlState, TaskEvent};
 
 use crate::ledger::{BranchEnd, Ledger};
 use crate::record::{Progress, StoredEvent, TaskRecord};
@@ -295,6 +295,47 @@ impl Store {
         .await
     }
 
+    /// Applies the gateway's own command (cancel, pause, resume) to task `id`. Returns
+    /// `None` for an unknown task, else its state before and after and the events added
+    /// (none when the command changed nothing).
+    pub async fn command(
+        &self,
+        id: String,
+        update: Update,
+    ) -> Result<Option<(TaskState, TaskState, Vec<StoredEvent>)>, StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let Some(before) = status_of(&tx, &id)? else {
+                return Ok(None);
+            };
+            let mut out = Vec::new();
+            // Pause and resume may alternate, so each command's event is its own.
+            let key = format!("command/{}", Utc::now().timestamp_micros());
+            transition_keyed(&tx, &id, before, update, None, Some(&key), &mut out)?;
+            tx.commit()?;
+            Ok(Some((before, before.apply(update), out)))
+        })
+        .await
+    }
+
+    /// What runners need to know: tasks canceled at or after `since_ms` (Unix
+    /// milliseconds) and every task paused now.
+    pub async fn control(&self, since_ms: i64) -> Result<ControlState, StoreError> {
+        self.with(move |conn| {
+            let now_ms = Utc::now().timestamp_millis();
+            Ok(ControlState {
+                canceled: ids(
+                    conn,
+                    "SELECT id FROM tasks WHERE status = 'canceled' AND finished_ms >= ?1",
+                    params![since_ms],
+                )?,
+                paused: ids(conn, "SELECT id FROM tasks WHERE status = 'paused'", [])?,
+                now_ms,
+            })
+        })
+        .await
+    }
+
     /// The task `id`, if this store holds it.
     pub async fn get(&self, id: String) -> Result<Option<TaskRecord>, StoreError> {
         self.with(move |conn| {
@@ -387,6 +428,13 @@ impl Store {
     }
 }
 
+/// The first column of every row `sql` selects.
+fn ids(conn: &Connection, sql: &str, args: impl rusqlite::Params) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map(args, |row| row.get(0))?;
+    Ok(rows.collect::<Result<Vec<String>, _>>()?)
+}
+
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let known = MIGRATIONS.len() as i64;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -442,6 +490,19 @@ fn transition(
     outcome: Option<(Option<Value>, Option<Value>)>,
     out: &mut Vec<StoredEvent>,
 ) -> Result<(), StoreError> {
+    transition_keyed(tx, task, state, update, outcome, None, out)
+}
+
+/// [`transition`], its event keyed `key` instead of by the new state.
+fn transition_keyed(
+    tx: &Transaction<'_>,
+    task: &str,
+    state: TaskState,
+    update: Update,
+    outcome: Option<(Option<Value>, Option<Value>)>,
+    key: Option<&str>,
+    out: &mut Vec<StoredEvent>,
+) -> Result<(), StoreError> {
     let next = state.apply(update);
     if next == state {
         return Ok(());
@@ -468,7 +529,8 @@ fn transition(
     if let Some(error) = error {
         data["error"] = error;
     }
-    append(tx, task, &format!("status/{next}"), "status", &data, out)?;
+    let key = key.map_or_else(|| format!("status/{next}"), str::to_owned);
+    append(tx, task, &key, "status", &data, out)?;
     Ok(())
 }
 
@@ -732,6 +794,45 @@ mod tests {
         );
         let listed = store.list(Some(TaskState::Pending), 10, 0).await.expect("list");
         assert_eq!(listed.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["t4"]);
+    }
+
+    #[tokio::test]
+    async fn commands_move_a_task_and_runners_learn_of_them() {
+        let store = store_with("t6").await;
+        store.create("t7".into(), vec!["a".into()]).await.expect("create");
+        let since = Utc::now().timestamp_millis();
+        let paused = store.command("t6".into(), Update::Pause).await.expect("pause");
+        assert_eq!(paused.map(|(_, after, _)| after), Some(TaskState::Paused));
+        store.command("t7".into(), Update::Cancel).await.expect("cancel");
+        let control = store.control(since).await.expect("control");
+        assert_eq!(
+            (control.canceled, control.paused),
+            (vec!["t7".to_owned()], vec!["t6".to_owned()])
+        );
+        let later = store.control(control.now_ms + 1_000).await.expect("control");
+        assert!(
+            later.canceled.is_empty(),
+            "only cancels since the time asked about"
+        );
+        store.command("t6".into(), Update::Resume).await.expect("resume");
+        store.command("t6".into(), Update::Pause).await.expect("pause");
+        let (_, _, events) = store
+            .command("t6".into(), Update::Resume)
+            .await
+            .expect("resume")
+            .expect("task");
+        assert_eq!(events.len(), 1, "a second resume is an event of its own");
+        let unchanged = store.command("t7".into(), Update::Resume).await.expect("resume");
+        assert!(
+            unchanged.is_some_and(|(_, after, events)| after == TaskState::Canceled && events.is_empty())
+        );
+        assert!(
+            store
+                .command("nope".into(), Update::Cancel)
+                .await
+                .expect("cancel")
+                .is_none()
+        );
     }
 
     #[tokio::test]

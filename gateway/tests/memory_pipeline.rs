@@ -4,13 +4,14 @@
 #![allow(clippy::unwrap_used)] // test helpers unwrap: a failure is a test failure
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use troupe_core::{
-    CancellationToken, ConsumeOptions, Envelope, EventSink, HandlerError, Outcome, QueueAdmin, QueueNaming,
-    Runner, RunnerConfig, handler_fn, payload_fn,
+    CancellationToken, ConsumeOptions, Control, ControlState, Envelope, EventSink, HandlerError, Outcome,
+    QueueAdmin, QueueNaming, Runner, RunnerConfig, handler_fn, payload_fn,
 };
 use troupe_gateway::{Gateway, GatewayConfig, Store};
 use troupe_layers::{MemoryStore, MeshMetrics, RetryPolicies, RetryPolicy, StackConfig, actor_stack};
@@ -24,6 +25,10 @@ struct Pipeline {
     transport: MemoryTransport,
     stop: CancellationToken,
     runners: Vec<JoinHandle<()>>,
+    /// What every runner knows of canceled and paused tasks.
+    control: Control,
+    /// Calls of `slow` that ran to the end.
+    slow_done: Arc<AtomicUsize>,
 }
 
 impl Pipeline {
@@ -41,7 +46,23 @@ impl Pipeline {
             transport,
             stop: CancellationToken::new(),
             runners: Vec::new(),
+            control: Control::default(),
+            slow_done: Arc::new(AtomicUsize::new(0)),
         };
+        let done = pipeline.slow_done.clone();
+        pipeline
+            .spawn(
+                "slow",
+                payload_fn(move |p: Value| {
+                    let done = done.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        done.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, HandlerError>(p)
+                    }
+                }),
+            )
+            .await;
         pipeline
             .spawn(
                 "double",
@@ -102,10 +123,32 @@ impl Pipeline {
             lease: Duration::from_secs(5),
         };
         let (events, _) = EventSink::start(self.transport.clone(), &naming);
-        let runner = Runner::new(self.transport.clone(), stack, config).with_events(events);
+        let runner = Runner::new(self.transport.clone(), stack, config)
+            .with_events(events)
+            .with_control(self.control.clone());
         let stop = self.stop.clone();
         self.runners.push(tokio::spawn(async move {
             runner.run(stop).await.unwrap();
+        }));
+    }
+
+    /// Has the runners learn canceled and paused tasks from the gateway at `base`, as an
+    /// actor process with `--gateway-url` does.
+    fn follow_gateway(&mut self, base: &str) {
+        let (control, url, stop) = (
+            self.control.clone(),
+            format!("{base}/api/v1/control"),
+            self.stop.clone(),
+        );
+        self.runners.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                if let Ok(response) = reqwest::get(&url).await
+                    && let Ok(state) = response.json::<ControlState>().await
+                {
+                    control.apply(&state);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }));
     }
 
@@ -125,16 +168,15 @@ struct Running {
 }
 
 async fn gateway(transport: &MemoryTransport, store: Store) -> Running {
-    let gateway = Gateway::new(
-        transport.clone(),
-        store,
-        GatewayConfig {
-            max_body: 64 << 10,
-            ..GatewayConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let config = GatewayConfig {
+        max_body: 64 << 10,
+        ..GatewayConfig::default()
+    };
+    gateway_with(transport, store, config).await
+}
+
+async fn gateway_with(transport: &MemoryTransport, store: Store, config: GatewayConfig) -> Running {
+    let gateway = Gateway::new(transport.clone(), store, config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
@@ -411,4 +453,177 @@ async fn a_gateway_that_was_down_catches_up_on_restart() {
     gw.stop().await;
     pipeline.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits until the task's record satisfies `ready`.
+async fn until(base: &str, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let record = task(base, id).await;
+        if ready(&record) {
+            return record;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task {id} never {what}: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn command(base: &str, id: &str, method: reqwest::Method, path: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .request(method, format!("{base}/api/v1/mesh/{id}{path}"))
+        .send()
+        .await
+        .unwrap();
+    (
+        response.status().as_u16(),
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_handler_and_the_rest_of_the_route() {
+    let mut pipeline = Pipeline::start().await;
+    let gw = gateway(&pipeline.transport, Store::in_memory().await.unwrap()).await;
+    pipeline.follow_gateway(&gw.base);
+    let (_, created) = submit(
+        &gw.base,
+        json!({"route": ["double", "slow", "double"], "payload": 1}),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    until(&gw.base, &id, "reached slow", |r| {
+        r["current_actor"] == "slow" && r["progress"]["hops"] == 1
+    })
+    .await;
+    let (code, record) = command(&gw.base, &id, reqwest::Method::DELETE, "").await;
+    assert_eq!(
+        (code, record["status"].as_str()),
+        (200, Some("canceled")),
+        "{record}"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        pipeline.slow_done.load(Ordering::SeqCst),
+        0,
+        "the handler was dropped mid-call"
+    );
+    let record = task(&gw.base, &id).await;
+    assert_eq!(record["status"], "canceled");
+    assert_eq!(
+        record["progress"]["hops"], 1,
+        "no actor finished a hop after the cancel: {record}"
+    );
+    assert_eq!(
+        record["progress"]["branches_ended"], 0,
+        "nothing reached the end: {record}"
+    );
+    let (code, again) = command(&gw.base, &id, reqwest::Method::DELETE, "").await;
+    assert_eq!(code, 200, "canceling twice is fine: {again}");
+    let (code, refused) = command(&gw.base, &id, reqwest::Method::POST, "/resume").await;
+    assert_eq!(code, 409, "{refused}");
+    gw.stop().await;
+    pipeline.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_task_waits_at_its_next_hop_and_resumes_there() {
+    let mut pipeline = Pipeline::start().await;
+    let gw = gateway(&pipeline.transport, Store::in_memory().await.unwrap()).await;
+    pipeline.follow_gateway(&gw.base);
+    let (_, created) = submit(&gw.base, json!({"route": ["slow", "double"], "payload": 4})).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    until(&gw.base, &id, "started", |r| r["status"] == "running").await;
+    let (code, record) = command(&gw.base, &id, reqwest::Method::POST, "/pause").await;
+    assert_eq!(
+        (code, record["status"].as_str()),
+        (200, Some("paused")),
+        "{record}"
+    );
+    // `slow` finishes the hop it was in; its output is parked at `double`.
+    until(&gw.base, &id, "finished the slow hop", |r| {
+        r["progress"]["hops"] == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let record = task(&gw.base, &id).await;
+    assert_eq!(
+        (record["status"].as_str(), record["progress"]["hops"].as_u64()),
+        (Some("paused"), Some(1)),
+        "{record}"
+    );
+    let (code, record) = command(&gw.base, &id, reqwest::Method::POST, "/resume").await;
+    assert_eq!(
+        (code, record["status"].as_str()),
+        (200, Some("running")),
+        "{record}"
+    );
+    let record = finished(&gw.base, &id).await;
+    assert_eq!(
+        (record["status"].as_str(), &record["result"]),
+        (Some("succeeded"), &json!(8)),
+        "{record}"
+    );
+    gw.stop().await;
+    pipeline.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_api_keys_every_api_route_wants_one() {
+    let pipeline = Pipeline::start().await;
+    let config = GatewayConfig {
+        api_keys: troupe_gateway::auth::ApiKeys::new(["k-one", "k-two"]),
+        ..GatewayConfig::default()
+    };
+    let gw = gateway_with(&pipeline.transport, Store::in_memory().await.unwrap(), config).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v1/mesh?actor=double", gw.base);
+    let body = json!({"payload": 2});
+    for key in [None, Some("k-on"), Some("k-one2"), Some("")] {
+        let mut request = client.post(&url).json(&body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "key {key:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    }
+    for path in ["/api/v1/mesh", "/api/v1/control", "/api/v1/mesh/x/events"] {
+        let response = client.get(format!("{}{path}", gw.base)).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 401, "{path}");
+    }
+    let created = client
+        .post(&url)
+        .bearer_auth("k-two")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let record: Value = client
+        .get(format!("{}/api/v1/mesh/{id}", gw.base))
+        .bearer_auth("k-one")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["id"], id.as_str());
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", gw.base))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    gw.stop().await;
+    pipeline.shutdown().await;
 }

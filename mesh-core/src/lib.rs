@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod availability;
+pub mod control;
 pub mod decode;
 pub mod envelope;
 pub mod event;
@@ -27,6 +28,7 @@ pub mod transport;
 pub mod wire;
 
 pub use availability::{Availability, Unavailable, unavailable_dependency};
+pub use control::{Control, ControlState};
 pub use decode::{DecodeError, DecodeLimits};
 pub use envelope::{Envelope, assign_fan_out_ids, fan_out_id};
 pub use event::{EventSink, TaskEvent};

@@ -16,6 +16,11 @@
 //!   runner reports the start and the outputs of each hop to its [`EventSink`]
 //!   ([`Runner::with_events`]), which publishes them in the background (see
 //!   [`event`](crate::event));
+//! - **cancel and pause without a round trip per hop**: an envelope of a gateway task that
+//!   its [`Control`] says is canceled is acknowledged unprocessed, and a handler working on
+//!   one is dropped when the cancel arrives; an envelope of a paused task is parked: put
+//!   back on its queue for [`PARK_DELAY`], to resume at the same actor
+//!   ([`Runner::with_control`]);
 //! - **outages are not the envelope's fault**: when the stack reports that a dependency is
 //!   down (an [`Unavailable`](crate::Unavailable) store, an
 //!   [unavailable](crate::HandlerError::unavailable) handler), the runner keeps the
@@ -42,9 +47,11 @@ use tokio_util::sync::CancellationToken;
 use tower::{BoxError, Service, ServiceExt};
 
 use crate::availability::{Availability, unavailable_dependency};
+use crate::control::{Control, Verdict};
 use crate::decode::DecodeLimits;
 use crate::envelope::Envelope;
 use crate::event::{EventKind, EventSink, HopOutput};
+use crate::headers::TASK;
 use crate::naming::{NameError, QueueNaming, SUMP};
 use crate::outcome::{Dispatch, Publication};
 use crate::status::{Phase, Reason};
@@ -165,6 +172,7 @@ struct Shared<T> {
     counters: Counters,
     availability: Availability,
     events: EventSink,
+    control: Control,
 }
 
 /// Runs one actor. See the module docs for its guarantees.
@@ -174,6 +182,7 @@ pub struct Runner<T, S> {
     config: RunnerConfig,
     availability: Availability,
     events: EventSink,
+    control: Control,
 }
 
 enum Settle {
@@ -196,7 +205,16 @@ where
             config,
             availability: Availability::default(),
             events: EventSink::off(),
+            control: Control::default(),
         }
+    }
+
+    /// Follows `control` for canceled and paused tasks (by default, nothing is ever
+    /// canceled or paused).
+    #[must_use]
+    pub fn with_control(mut self, control: Control) -> Self {
+        self.control = control;
+        self
     }
 
     /// Reports the hops of gateway tasks to `events` (by default, nowhere).
@@ -252,6 +270,7 @@ where
             counters: Counters::default(),
             availability: self.availability,
             events: self.events,
+            control: self.control,
         });
         tracing::info!(actor = %shared.config.actor, queue = %shared.queue, concurrency, workers, "runner started");
 
@@ -467,13 +486,40 @@ where
                 return publish_to_sump(shared, env, delivery.redeliveries()).await;
             }
         };
+        let task = envelope.header_str(TASK).map(str::to_owned);
+        if let Some(task) = &task {
+            match shared.control.verdict(task) {
+                Verdict::Go => {}
+                Verdict::Drop => {
+                    tracing::info!(envelope.id = %envelope.id, task = %task, queue = %shared.queue, "task canceled: acknowledged unprocessed");
+                    return Settle::Ack;
+                }
+                Verdict::Park => return park(shared, body, delivery.redeliveries()).await,
+            }
+        }
         let head = shared.events.head(&envelope, actor);
         if let Some(head) = &head {
             shared.events.send(head.event(EventKind::Started)).await;
         }
-        let dispatch = match service.ready().await {
-            Ok(ready) => ready.call(envelope).await,
-            Err(e) => Err(e),
+        let call = async {
+            match service.ready().await {
+                Ok(ready) => ready.call(envelope).await,
+                Err(e) => Err(e),
+            }
+        };
+        let dispatch = match &task {
+            None => call.await,
+            Some(task) => {
+                let watch = shared.control.watch(task);
+                tokio::select! {
+                    biased;
+                    dispatch = call => dispatch,
+                    () = watch.canceled() => {
+                        tracing::info!(task = %task, queue = %shared.queue, "task canceled: its handler was stopped");
+                        return Settle::Ack;
+                    }
+                }
+            }
         };
         let error: BoxError = match dispatch {
             Ok(dispatch) => break Ok((dispatch, head)),
@@ -541,6 +587,29 @@ async fn publish_to_sump<T: Transport>(shared: &Shared<T>, env: Envelope, redeli
 /// Where each publication of `dispatch` goes, for a hop event.
 fn hop_outputs(dispatch: &Dispatch) -> Vec<HopOutput> {
     dispatch.publications().iter().map(HopOutput::of).collect()
+}
+
+/// How long a parked envelope (its task paused) waits before it is looked at again.
+pub const PARK_DELAY: Duration = Duration::from_secs(1);
+
+/// Puts `body` back on the actor's queue for [`PARK_DELAY`]: a copy, so parking spends
+/// no redelivery.
+async fn park<T: Transport>(shared: &Shared<T>, body: &Bytes, redeliveries: u32) -> Settle {
+    let options = PublishOptions {
+        delay: Some(PARK_DELAY),
+        dedup_id: None,
+    };
+    match shared
+        .transport
+        .publish(&shared.queue, body.clone(), options)
+        .await
+    {
+        Ok(()) => Settle::Ack,
+        Err(error) => {
+            tracing::warn!(queue = %shared.queue, %error, "parking a paused task's envelope failed; it will be redelivered");
+            Settle::Nack(Some(infra_delay(&shared.config, redeliveries)))
+        }
+    }
 }
 
 /// The redelivery delay after an infrastructure failure: doubling per redelivery, capped.

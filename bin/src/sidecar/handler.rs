@@ -14,9 +14,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
 use tower::Service;
+use troupe::core::control::Verdict;
 use troupe::core::event::{EventKind, HopOutput};
+use troupe::core::headers::TASK;
 use troupe::core::{
-    Envelope, EventSink, HandlerError, Outcome, Publication, QueueNaming, Transport, publish_one,
+    Control, Envelope, EventSink, HandlerError, Outcome, Publication, QueueNaming, Transport, publish_one,
 };
 use troupe::layers::route::{note_spawned, route_output};
 
@@ -83,6 +85,20 @@ struct Inner<T> {
     metrics: SidecarMetrics,
     /// Where streamed upstream events of gateway tasks go.
     events: EventSink,
+    /// Which tasks are canceled.
+    control: Control,
+}
+
+/// What a handler that publishes its own outputs needs of the mesh around it.
+pub struct MeshAccess<T> {
+    /// The broker, to publish streamed outputs.
+    pub transport: T,
+    /// Actor-to-queue naming.
+    pub naming: QueueNaming,
+    /// Where upstream events of gateway tasks go.
+    pub events: EventSink,
+    /// Which gateway tasks are canceled.
+    pub control: Control,
 }
 
 impl<T: Transport> RuntimeHandler<T> {
@@ -90,12 +106,16 @@ impl<T: Transport> RuntimeHandler<T> {
     pub fn new(
         actor: Arc<str>,
         client: Arc<RuntimeClient>,
-        transport: T,
-        naming: QueueNaming,
+        mesh: MeshAccess<T>,
         health: Arc<RuntimeHealth>,
         metrics: SidecarMetrics,
-        events: EventSink,
     ) -> Self {
+        let MeshAccess {
+            transport,
+            naming,
+            events,
+            control,
+        } = mesh;
         Self {
             inner: Arc::new(Inner {
                 actor,
@@ -105,6 +125,7 @@ impl<T: Transport> RuntimeHandler<T> {
                 health,
                 metrics,
                 events,
+                control,
             }),
         }
     }
@@ -125,10 +146,13 @@ impl<T: Transport> Service<Envelope> for RuntimeHandler<T> {
     }
 }
 
-/// Reports a call that ends without an answer (dropped by its timeout, say) as timed out.
+/// Reports a call that ends without an answer (dropped by its timeout, say) as timed out,
+/// unless its task was canceled: the runner dropped it on purpose, and the runtime is
+/// not to blame.
 struct CallWatch<'a> {
     health: &'a RuntimeHealth,
     settled: bool,
+    task: Option<(&'a Control, String)>,
 }
 
 impl CallWatch<'_> {
@@ -149,7 +173,11 @@ impl CallWatch<'_> {
 
 impl Drop for CallWatch<'_> {
     fn drop(&mut self) {
-        if !self.settled {
+        let canceled = self
+            .task
+            .as_ref()
+            .is_some_and(|(control, task)| control.verdict(task) == Verdict::Drop);
+        if !self.settled && !canceled {
             self.health.unanswered(Failure::TimedOut);
         }
     }
@@ -160,6 +188,7 @@ impl<T: Transport> Inner<T> {
         let mut watch = CallWatch {
             health: &self.health,
             settled: false,
+            task: env.header_str(TASK).map(|task| (&self.control, task.to_owned())),
         };
         let request = Request::post("/invoke")
             .header(HOST, "runtime")

@@ -34,7 +34,7 @@ use troupe::host::{ActorHost, HostError};
 
 use self::client::{RuntimeClient, read_body};
 use self::config::ConfigError;
-use self::handler::{RuntimeHandler, SidecarMetrics};
+use self::handler::{MeshAccess, RuntimeHandler, SidecarMetrics};
 use self::health::{Failure, RuntimeHealth};
 
 pub use self::config::SidecarArgs;
@@ -117,11 +117,14 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
         RuntimeHandler::new(
             ctx.actor.into(),
             client,
-            ctx.transport.clone(),
-            ctx.naming.clone(),
+            MeshAccess {
+                transport: ctx.transport.clone(),
+                naming: ctx.naming.clone(),
+                events: ctx.events.clone(),
+                control: ctx.control.clone(),
+            },
             health,
             sidecar_metrics,
-            ctx.events.clone(),
         )
     })
     .await?;
