@@ -57,6 +57,30 @@ pub struct Api<T> {
     pub recording: Arc<AtomicBool>,
     /// What `/metrics` shows.
     pub metrics: GatewayMetrics,
+    /// Actor queues recently found on the broker.
+    pub known_queues: KnownQueues,
+}
+
+/// How long a queue found on the broker is taken to exist without asking again: an actor
+/// deleted meanwhile is still caught, at its hop (its envelopes go to `x-sump` as
+/// `UnknownActor`).
+const KNOWN_FOR: Duration = Duration::from_secs(30);
+
+/// Actor queues recently found on the broker, so a submission does not ask the broker
+/// about every actor of its route every time.
+#[derive(Debug, Default)]
+pub struct KnownQueues(std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>);
+
+impl KnownQueues {
+    fn recently_seen(&self, queue: &str) -> bool {
+        let known = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.get(queue).is_some_and(|at| at.elapsed() < KNOWN_FOR)
+    }
+
+    fn seen(&self, queue: String) {
+        let mut known = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.insert(queue, tokio::time::Instant::now());
+    }
 }
 
 /// A refused or failed request.
@@ -192,8 +216,11 @@ async fn check_route<T: QueueAdmin>(api: &Api<T>, route: &[String]) -> Result<()
             .naming
             .queue_for(actor)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if api.known_queues.recently_seen(&queue) {
+            continue;
+        }
         match api.transport.depth(&queue).await {
-            Ok(_) => {}
+            Ok(_) => api.known_queues.seen(queue),
             Err(TransportError::NoSuchQueue { .. }) => {
                 return Err(ApiError::BadRequest(format!(
                     "unknown actor {actor:?}: its queue {queue:?} is not on the broker"

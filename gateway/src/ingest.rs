@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use troupe_core::event::{EventKind, HopOutput};
@@ -20,8 +21,7 @@ use troupe_core::{
 use crate::api::Api;
 use crate::ledger::BranchEnd;
 use crate::metrics::GatewayMetrics;
-use crate::record::StoredEvent;
-use crate::store::{BranchEnding, Store, StoreError};
+use crate::store::{BranchEnding, Fact};
 
 /// Which queue a message came from, and so how to read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,46 +43,41 @@ impl Source {
     ];
 }
 
-/// Records one message from `source`; returns the events it added. A message that is not
-/// what the queue should hold is logged and skipped (it would never become readable).
-pub async fn record(
-    store: &Store,
-    source: Source,
-    body: &Bytes,
-    metrics: &GatewayMetrics,
-) -> Result<Vec<StoredEvent>, StoreError> {
+/// What one message from `source` says, to record. A message that is not what the queue
+/// should hold is logged and yields nothing (it would never become readable).
+pub fn facts(source: Source, body: &Bytes, metrics: &GatewayMetrics) -> Vec<Fact> {
     match source {
         Source::Sink | Source::Sump => {
             let Some((ending, last_hop)) = branch_ending(source, body) else {
-                return Ok(Vec::new());
+                return Vec::new();
             };
             // The last actor's hop, told by the end itself: its own report travels on
             // another queue and may come later, but the task's last progress event must
             // come before its final status. Whichever copy comes second is ignored.
-            let mut added = match last_hop {
-                Some(hop) => store.apply_event(hop).await?,
-                None => Vec::new(),
-            };
-            added.extend(store.record_end(ending).await?);
-            Ok(added)
+            last_hop
+                .map(Fact::Event)
+                .into_iter()
+                .chain([Fact::End(ending)])
+                .collect()
         }
         Source::Events => {
             let events: Vec<TaskEvent> = match serde_json::from_slice(body) {
                 Ok(events) => events,
                 Err(error) => {
                     tracing::warn!(%error, "a task events message is not a list of events; skipped");
-                    return Ok(Vec::new());
+                    return Vec::new();
                 }
             };
-            let mut added = Vec::new();
             let now = chrono::Utc::now();
-            for event in events {
-                metrics
-                    .event_lag
-                    .observe((now - event.at).to_std().unwrap_or_default().as_secs_f64());
-                added.extend(store.apply_event(event).await?);
-            }
-            Ok(added)
+            events
+                .into_iter()
+                .inspect(|event| {
+                    metrics
+                        .event_lag
+                        .observe((now - event.at).to_std().unwrap_or_default().as_secs_f64());
+                })
+                .map(Fact::Event)
+                .collect()
         }
     }
 }
@@ -188,7 +183,7 @@ pub async fn consume<T: Transport>(
             next = sink.next() => (Source::Sink, &sink_queue, next),
             next = sump.next() => (Source::Sump, &sump_queue, next),
         };
-        let delivery = match next {
+        let first = match next {
             None => return Err((queue.clone(), TransportError::Closed)),
             Some(Ok(delivery)) => delivery,
             Some(Err(error)) => {
@@ -199,24 +194,57 @@ pub async fn consume<T: Transport>(
             }
         };
         backoff = Duration::from_millis(100);
-        let settled = match record(store, source, delivery.body(), &api.metrics).await {
+        // Whatever else is ready now joins this one transaction: under load, one commit
+        // records many messages. Events first, as above.
+        let mut batch = vec![(source, first)];
+        while batch.len() < MAX_BATCH {
+            let more = [
+                (Source::Events, events.next().now_or_never()),
+                (Source::Sink, sink.next().now_or_never()),
+                (Source::Sump, sump.next().now_or_never()),
+            ];
+            let before = batch.len();
+            for (source, next) in more {
+                match next {
+                    Some(Some(Ok(delivery))) => batch.push((source, delivery)),
+                    Some(Some(Err(error))) => tracing::warn!(?source, %error, "receive failed"),
+                    _ => {}
+                }
+            }
+            if batch.len() == before {
+                break;
+            }
+        }
+        let facts: Vec<Fact> = batch
+            .iter()
+            .flat_map(|(source, delivery)| facts(*source, delivery.body(), &api.metrics))
+            .collect();
+        match store.record(facts).await {
             Ok(added) => {
                 for event in added {
                     // No subscriber is fine: nobody is watching.
                     let _ = live.send(event);
                 }
-                delivery.ack().await
+                for (source, delivery) in batch {
+                    if let Err(error) = delivery.ack().await {
+                        tracing::warn!(?source, %error, "acknowledging a recorded message failed; it will come again and change nothing");
+                    }
+                }
             }
             Err(error) => {
-                tracing::warn!(%queue, %error, "could not record a message; it will be redelivered");
-                delivery.nack(Some(Duration::from_secs(1))).await
+                tracing::warn!(%error, messages = batch.len(), "could not record messages; they will be redelivered");
+                for (source, delivery) in batch {
+                    if let Err(error) = delivery.nack(Some(Duration::from_secs(1))).await {
+                        tracing::warn!(?source, %error, "returning an unrecorded message failed; the broker will redeliver it");
+                    }
+                }
             }
-        };
-        if let Err(error) = settled {
-            tracing::warn!(%queue, %error, "settling a recorded message failed; it will come again and change nothing");
         }
     }
 }
+
+/// Most messages recorded in one transaction.
+const MAX_BATCH: usize = 256;
 
 /// Clears the readiness flag when recording stops.
 struct NotRecording<'a>(&'a AtomicBool);

@@ -138,6 +138,7 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
                 closing: CancellationToken::new(),
                 recording: Arc::new(AtomicBool::new(false)),
                 metrics: metrics::GatewayMetrics::default(),
+                known_queues: api::KnownQueues::default(),
             }),
             config,
         })

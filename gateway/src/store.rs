@@ -104,6 +104,15 @@ pub struct BranchEnding {
     pub value: Value,
 }
 
+/// Something learned from the broker, to record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fact {
+    /// A runner's task event.
+    Event(TaskEvent),
+    /// A branch's end.
+    End(BranchEnding),
+}
+
 /// The task store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -201,93 +210,26 @@ impl Store {
     /// Applies a runner's event to its task; returns the events it added (none for a copy,
     /// or for a task this store does not hold).
     pub async fn apply_event(&self, event: TaskEvent) -> Result<Vec<StoredEvent>, StoreError> {
-        self.with(move |conn| {
-            let tx = conn.transaction()?;
-            let mut out = Vec::new();
-            let Some(state) = status_of(&tx, &event.task)? else {
-                return Ok(out);
-            };
-            if state.is_terminal() && matches!(event.kind, EventKind::Started) {
-                // A redelivered envelope started again after the task ended: stale news.
-                return Ok(out);
-            }
-            let (kind, current) = match &event.kind {
-                EventKind::Started => ("started", Some(event.actor.as_str())),
-                EventKind::Hop { outputs } => (
-                    "hop",
-                    outputs
-                        .iter()
-                        .map(|o| o.to.as_str())
-                        .find(|to| !to.starts_with("x-")),
-                ),
-                EventKind::Fly { .. } => ("fly", None),
-            };
-            let data = serde_json::to_value(&event).unwrap_or(Value::Null);
-            if !append(&tx, &event.task, &event.key(), kind, &data, &mut out)? {
-                return Ok(out);
-            }
-            let now = Utc::now().timestamp_millis();
-            tx.execute(
-                "UPDATE tasks SET hops = hops + ?2, current_actor = COALESCE(?3, current_actor), updated_ms = ?4 \
-                 WHERE id = ?1",
-                params![event.task, i64::from(kind == "hop"), current, now],
-            )?;
-            transition(&tx, &event.task, state, Update::Running, None, &mut out)?;
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
+        self.record(vec![Fact::Event(event)]).await
     }
 
     /// Records how a branch ended; when that finishes the task, records its verdict.
     /// Returns the events it added.
     pub async fn record_end(&self, ending: BranchEnding) -> Result<Vec<StoredEvent>, StoreError> {
+        self.record(vec![Fact::End(ending)]).await
+    }
+
+    /// Records `facts` in order, in one transaction (one commit for a whole batch of
+    /// messages); returns the events they added.
+    pub async fn record(&self, facts: Vec<Fact>) -> Result<Vec<StoredEvent>, StoreError> {
         self.with(move |conn| {
             let tx = conn.transaction()?;
             let mut out = Vec::new();
-            let Some(state) = status_of(&tx, &ending.task)? else {
-                return Ok(out);
-            };
-            let failed = ending.end == BranchEnd::Failed;
-            let spawned = serde_json::to_string(&ending.spawned).unwrap_or_else(|_| "[]".to_owned());
-            let value = ending.value.to_string();
-            let now = Utc::now().timestamp_millis();
-            // A copy changes nothing, except that a failure outranks a success.
-            let changed = tx.execute(
-                "INSERT INTO branches (task_id, branch_id, failed, spawned, value, ended_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT (task_id, branch_id) DO UPDATE SET failed = 1, value = excluded.value \
-                 WHERE excluded.failed = 1 AND branches.failed = 0",
-                params![ending.task, ending.branch, failed, spawned, value, now],
-            )?;
-            if changed == 0 {
-                return Ok(out);
-            }
-            let end = if failed { "failed" } else { "succeeded" };
-            append(
-                &tx,
-                &ending.task,
-                &format!("branch/{}/{end}", ending.branch),
-                "branch",
-                &json!({"id": ending.branch, "end": end}),
-                &mut out,
-            )?;
-            let (ledger, values) = ledger_of(&tx, &ending.task)?;
-            let open = ledger.open_branches().len() as i64;
-            let ended = values.len() as i64;
-            let failed_count = values.iter().filter(|(end, _)| *end == BranchEnd::Failed).count() as i64;
-            tx.execute(
-                "UPDATE tasks SET branches = ?2, branches_ended = ?3, branches_failed = ?4, updated_ms = ?5 \
-                 WHERE id = ?1",
-                params![ending.task, open + ended, ended, failed_count, now],
-            )?;
-            if let Some(verdict) = ledger.verdict() {
-                let outcome = outcome_of(&values, verdict);
-                let update = match verdict {
-                    BranchEnd::Succeeded => Update::Succeeded,
-                    BranchEnd::Failed => Update::Failed,
-                };
-                transition(&tx, &ending.task, state, update, Some(outcome), &mut out)?;
+            for fact in &facts {
+                match fact {
+                    Fact::Event(event) => event_in(&tx, event, &mut out)?,
+                    Fact::End(ending) => end_in(&tx, ending, &mut out)?,
+                }
             }
             tx.commit()?;
             Ok(out)
@@ -426,6 +368,88 @@ impl Store {
         })
         .await
     }
+}
+
+/// Applies one runner event (see [`Store::apply_event`]).
+fn event_in(tx: &Transaction<'_>, event: &TaskEvent, out: &mut Vec<StoredEvent>) -> Result<(), StoreError> {
+    let Some(state) = status_of(tx, &event.task)? else {
+        return Ok(());
+    };
+    if state.is_terminal() && matches!(event.kind, EventKind::Started) {
+        // A redelivered envelope started again after the task ended: stale news.
+        return Ok(());
+    }
+    let (kind, current) = match &event.kind {
+        EventKind::Started => ("started", Some(event.actor.as_str())),
+        EventKind::Hop { outputs } => (
+            "hop",
+            outputs
+                .iter()
+                .map(|o| o.to.as_str())
+                .find(|to| !to.starts_with("x-")),
+        ),
+        EventKind::Fly { .. } => ("fly", None),
+    };
+    let data = serde_json::to_value(event).unwrap_or(Value::Null);
+    if !append(tx, &event.task, &event.key(), kind, &data, out)? {
+        return Ok(());
+    }
+    let now = Utc::now().timestamp_millis();
+    tx.execute(
+        "UPDATE tasks SET hops = hops + ?2, current_actor = COALESCE(?3, current_actor), updated_ms = ?4 \
+         WHERE id = ?1",
+        params![event.task, i64::from(kind == "hop"), current, now],
+    )?;
+    transition(tx, &event.task, state, Update::Running, None, out)
+}
+
+/// Records one branch end (see [`Store::record_end`]).
+fn end_in(tx: &Transaction<'_>, ending: &BranchEnding, out: &mut Vec<StoredEvent>) -> Result<(), StoreError> {
+    let Some(state) = status_of(tx, &ending.task)? else {
+        return Ok(());
+    };
+    let failed = ending.end == BranchEnd::Failed;
+    let spawned = serde_json::to_string(&ending.spawned).unwrap_or_else(|_| "[]".to_owned());
+    let value = ending.value.to_string();
+    let now = Utc::now().timestamp_millis();
+    // A copy changes nothing, except that a failure outranks a success.
+    let changed = tx.execute(
+        "INSERT INTO branches (task_id, branch_id, failed, spawned, value, ended_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (task_id, branch_id) DO UPDATE SET failed = 1, value = excluded.value \
+         WHERE excluded.failed = 1 AND branches.failed = 0",
+        params![ending.task, ending.branch, failed, spawned, value, now],
+    )?;
+    if changed == 0 {
+        return Ok(());
+    }
+    let end = if failed { "failed" } else { "succeeded" };
+    append(
+        tx,
+        &ending.task,
+        &format!("branch/{}/{end}", ending.branch),
+        "branch",
+        &json!({"id": ending.branch, "end": end}),
+        out,
+    )?;
+    let (ledger, values) = ledger_of(tx, &ending.task)?;
+    let open = ledger.open_branches().len() as i64;
+    let ended = values.len() as i64;
+    let failed_count = values.iter().filter(|(end, _)| *end == BranchEnd::Failed).count() as i64;
+    tx.execute(
+        "UPDATE tasks SET branches = ?2, branches_ended = ?3, branches_failed = ?4, updated_ms = ?5 \
+         WHERE id = ?1",
+        params![ending.task, open + ended, ended, failed_count, now],
+    )?;
+    if let Some(verdict) = ledger.verdict() {
+        let outcome = outcome_of(&values, verdict);
+        let update = match verdict {
+            BranchEnd::Succeeded => Update::Succeeded,
+            BranchEnd::Failed => Update::Failed,
+        };
+        transition(tx, &ending.task, state, update, Some(outcome), out)?;
+    }
+    Ok(())
 }
 
 /// The first column of every row `sql` selects.

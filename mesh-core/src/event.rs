@@ -2,9 +2,9 @@
 //! broker they already use.
 //!
 //! An envelope submitted through the gateway carries the [`TASK`] header; for such an
-//! envelope every runner reports when it starts on it ([`EventKind::Started`]), where its
-//! outputs went ([`EventKind::Hop`]) and what its handler streamed upstream
-//! ([`EventKind::Fly`]). Envelopes without the header, or with Asya's
+//! envelope the first actor reports when it starts on it ([`EventKind::Started`]), every
+//! actor where its outputs went ([`EventKind::Hop`]), and a handler what it streamed
+//! upstream ([`EventKind::Fly`]). Envelopes without the header, or with Asya's
 //! `x-asya-mesh-status: off`, cost nothing here.
 //!
 //! Events are telemetry, not results: a task's end is recorded from `x-sink` and `x-sump`,
@@ -150,6 +150,11 @@ impl EventHead {
             actor: actor.to_owned(),
             position: envelope.route.position(),
         })
+    }
+
+    /// The envelope's route position at the actor (0 at the first actor).
+    pub fn position(&self) -> usize {
+        self.position
     }
 
     /// The event `kind`, happening now.

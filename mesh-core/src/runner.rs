@@ -498,7 +498,9 @@ where
             }
         }
         let head = shared.events.head(&envelope, actor);
-        if let Some(head) = &head {
+        // Only the first actor says it started (the task is running from then on); later
+        // actors' progress is in the hop events, at half the events per hop.
+        if let Some(head) = head.as_ref().filter(|head| head.position() == 0) {
             shared.events.send(head.event(EventKind::Started)).await;
         }
         let call = async {
