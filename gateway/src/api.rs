@@ -443,6 +443,7 @@ async fn follow(
     mut close_at: Option<tokio::time::Instant>,
     tx: mpsc::Sender<Event>,
 ) {
+    let mut done = false;
     loop {
         let events = match store.events_after(id.clone(), last).await {
             Ok(events) => events,
@@ -451,9 +452,14 @@ async fn follow(
                 return;
             }
         };
-        let mut done = false;
         for event in events {
             last = event.seq;
+            if done && event.kind != "fly" {
+                // Progress that arrived after the result (an earlier actor's report,
+                // overtaken): counted in the record, not told after the end. A handler's
+                // late tokens are content and still go out.
+                continue;
+            }
             done |= is_final(&event);
             let sse = Event::default()
                 .id(event.seq.to_string())
