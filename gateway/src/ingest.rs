@@ -159,7 +159,7 @@ pub async fn consume<T: Transport>(
     for (source, actor) in Source::ALL {
         let queue = naming.queue_for(actor).unwrap_or_else(|_| actor.to_owned());
         let consumer = transport
-            .consume(&queue, ConsumeOptions::default())
+            .consume(&queue, CONSUME)
             .await
             .map_err(|e| (queue.clone(), e))?;
         tracing::info!(%queue, "recording");
@@ -245,6 +245,14 @@ pub async fn consume<T: Transport>(
 
 /// Most messages recorded in one transaction.
 const MAX_BATCH: usize = 256;
+
+/// Enough prefetched for a full batch; a short lease, because a message is recorded within
+/// milliseconds, so what a crashed gateway had taken comes back within seconds (at the
+/// default 30 s, a restarted gateway waited that long for the last tasks' ends).
+const CONSUME: ConsumeOptions = ConsumeOptions {
+    prefetch: MAX_BATCH,
+    lease: Duration::from_secs(5),
+};
 
 /// Clears the readiness flag when recording stops.
 struct NotRecording<'a>(&'a AtomicBool);
