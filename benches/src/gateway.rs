@@ -17,6 +17,16 @@
 //!   end: submitted/s, completed/s, and CPU per task against the raw run;
 //! - first token: a handler in the middle streams `--tokens` upstream events per task;
 //!   the latency from its send to an SSE client's receipt, p50 and p99.
+//!
+//! With `--python` (NATS or RabbitMQ), only the first-token latency, the way it ships: the
+//! streaming handler is a Python generator (`benches/python/bench_handlers.py`) behind a
+//! `troupe sidecar`, in the middle of three actors, and the latency runs from its `yield`
+//! to the SSE client. It runs the release `troupe` binary next to this one:
+//!
+//! ```sh
+//! cargo build --release -p troupe-cli --features nats,amqp
+//! cargo run --release -p troupe-bench --features nats,amqp --bin troupe-bench-gateway -- --broker nats --python
+//! ```
 
 #![forbid(unsafe_code)]
 
@@ -65,6 +75,9 @@ struct Args {
     /// Upstream events per streaming task.
     #[arg(long, default_value_t = 5)]
     tokens: usize,
+    /// Measure first-token latency with a Python generator behind `troupe sidecar`.
+    #[arg(long)]
+    python: bool,
 }
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -405,8 +418,191 @@ async fn transport(args: &Args) -> troupe::any_transport::AnyTransport {
         .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", args.broker))
 }
 
+/// A child process, killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// First-token latency through Python runtimes behind `troupe sidecar` processes.
+async fn python_tokens(args: &Args) -> (Histogram<u64>, Histogram<u64>) {
+    let broker = args.broker;
+    let namespace = format!("benchpy{}", std::process::id());
+    let naming = QueueNaming::new("asya", &namespace).unwrap_or_else(|e| panic!("{e}"));
+    let transport = transport(args).await;
+    let dir = std::env::temp_dir().join(&namespace);
+    let _ = std::fs::create_dir_all(&dir);
+    let store = Store::open(&dir.join("tasks.db"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = GatewayConfig {
+        naming,
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::new(transport, store, config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let base = format!(
+        "http://{}",
+        listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+    );
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(gateway.serve(listener, stop.clone()));
+
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or_else(|| panic!("no repository root"))
+        .to_owned();
+    let troupe = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("troupe")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("build the troupe binary first: cargo build --release -p troupe-cli --features nats,amqp")
+        });
+    let pythonpath = format!(
+        "{}:{}",
+        repo.join("python").display(),
+        repo.join("benches/python").display()
+    );
+    let mut children = Vec::new();
+    for (actor, handler) in [("a", "passthrough"), ("talk", "talk"), ("c", "passthrough")] {
+        let socket_dir = dir.join(actor);
+        let _ = std::fs::create_dir_all(&socket_dir);
+        let runtime = std::process::Command::new("python3")
+            .args(["-m", "troupe_runtime"])
+            .env("PYTHONPATH", &pythonpath)
+            .env("ASYA_HANDLER", format!("bench_handlers.{handler}"))
+            .env("ASYA_SOCKET_DIR", &socket_dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3: {e}"));
+        children.push(Child(runtime));
+        let mut sidecar = std::process::Command::new(&troupe);
+        sidecar
+            .args([
+                "sidecar",
+                "--actor",
+                actor,
+                "--namespace",
+                &namespace,
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--socket-dir")
+            .arg(&socket_dir)
+            .args(["--transport", broker.name()])
+            .env("RUST_LOG", "error");
+        let config = args.brokers.config();
+        let _ = &config;
+        #[cfg(feature = "nats")]
+        sidecar.args(["--nats-url", &config.nats.url]);
+        #[cfg(feature = "amqp")]
+        sidecar.args(["--amqp-url", &config.amqp.url]);
+        children.push(Child(
+            sidecar.spawn().unwrap_or_else(|e| panic!("troupe sidecar: {e}")),
+        ));
+    }
+
+    let client = reqwest::Client::new();
+    let mut latencies = Histogram::<u64>::new(3).unwrap_or_else(|e| panic!("{e}"));
+    let mut firsts = latencies.clone();
+    let body = json!({"route": ["a", "talk", "c"], "payload": {"tokens": args.tokens}});
+    let ready_by = Instant::now() + Duration::from_secs(60);
+    let mut done = 0;
+    while done < args.stream_tasks {
+        let response = client
+            .post(format!("{base}/api/v1/mesh"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        if response.status().as_u16() == 400 && Instant::now() < ready_by {
+            // An actor's queue appears once its sidecar is up.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        let created: Value = response
+            .error_for_status()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let id = created["id"].as_str().unwrap_or_default();
+        let mut stream = client
+            .get(format!("{base}/api/v1/mesh/{id}/events"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut text = String::new();
+        while let Ok(Some(chunk)) = tokio::time::timeout(LIMIT, stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("stream of {id} stalled"))
+        {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let block: String = text.drain(..end + 2).collect();
+                if !block.contains("event: fly") {
+                    continue;
+                }
+                let data = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data:"))
+                    .unwrap_or("{}");
+                let event: Value = serde_json::from_str(data.trim()).unwrap_or_default();
+                if let Some(yielded) = event["data"]["yielded_at"].as_f64() {
+                    let micros = ((now - yielded).max(0.0) * 1e6) as u64;
+                    let _ = latencies.record(micros);
+                    if event["data"]["token"] == 0 {
+                        let _ = firsts.record(micros);
+                    }
+                }
+            }
+        }
+        done += 1;
+    }
+    stop.cancel();
+    let _ = serving.await;
+    drop(children);
+    let _ = std::fs::remove_dir_all(&dir);
+    (firsts, latencies)
+}
+
 fn main() {
     let args = Args::parse();
+    if args.python {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        let (firsts, all) = runtime.block_on(python_tokens(&args));
+        println!(
+            "Python yield -> SSE client on {}, {} tasks x {} tokens",
+            args.broker, args.stream_tasks, args.tokens
+        );
+        for (what, h) in [("first token", &firsts), ("every token", &all)] {
+            println!(
+                "  {what}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                h.value_at_quantile(0.5) as f64 / 1e3,
+                h.value_at_quantile(0.99) as f64 / 1e3,
+                h.max() as f64 / 1e3
+            );
+        }
+        return;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

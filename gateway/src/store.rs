@@ -747,6 +747,13 @@ mod tests {
             done.last().map(|e| e.data["status"].clone()),
             Some(json!("succeeded"))
         );
+        // A copy of the end (a crash between the last actor's publish and its ack sends
+        // its output to x-sink twice) is recorded once: the result is effectively-once.
+        let copy = store
+            .record_end(ending("t1", "t1", BranchEnd::Succeeded, &[]))
+            .await
+            .expect("end");
+        assert!(copy.is_empty(), "{copy:?}");
         // A late "started" of a redelivered envelope changes nothing.
         let mut late = event("t1", "b", EventKind::Started);
         late.position = 1;
@@ -755,6 +762,7 @@ mod tests {
         assert_eq!(task.status, TaskState::Succeeded);
         assert_eq!(task.result, Some(json!({"from": "t1"})));
         assert!(task.finished_at.is_some());
+        assert_eq!((task.progress.branches, task.progress.branches_ended), (1, 1));
         let all = store.events_after("t1".into(), 0).await.expect("events");
         let seqs: Vec<i64> = all.iter().map(|e| e.seq).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
