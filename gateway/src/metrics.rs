@@ -63,14 +63,7 @@ impl Default for GatewayMetrics {
 impl GatewayMetrics {
     /// Sets the task counts (every status, zero where none).
     pub fn set_tasks(&self, counts: &[(TaskState, u64)]) {
-        for state in [
-            TaskState::Pending,
-            TaskState::Running,
-            TaskState::Paused,
-            TaskState::Succeeded,
-            TaskState::Failed,
-            TaskState::Canceled,
-        ] {
+        for state in TaskState::ALL {
             let count = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
             self.tasks
                 .get_or_create(&StatusLabel {

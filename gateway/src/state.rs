@@ -38,6 +38,16 @@ pub enum TaskState {
 }
 
 impl TaskState {
+    /// Every state, in rank order.
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Pending,
+        TaskState::Running,
+        TaskState::Paused,
+        TaskState::Succeeded,
+        TaskState::Failed,
+        TaskState::Canceled,
+    ];
+
     /// Its rank: 0 pending, 1 running or paused, 2 finished.
     pub fn rank(self) -> u8 {
         match self {
@@ -115,14 +125,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const STATES: [TaskState; 6] = [
-        TaskState::Pending,
-        TaskState::Running,
-        TaskState::Paused,
-        TaskState::Succeeded,
-        TaskState::Failed,
-        TaskState::Canceled,
-    ];
+    const STATES: [TaskState; 6] = TaskState::ALL;
 
     fn update() -> impl Strategy<Value = Update> {
         prop_oneof![
