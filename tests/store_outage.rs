@@ -177,7 +177,16 @@ async fn a_redis_outage_holds_work_and_loses_nothing() {
         "the runner returned nothing to the queue: {report:?}"
     );
     assert_eq!(report.sumped, 0, "{report:?}");
-    assert_eq!(report.published, 200, "one output per envelope: {report:?}");
+    // Redis comes back empty (no persistence here): a hop it had recorded before the kill
+    // is forgotten, so a copy of that envelope still buffered by the NATS client runs again
+    // after the outage and is published twice (found by CI: 201). x-sink sees it once
+    // (asserted above: the broker's duplicate window drops it). At most the deliveries in
+    // the runner's hands or its client's buffer at the kill can run twice.
+    let in_hand = 4 + 4;
+    assert!(
+        (200..=200 + in_hand).contains(&report.published),
+        "one output per envelope, plus at most {in_hand} repeated after the store lost its records: {report:?}"
+    );
     redis.kill().unwrap();
     redis.wait().unwrap();
 }
