@@ -456,7 +456,7 @@ impl fmt::Debug for BrokerArgs {
 /// process (`troupe sidecar`, `troupe-gpu-worker`) shares, each with a `TROUPE_*` fallback.
 /// The actor's own name stays with the program, which may read it from elsewhere too.
 #[cfg(feature = "cli")]
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct QueueArgs {
     /// Namespace part of queue names.
     #[arg(long, env = "TROUPE_NAMESPACE", default_value = "default")]
@@ -497,6 +497,28 @@ pub struct QueueArgs {
     /// The API key to send to `--gateway-url`, when the gateway asks for one.
     #[arg(long, env = "TROUPE_GATEWAY_API_KEY", hide_env_values = true)]
     pub gateway_api_key: Option<String>,
+}
+
+/// The gateway's API key is shown as set or not, never as itself.
+#[cfg(feature = "cli")]
+impl fmt::Debug for QueueArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueArgs")
+            .field("namespace", &self.namespace)
+            .field("queue_prefix", &self.queue_prefix)
+            .field("transport", &self.transport)
+            .field("brokers", &self.brokers)
+            .field("sqs_region", &self.sqs_region)
+            .field("store", &self.store)
+            .field("store_prefix", &self.store_prefix)
+            .field("task_events", &self.task_events)
+            .field("gateway_url", &self.gateway_url.as_deref().map(Redacted))
+            .field(
+                "gateway_api_key",
+                &self.gateway_api_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 #[cfg(feature = "cli")]

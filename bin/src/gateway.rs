@@ -11,7 +11,7 @@ use troupe_gateway::auth::ApiKeys;
 use troupe_gateway::{Gateway, GatewayConfig, GatewayError, Store, StoreError};
 
 /// `troupe gateway`.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Clone, clap::Args)]
 pub struct GatewayArgs {
     /// Where the HTTP API listens. Without API keys, loopback only: an open gateway must
     /// not be reachable from other machines.
@@ -42,6 +42,21 @@ pub struct GatewayArgs {
     /// apply to the gateway).
     #[command(flatten)]
     pub queue: QueueArgs,
+}
+
+/// API keys are counted, never shown.
+impl std::fmt::Debug for GatewayArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayArgs")
+            .field("listen", &self.listen)
+            .field("database", &self.database)
+            .field("retention", &self.retention)
+            .field("max_body", &self.max_body)
+            .field("api_keys", &format_args!("{} given", self.api_keys.len()))
+            .field("api_keys_file", &self.api_keys_file)
+            .field("queue", &self.queue)
+            .finish()
+    }
 }
 
 /// Why the gateway did not start or stopped.
@@ -127,4 +142,37 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayCommandError> {
     println!("troupe gateway listening on http://{bound}");
     gateway.serve(listener, shutdown).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    }
+
+    #[test]
+    fn debug_output_shows_no_key() {
+        let cli = Cli::try_parse_from([
+            "troupe",
+            "--api-keys",
+            "k-secret-1,k-secret-2",
+            "--gateway-url",
+            "http://gw:8080",
+            "--gateway-api-key",
+            "k-secret-3",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let shown = format!("{:?}", cli.gateway);
+        assert!(!shown.contains("k-secret"), "{shown}");
+        assert!(
+            shown.contains("2 given") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 }
