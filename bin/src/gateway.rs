@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use troupe::broker::{Broker, QueueArgs};
 use troupe::core::CancellationToken;
+use troupe::core::redact::Redacted;
 use troupe_gateway::auth::ApiKeys;
 use troupe_gateway::{Gateway, GatewayConfig, GatewayError, Store, StoreError};
 
@@ -29,9 +30,17 @@ pub struct GatewayArgs {
     /// A file of API keys, one per line (a mounted Secret), added to `--api-keys`.
     #[arg(long, env = "TROUPE_GATEWAY_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
-    /// The SQLite file that holds tasks and their events (created if missing).
-    #[arg(long, env = "TROUPE_GATEWAY_DATABASE", default_value = "troupe-gateway.db")]
-    pub database: PathBuf,
+    /// Where tasks and their events are kept: a SQLite file (created if missing; one
+    /// gateway), or a PostgreSQL URL `postgres://user:password@host/db` (tables created or
+    /// migrated at start; any number of gateway replicas; `sslmode=require` uses the
+    /// `--tls-*` files).
+    #[arg(
+        long,
+        env = "TROUPE_GATEWAY_DATABASE",
+        default_value = "troupe-gateway.db",
+        hide_env_values = true
+    )]
+    pub database: String,
     /// How long a finished task is kept (e.g. `24h`, `30m`).
     #[arg(long, env = "TROUPE_GATEWAY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub retention: Duration,
@@ -49,7 +58,7 @@ impl std::fmt::Debug for GatewayArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayArgs")
             .field("listen", &self.listen)
-            .field("database", &self.database)
+            .field("database", &Redacted(&self.database))
             .field("retention", &self.retention)
             .field("max_body", &self.max_body)
             .field("api_keys", &format_args!("{} given", self.api_keys.len()))
@@ -85,6 +94,11 @@ pub enum GatewayCommandError {
     },
 }
 
+/// Whether `--database` names a PostgreSQL server rather than a SQLite file.
+fn is_postgres(database: &str) -> bool {
+    database.starts_with("postgres://") || database.starts_with("postgresql://")
+}
+
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn run(args: GatewayArgs) -> Result<(), GatewayCommandError> {
     let mut keys = args.api_keys.clone();
@@ -114,8 +128,12 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayCommandError> {
         .map_err(|e| GatewayCommandError::Usage(e.to_string()))?;
     let shutdown = CancellationToken::new();
     troupe::signal::cancel_on_signal(shutdown.clone());
-    let store = Store::open(&args.database).await?;
-    tracing::info!(database = %args.database.display(), "task store ready");
+    let store = if is_postgres(&args.database) {
+        Store::postgres(&args.database, &args.queue.brokers.tls_files()).await?
+    } else {
+        Store::open(std::path::Path::new(&args.database)).await?
+    };
+    tracing::info!(database = %Redacted(&args.database), "task store ready");
     let brokers = args.queue.broker_config();
     tracing::info!(transport = %args.queue.transport, at = %brokers.describe(args.queue.transport), "connecting");
     let transport = brokers.connect_any(args.queue.transport).await?;
@@ -166,6 +184,8 @@ mod tests {
             "http://gw:8080",
             "--gateway-api-key",
             "k-secret-3",
+            "--database",
+            "postgres://gateway:k-secret-4@db:5432/troupe",
         ])
         .unwrap_or_else(|e| panic!("{e}"));
         let shown = format!("{:?}", cli.gateway);

@@ -50,7 +50,7 @@ pub struct Api<T> {
     /// The task store.
     pub store: Store,
     /// Every event as it is stored, to wake the streams that follow its task.
-    pub live: broadcast::Sender<StoredEvent>,
+    pub live: broadcast::Sender<String>,
     /// Cancelled when the gateway stops: event streams end.
     pub closing: CancellationToken,
     /// Whether the gateway records what the broker brings (its consumers run).
@@ -195,7 +195,7 @@ pub async fn submit<T: Transport + QueueAdmin>(
         )));
     }
     for event in events {
-        let _ = api.live.send(event);
+        let _ = api.live.send(event.task);
     }
     api.metrics.submitted.inc();
     tracing::info!(task = %id, "task submitted");
@@ -314,7 +314,7 @@ async fn command<T>(
         )));
     }
     for event in events {
-        let _ = api.live.send(event);
+        let _ = api.live.send(event.task);
     }
     tracing::info!(task = %id, from = %before, to = %after, "task command");
     status(State(api), Path(id)).await
@@ -437,7 +437,7 @@ const LINGER: Duration = Duration::from_millis(300);
 /// wake-ups come in.
 async fn follow(
     store: Store,
-    mut wake: broadcast::Receiver<StoredEvent>,
+    mut wake: broadcast::Receiver<String>,
     id: String,
     mut last: i64,
     mut close_at: Option<tokio::time::Instant>,
@@ -488,10 +488,10 @@ async fn follow(
 
 /// Waits until an event of task `id` is stored (or the receiver lagged, which may have
 /// hidden one); false once the gateway is shutting down.
-async fn wait_for(wake: &mut broadcast::Receiver<StoredEvent>, id: &str) -> bool {
+async fn wait_for(wake: &mut broadcast::Receiver<String>, id: &str) -> bool {
     loop {
         match wake.recv().await {
-            Ok(event) if event.task == id => return true,
+            Ok(task) if task == id => return true,
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(_)) => return true,
             Err(broadcast::error::RecvError::Closed) => return false,

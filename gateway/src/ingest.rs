@@ -223,7 +223,7 @@ pub async fn consume<T: Transport>(
             Ok(added) => {
                 for event in added {
                     // No subscriber is fine: nobody is watching.
-                    let _ = live.send(event);
+                    let _ = live.send(event.task);
                 }
                 for (source, delivery) in batch {
                     if let Err(error) = delivery.ack().await {

@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod record;
 pub mod state;
 pub mod store;
+pub mod testing;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -196,6 +197,11 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
             self.config.retention,
             shutdown.clone(),
         ));
+        let (store, live, stop) = (self.api.store.clone(), self.api.live.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            store.listen(live, stop).await;
+            Ok(())
+        });
         let mut outcome = Ok(());
         while let Some(joined) = tasks.join_next().await {
             if let Ok(Err(error)) = joined {

@@ -627,3 +627,38 @@ async fn with_api_keys_every_api_route_wants_one() {
     gw.stop().await;
     pipeline.shutdown().await;
 }
+
+/// Two replicas on one PostgreSQL database, sharing the broker's messages: a client that
+/// submits on one and follows on the other sees every event, live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgresql_serve_the_same_tasks() {
+    let pipeline = Pipeline::start().await;
+    let url = troupe_gateway::testing::fresh_postgres_schema().await;
+    let tls = troupe_core::tls::TlsFiles::default();
+    let a = gateway(&pipeline.transport, Store::postgres(&url, &tls).await.unwrap()).await;
+    let b = gateway(&pipeline.transport, Store::postgres(&url, &tls).await.unwrap()).await;
+    for round in 0..5 {
+        // `slow` first, so the follower is watching before the task moves.
+        let (status, created) = submit(
+            &a.base,
+            json!({"route": ["slow", "double", "double"], "payload": round}),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().unwrap().to_owned();
+        let on_b = follow(&b.base, &id, None).await;
+        let on_a = follow(&a.base, &id, None).await;
+        let statuses: Vec<&str> = on_b
+            .iter()
+            .filter(|e| e.event == "status")
+            .filter_map(|e| e.data["status"].as_str())
+            .collect();
+        assert_eq!(statuses, ["pending", "running", "succeeded"], "{on_b:?}");
+        assert_eq!(on_b.last().unwrap().data["result"], round * 4);
+        let ids = |events: &[Sse]| events.iter().filter_map(|e| e.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&on_b), ids(&on_a), "both replicas tell the same events");
+    }
+    a.stop().await;
+    b.stop().await;
+    pipeline.shutdown().await;
+}

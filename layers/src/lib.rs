@@ -21,6 +21,8 @@ pub mod asya_resiliency;
 pub mod deadline;
 pub mod idempotency;
 pub mod metrics;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod retry;
 pub mod route;
 pub mod stack;

@@ -24,8 +24,6 @@ mod memory;
 mod nats_kv;
 #[cfg(feature = "postgres")]
 mod postgres;
-#[cfg(feature = "postgres")]
-mod postgres_tls;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "nats-kv"))]
 mod record;
 #[cfg(feature = "redis")]

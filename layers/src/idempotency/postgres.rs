@@ -12,21 +12,18 @@
 //! outage makes calls fail as [unavailable](StoreError::unavailable) (the runner holds its
 //! deliveries) until the database answers again.
 //!
-//! TLS: a URL with `sslmode=require` connects only over TLS and, unlike libpq's `require`,
-//! always verifies the server's certificate and host name (system roots plus the
-//! configured CA bundle). `sslmode=prefer` (the default) and `disable` connect in plain
-//! text: a connection that may silently fall back to plain text is not offered.
+//! Connections and TLS: see [`crate::pg`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use tokio_postgres::config::SslMode;
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
-use tokio_postgres_rustls::MakeRustlsConnect;
 use troupe_core::Publication;
 use troupe_core::redact::{Redacted, scrub};
+
+use crate::pg::{PgConnector, is_unavailable};
 use troupe_core::tls::TlsFiles;
 
 use super::record::{self, millis};
@@ -80,10 +77,7 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idempotency store on PostgreSQL. Cheap to share behind an `Arc`.
 pub struct PostgresStore {
     config: PostgresStoreConfig,
-    /// The parsed URL, with a connect timeout.
-    pg: tokio_postgres::Config,
-    /// The TLS connector, for `sslmode=require`.
-    tls: Option<MakeRustlsConnect>,
+    connector: PgConnector,
     sql: Statements,
     client: RwLock<Option<Arc<Client>>>,
     /// One reconnection at a time; the others wait for it.
@@ -127,42 +121,6 @@ impl Statements {
     }
 }
 
-/// Whether `e` means the database did not answer, rather than answered with an error.
-fn is_unavailable(e: &tokio_postgres::Error) -> bool {
-    if e.is_closed() {
-        return true;
-    }
-    match e.code() {
-        // No SQL state: an I/O or protocol failure on the way.
-        None => true,
-        Some(code) => {
-            code.code().starts_with("08") // connection exception
-                || [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW]
-                    .contains(code)
-        }
-    }
-}
-
-/// The error and its causes: tokio-postgres's own message ("error performing TLS
-/// handshake") leaves out the one a user can act on ("certificate not valid for name").
-fn with_causes(error: &tokio_postgres::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(e) = cause {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        cause = e.source();
-    }
-    text
-}
-
-/// Runs a connection until it closes; the next call then reconnects.
-async fn drive<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(connection: F) {
-    if let Err(error) = connection.await {
-        tracing::warn!(%error, "PostgreSQL store connection closed; reconnecting on the next call");
-    }
-}
-
 fn valid_table(table: &str) -> bool {
     let mut chars = table.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
@@ -182,37 +140,11 @@ impl PostgresStore {
                 ),
             ));
         }
-        let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e: tokio_postgres::Error| {
-            StoreError::failed(
-                "connect",
-                format!(
-                    "{} is not a PostgreSQL URL: {}",
-                    Redacted(&config.url),
-                    scrub(&e.to_string(), &config.url)
-                ),
-            )
-        })?;
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(Duration::from_secs(5));
-        }
-        let tls = if pg.get_ssl_mode() == SslMode::Require {
-            let connector = super::postgres_tls::connector(&config.tls).map_err(|detail| {
-                StoreError::failed(
-                    "connect",
-                    format!("TLS for PostgreSQL at {}: {detail}", Redacted(&config.url)),
-                )
-            })?;
-            Some(connector)
-        } else {
-            // `prefer` would try TLS with a verifying connector and fail on a certificate
-            // it cannot verify instead of falling back; plain text it is, as documented.
-            pg.ssl_mode(SslMode::Disable);
-            None
-        };
+        let connector = PgConnector::new(&config.url, &config.tls)
+            .map_err(|detail| StoreError::failed("connect", detail))?;
         let store = Arc::new(Self {
             sql: Statements::for_table(&config.table),
-            pg,
-            tls,
+            connector,
             config,
             client: RwLock::default(),
             reconnecting: tokio::sync::Mutex::default(),
@@ -258,36 +190,11 @@ impl PostgresStore {
         if let Some(client) = self.current() {
             return Ok(client);
         }
-        let unavailable = |detail: String| {
-            StoreError::unavailable(
-                "connect",
-                format!(
-                    "cannot connect to PostgreSQL at {}: {}",
-                    Redacted(&self.config.url),
-                    scrub(&detail, &self.config.url)
-                ),
-            )
-        };
-        let client = match &self.tls {
-            Some(tls) => {
-                let (client, connection) = self
-                    .pg
-                    .connect(tls.clone())
-                    .await
-                    .map_err(|e| unavailable(with_causes(&e)))?;
-                tokio::spawn(drive(connection));
-                client
-            }
-            None => {
-                let (client, connection) = self
-                    .pg
-                    .connect(NoTls)
-                    .await
-                    .map_err(|e| unavailable(with_causes(&e)))?;
-                tokio::spawn(drive(connection));
-                client
-            }
-        };
+        let client = self
+            .connector
+            .connect(None)
+            .await
+            .map_err(|detail| StoreError::unavailable("connect", detail))?;
         let client = Arc::new(client);
         *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
         Ok(client)

@@ -10,7 +10,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use troupe_core::tls::TlsFiles;
 
 /// Builds the connector, or says in words which file or certificate is unusable.
-pub(super) fn connector(files: &TlsFiles) -> Result<MakeRustlsConnect, String> {
+pub(crate) fn connector(files: &TlsFiles) -> Result<MakeRustlsConnect, String> {
     let mut roots = rustls::RootCertStore::empty();
     // A system without a CA bundle still works with the configured CA alone.
     let (_, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);

@@ -1,0 +1,383 @@
+//! The production store: PostgreSQL, shared by every gateway replica.
+//!
+//! Two connections per gateway: one for changes (a transaction at a time, its statements
+//! prepared once) and one for reads (pipelined, so event streams do not wait behind a
+//! write). Either is re-established on the next call after it breaks.
+//!
+//! Replicas: each replica records what its share of the broker's messages says, and
+//! every transaction that appends events to a task ends with `NOTIFY troupe_gateway,
+//! '<task id>'`. Every replica `LISTEN`s on a third connection and wakes its streams of
+//! that task, which read the new events from the database: a client may submit on one
+//! replica and follow on another. Each change locks its task's row first, so one task's
+//! changes take turns and its events' sequence numbers follow commit order: a stream
+//! reading "after the last one I sent" never skips one committed later.
+
+use std::collections::{BTreeSet, HashMap};
+use std::error::Error;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, GenericClient, Statement};
+use tokio_util::sync::CancellationToken;
+use troupe_core::tls::TlsFiles;
+use troupe_layers::pg::PgConnector;
+
+use super::StoreError;
+use super::sql::{Arg, Cell, Row, Sql};
+
+/// The channel replicas tell each other of new events on; the payload is the task id.
+const CHANNEL: &str = "troupe_gateway";
+/// Longest a statement may take before the database counts as not answering.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Any number, the same in every replica: the lock migrations take turns on.
+const MIGRATION_LOCK: i64 = 0x7472_6f75_7065_6777;
+
+/// The schema, one step per release that changed it.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE troupe_tasks (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    route TEXT NOT NULL,
+    current_actor TEXT,
+    hops BIGINT NOT NULL DEFAULT 0,
+    branches BIGINT NOT NULL DEFAULT 1,
+    branches_ended BIGINT NOT NULL DEFAULT 0,
+    branches_failed BIGINT NOT NULL DEFAULT 0,
+    created_ms BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    finished_ms BIGINT,
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX troupe_tasks_by_status ON troupe_tasks (status, created_ms);
+CREATE INDEX troupe_tasks_by_finish ON troupe_tasks (finished_ms) WHERE finished_ms IS NOT NULL;
+CREATE TABLE troupe_branches (
+    task_id TEXT NOT NULL REFERENCES troupe_tasks (id) ON DELETE CASCADE,
+    branch_id TEXT NOT NULL,
+    failed BIGINT NOT NULL,
+    spawned TEXT NOT NULL,
+    value TEXT NOT NULL,
+    ended_ms BIGINT NOT NULL,
+    ord BIGSERIAL,
+    PRIMARY KEY (task_id, branch_id)
+);
+CREATE TABLE troupe_events (
+    seq BIGSERIAL PRIMARY KEY,
+    task_id TEXT NOT NULL REFERENCES troupe_tasks (id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    UNIQUE (task_id, key)
+);
+CREATE INDEX troupe_events_by_task ON troupe_events (task_id, seq);
+"];
+
+/// The connection for changes, with the statements prepared on it.
+struct Writer {
+    client: Client,
+    prepared: HashMap<String, Statement>,
+}
+
+/// A PostgreSQL store.
+pub(crate) struct Postgres {
+    connector: PgConnector,
+    writer: Mutex<Option<Writer>>,
+    reader: Mutex<Option<Arc<Client>>>,
+}
+
+impl Postgres {
+    /// Connects to `url` and migrates the schema.
+    pub(crate) async fn connect(url: &str, tls: &TlsFiles) -> Result<Self, StoreError> {
+        let connector = PgConnector::new(url, tls).map_err(StoreError::Postgres)?;
+        let store = Self {
+            connector,
+            writer: Mutex::new(None),
+            reader: Mutex::new(None),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    fn error(&self, e: &tokio_postgres::Error) -> StoreError {
+        StoreError::Postgres(self.connector.describe(e))
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut slot = self.writer.lock().await;
+        let writer = self.writer_in(&mut slot).await?;
+        let tx = writer.client.transaction().await.map_err(|e| self.error(&e))?;
+        let steps = async {
+            // Replicas starting together take turns; the second finds the work done.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await?;
+            tx.batch_execute("CREATE TABLE IF NOT EXISTS troupe_gateway_schema (version BIGINT NOT NULL)")
+                .await?;
+            let found: i64 = tx
+                .query_opt("SELECT version FROM troupe_gateway_schema", &[])
+                .await?
+                .map_or(0, |row| row.get(0));
+            Ok::<_, tokio_postgres::Error>(found)
+        };
+        let found = steps.await.map_err(|e| self.error(&e))?;
+        let known = MIGRATIONS.len() as i64;
+        if found > known {
+            return Err(StoreError::NewerSchema { found, known });
+        }
+        for (version, step) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(found).unwrap_or(0))
+        {
+            tx.batch_execute(step).await.map_err(|e| self.error(&e))?;
+            tracing::info!(version = version + 1, "task store schema migrated");
+        }
+        if found < known {
+            let update = async {
+                tx.execute("DELETE FROM troupe_gateway_schema", &[]).await?;
+                tx.execute(
+                    "INSERT INTO troupe_gateway_schema (version) VALUES ($1)",
+                    &[&known],
+                )
+                .await
+            };
+            update.await.map_err(|e| self.error(&e))?;
+        }
+        tx.commit().await.map_err(|e| self.error(&e))
+    }
+
+    /// The writer in `slot`, connected anew if it is missing or broke.
+    async fn writer_in<'s>(&self, slot: &'s mut Option<Writer>) -> Result<&'s mut Writer, StoreError> {
+        if slot.as_ref().is_none_or(|w| w.client.is_closed()) {
+            let client = self.connector.connect(None).await.map_err(StoreError::Postgres)?;
+            *slot = Some(Writer {
+                client,
+                prepared: HashMap::new(),
+            });
+        }
+        slot.as_mut().ok_or(StoreError::Interrupted)
+    }
+
+    /// Runs `op` in one transaction, committed when it succeeds; tells the other
+    /// replicas which tasks got events.
+    pub(crate) async fn write<R>(
+        &self,
+        op: impl AsyncFnOnce(&mut Pg<'_, tokio_postgres::Transaction<'_>>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut slot = self.writer.lock().await;
+        let writer = self.writer_in(&mut slot).await?;
+        let tx = writer.client.transaction().await.map_err(|e| self.error(&e))?;
+        let mut db = Pg {
+            client: &tx,
+            prepared: Some(&mut writer.prepared),
+            connector: &self.connector,
+            touched: BTreeSet::new(),
+        };
+        let out = op(&mut db).await?;
+        let touched = std::mem::take(&mut db.touched);
+        for task in &touched {
+            db.exec(
+                "SELECT pg_notify($1, $2)",
+                &[CHANNEL.into(), task.as_str().into()],
+            )
+            .await?;
+        }
+        drop(db);
+        tx.commit().await.map_err(|e| self.error(&e))?;
+        Ok(out)
+    }
+
+    /// Runs `op` on the reading connection, outside a transaction.
+    pub(crate) async fn read<R>(
+        &self,
+        op: impl AsyncFnOnce(&mut Pg<'_, Client>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let client = {
+            let mut slot = self.reader.lock().await;
+            match slot.as_ref().filter(|c| !c.is_closed()) {
+                Some(client) => client.clone(),
+                None => {
+                    let client = Arc::new(self.connector.connect(None).await.map_err(StoreError::Postgres)?);
+                    *slot = Some(client.clone());
+                    client
+                }
+            }
+        };
+        let mut db = Pg {
+            client: &*client,
+            prepared: None,
+            connector: &self.connector,
+            touched: BTreeSet::new(),
+        };
+        op(&mut db).await
+    }
+
+    /// Sends the id of each task another replica (or this one) added events to on
+    /// `wake`, until `shutdown`. Reconnects after a broken connection; a wake-up lost
+    /// meanwhile only delays a stream until its next look at the database.
+    pub(crate) async fn listen(&self, wake: broadcast::Sender<String>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let (tx, mut notes) = mpsc::unbounded_channel();
+            let listening = match self.connector.connect(Some(tx)).await {
+                Ok(client) => match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                    Ok(()) => Some(client),
+                    Err(e) => {
+                        tracing::warn!(error = %self.connector.describe(&e), "cannot listen for other replicas' events");
+                        None
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for other replicas' events");
+                    None
+                }
+            };
+            if let Some(_client) = listening {
+                backoff = Duration::from_millis(200);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        note = notes.recv() => match note {
+                            Some(note) => { let _ = wake.send(note.payload().to_owned()); }
+                            None => break,
+                        },
+                    }
+                }
+                tracing::warn!("lost the connection that hears other replicas' events; reconnecting");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// A PostgreSQL connection (or a transaction on one) the rules run on.
+pub(crate) struct Pg<'a, C> {
+    client: &'a C,
+    /// Statements prepared on this connection (the writer's); none: prepared per call.
+    prepared: Option<&'a mut HashMap<String, Statement>>,
+    connector: &'a PgConnector,
+    touched: BTreeSet<String>,
+}
+
+impl ToSql for Arg<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        match self {
+            Arg::Text(text) if <&str as ToSql>::accepts(ty) => text.to_sql(ty, out),
+            Arg::Int(value) if <i64 as ToSql>::accepts(ty) => value.to_sql(ty, out),
+            Arg::Null => Ok(IsNull::Yes),
+            other => Err(format!("{other:?} does not fit a {ty} column").into()),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <&str as ToSql>::accepts(ty) || <i64 as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
+impl<C: GenericClient + Sync> Pg<'_, C> {
+    fn failed(&self, e: &tokio_postgres::Error) -> StoreError {
+        StoreError::Postgres(self.connector.describe(e))
+    }
+
+    async fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        let client = self.client;
+        match self.prepared.as_deref_mut() {
+            Some(prepared) => {
+                if let Some(statement) = prepared.get(sql) {
+                    return Ok(statement.clone());
+                }
+                let statement = bounded(client.prepare(sql))
+                    .await
+                    .map_err(|e| self.failed_or(e))?;
+                if let Some(prepared) = self.prepared.as_deref_mut() {
+                    prepared.insert(sql.to_owned(), statement.clone());
+                }
+                Ok(statement)
+            }
+            None => bounded(client.prepare(sql)).await.map_err(|e| self.failed_or(e)),
+        }
+    }
+
+    fn failed_or(&self, e: Result<tokio_postgres::Error, StoreError>) -> StoreError {
+        match e {
+            Ok(e) => self.failed(&e),
+            Err(timeout) => timeout,
+        }
+    }
+}
+
+/// `call`, failing after [`STATEMENT_TIMEOUT`].
+async fn bounded<T>(
+    call: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, Result<tokio_postgres::Error, StoreError>> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, call).await {
+        Ok(result) => result.map_err(Ok),
+        Err(_) => Err(Err(StoreError::Postgres(format!(
+            "PostgreSQL did not answer within {STATEMENT_TIMEOUT:?}"
+        )))),
+    }
+}
+
+fn params<'p>(args: &'p [Arg<'_>]) -> Vec<&'p (dyn ToSql + Sync)> {
+    args.iter().map(|arg| arg as &(dyn ToSql + Sync)).collect()
+}
+
+impl<C: GenericClient + Sync> Sql for Pg<'_, C> {
+    const LOCK: &'static str = " FOR UPDATE";
+    const BRANCH_ORDER: &'static str = "ord";
+
+    async fn exec(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        let statement = self.statement(sql).await?;
+        bounded(self.client.execute(&statement, &params(args)))
+            .await
+            .map_err(|e| self.failed_or(e))
+    }
+
+    async fn rows(&mut self, sql: &str, args: &[Arg<'_>]) -> Result<Vec<Row>, StoreError> {
+        let statement = self.statement(sql).await?;
+        let rows = bounded(self.client.query(&statement, &params(args)))
+            .await
+            .map_err(|e| self.failed_or(e))?;
+        rows.iter().map(|row| self.row(row)).collect()
+    }
+
+    fn appended(&mut self, task: &str) {
+        self.touched.insert(task.to_owned());
+    }
+}
+
+impl<C: GenericClient + Sync> Pg<'_, C> {
+    fn row(&self, row: &tokio_postgres::Row) -> Result<Row, StoreError> {
+        let mut cells = Vec::with_capacity(row.len());
+        for (i, column) in row.columns().iter().enumerate() {
+            let ty = column.type_();
+            let cell = if *ty == Type::INT8 {
+                row.try_get::<_, Option<i64>>(i)
+                    .map(|v| v.map_or(Cell::Null, Cell::Int))
+            } else if *ty == Type::INT4 {
+                row.try_get::<_, Option<i32>>(i)
+                    .map(|v| v.map_or(Cell::Null, |v| Cell::Int(v.into())))
+            } else if *ty == Type::TEXT || *ty == Type::VARCHAR {
+                row.try_get::<_, Option<String>>(i)
+                    .map(|v| v.map_or(Cell::Null, Cell::Text))
+            } else if *ty == Type::VOID {
+                Ok(Cell::Null)
+            } else {
+                return Err(StoreError::Corrupt {
+                    what: "column",
+                    detail: format!("column {} is of type {ty}", column.name()),
+                });
+            };
+            cells.push(cell.map_err(|e| self.failed(&e))?);
+        }
+        Ok(Row(cells))
+    }
+}
