@@ -1,13 +1,14 @@
 //! `troupe gateway` in front of Python actors behind `troupe sidecar` processes, over NATS
 //! and RabbitMQ: submit over HTTP, follow the task's events (progress, streamed tokens, the
-//! result), a failing task, a fan-out task, and a gateway killed with SIGKILL mid-run.
+//! result), a failing task, a fan-out task, and a gateway killed with SIGKILL mid-run; two
+//! gateway replicas on one PostgreSQL database.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 #[path = "support/sidecars.rs"]
 mod sidecars;
 
-use std::path::Path;
+use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,8 +17,9 @@ use sidecars::{Broker, Proc, amqp_url, namespace, nats_url, runtime, scratch, si
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A `troupe gateway` process on a free port, storing tasks in `database`.
-fn gateway(broker: Broker, ns: &str, database: &Path, port: u16) -> Proc {
+/// A `troupe gateway` process on a free port, storing tasks in `database` (a SQLite file
+/// or a PostgreSQL URL).
+fn gateway(broker: Broker, ns: &str, database: impl AsRef<OsStr>, port: u16) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_troupe"));
     cmd.args([
         "gateway",
@@ -310,4 +312,91 @@ async fn the_gateway_in_front_of_python_actors_over_nats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_in_front_of_python_actors_over_rabbitmq() {
     front_door(Broker::Amqp).await;
+}
+
+/// Two `troupe gateway` processes on one PostgreSQL database: tasks submitted on one are
+/// followed, token by token, on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateway_replicas_on_postgresql_over_nats() {
+    let broker = Broker::Nats;
+    let ns = namespace("gateway-replicas", broker);
+    let dir = scratch(&ns);
+    std::fs::create_dir_all(&dir).unwrap();
+    let database = troupe_gateway::testing::fresh_postgres_schema().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let (a, b) = (
+        format!("http://127.0.0.1:{port_a}"),
+        format!("http://127.0.0.1:{port_b}"),
+    );
+    let gw_a = gateway(broker, &ns, &database, port_a);
+    let gw_b = gateway(broker, &ns, &database, port_b);
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    let mut procs = Vec::new();
+    for actor in ["double", "tokens", "audit"] {
+        let socket_dir = dir.join(actor);
+        procs.push(runtime(&socket_dir, actor));
+        procs.push(sidecar(broker, &ns, actor, &socket_dir, &["--gateway-url", &a]));
+    }
+    for n in 0..5 {
+        let id = submit(
+            &a,
+            json!({"route": ["double", "tokens", "audit"], "payload": {"n": n}}),
+        )
+        .await;
+        let (on_b, on_a) = tokio::join!(follow(&b, &id), follow(&a, &id));
+        let tokens: Vec<&str> = on_b
+            .iter()
+            .filter(|(name, _)| name == "fly")
+            .filter_map(|(_, data)| data["data"]["token"].as_str())
+            .collect();
+        assert_eq!(tokens, ["hello", "from", "troupe"], "{on_b:?}");
+        let (last, data) = on_b.last().unwrap();
+        assert_eq!(
+            (last.as_str(), &data["status"], &data["result"]["doubled"]),
+            ("status", &json!("succeeded"), &json!(n * 2)),
+            "{on_b:?}"
+        );
+        // After the record each read when it began: the same events on both.
+        assert_eq!(on_b[1..], on_a[1..], "both replicas tell the same events");
+        assert_eq!(record(&b, &id).await["status"], "succeeded");
+    }
+    // SIGKILL the recording replica with tasks in flight: the other takes over, and every
+    // task submitted on it ends right.
+    let recording = |metrics: String| metrics.lines().any(|l| l == "troupe_gateway_recording 1");
+    let scrape = |base: String| async move {
+        reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let (mut gw_a, mut gw_b) = (gw_a, gw_b);
+    let (killed, survivor) = if recording(scrape(a.clone()).await) {
+        (&mut gw_a, b.clone())
+    } else {
+        assert!(recording(scrape(b.clone()).await), "one replica records");
+        (&mut gw_b, a.clone())
+    };
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(
+            submit(
+                &survivor,
+                json!({"route": ["double", "tokens", "audit"], "payload": {"n": n}}),
+            )
+            .await,
+        );
+    }
+    killed.0.kill().unwrap();
+    killed.0.wait().unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let done = finished(&survivor, id).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["result"]["doubled"], json!(n * 2), "{done}");
+    }
+    assert!(recording(scrape(survivor).await), "the survivor records");
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
 }

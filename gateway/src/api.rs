@@ -49,12 +49,16 @@ pub struct Api<T> {
     pub naming: QueueNaming,
     /// The task store.
     pub store: Store,
-    /// Every event as it is stored, to wake the streams that follow its task.
+    /// The task of every event as it is stored (here or, with PostgreSQL, by another
+    /// replica), to wake the streams that follow it.
     pub live: broadcast::Sender<String>,
     /// Cancelled when the gateway stops: event streams end.
     pub closing: CancellationToken,
     /// Whether the gateway records what the broker brings (its consumers run).
     pub recording: Arc<AtomicBool>,
+    /// Whether the gateway waits for the recorder lock while another replica records
+    /// (PostgreSQL): it serves the API meanwhile.
+    pub standby: Arc<AtomicBool>,
     /// What `/metrics` shows.
     pub metrics: GatewayMetrics,
     /// Actor queues recently found on the broker.
@@ -241,9 +245,10 @@ pub async fn healthz() -> StatusCode {
     StatusCode::OK
 }
 
-/// `GET /readyz`: the gateway records what the broker brings, so tasks it accepts finish.
+/// `GET /readyz`: the gateway records what the broker brings, or stands by while another
+/// replica does, so tasks it accepts finish.
 pub async fn readyz<T>(State(api): State<Arc<Api<T>>>) -> StatusCode {
-    if api.recording.load(Ordering::Acquire) {
+    if api.recording.load(Ordering::Acquire) || api.standby.load(Ordering::Acquire) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -252,6 +257,9 @@ pub async fn readyz<T>(State(api): State<Arc<Api<T>>>) -> StatusCode {
 
 /// `GET /metrics`.
 pub async fn metrics<T>(State(api): State<Arc<Api<T>>>) -> Response {
+    api.metrics
+        .recording
+        .set(i64::from(api.recording.load(Ordering::Acquire)));
     match api.store.counts().await {
         Ok(counts) => api.metrics.set_tasks(&counts),
         Err(error) => tracing::warn!(%error, "task counts for /metrics failed"),

@@ -138,6 +138,7 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
                 live,
                 closing: CancellationToken::new(),
                 recording: Arc::new(AtomicBool::new(false)),
+                standby: Arc::new(AtomicBool::new(false)),
                 metrics: metrics::GatewayMetrics::default(),
                 known_queues: api::KnownQueues::default(),
             }),
@@ -188,9 +189,19 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
         let api = self.api.clone();
         let stop = shutdown.clone();
         tasks.spawn(async move {
-            ingest::consume(&api, stop)
-                .await
-                .map_err(|(queue, source)| GatewayError::Consume { queue, source })
+            loop {
+                api.standby.store(true, std::sync::atomic::Ordering::Release);
+                let Some(held) = api.store.lead(&stop).await else {
+                    return Ok(());
+                };
+                api.standby.store(false, std::sync::atomic::Ordering::Release);
+                ingest::consume(&api, held)
+                    .await
+                    .map_err(|(queue, source)| GatewayError::Consume { queue, source })?;
+                if stop.is_cancelled() {
+                    return Ok(());
+                }
+            }
         });
         tasks.spawn(expire(
             self.api.store.clone(),

@@ -30,6 +30,9 @@ pub struct GatewayMetrics {
     pub sse_clients: Gauge,
     /// Seconds from a runner's event to the gateway storing it.
     pub event_lag: Histogram,
+    /// 1 while this gateway records what the broker brings (with PostgreSQL, one replica
+    /// at a time), 0 while it stands by.
+    pub recording: Gauge,
 }
 
 impl Default for GatewayMetrics {
@@ -50,12 +53,19 @@ impl Default for GatewayMetrics {
             "Seconds from a runner's task event to the gateway storing it",
             event_lag.clone(),
         );
+        let recording = Gauge::default();
+        registry.register(
+            "recording",
+            "1 while this gateway records what the broker brings, 0 while it stands by",
+            recording.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             tasks,
             submitted,
             sse_clients,
             event_lag,
+            recording,
         }
     }
 }

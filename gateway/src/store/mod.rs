@@ -158,6 +158,17 @@ impl Store {
         }
     }
 
+    /// Waits until this gateway may record what the broker brings: at once with SQLite
+    /// (one gateway), once it holds the recorder lock with PostgreSQL (one replica at a
+    /// time; see the `postgres` module). Recording may go on until the returned token is
+    /// canceled; `None` at `shutdown`.
+    pub async fn lead(&self, shutdown: &CancellationToken) -> Option<CancellationToken> {
+        match &self.backend {
+            Backend::Sqlite(_) => (!shutdown.is_cancelled()).then(|| shutdown.child_token()),
+            Backend::Postgres(pg) => pg.lead(shutdown).await,
+        }
+    }
+
     /// Records a new task, pending; returns its first event.
     pub async fn create(&self, id: String, route: Vec<String>) -> Result<Vec<StoredEvent>, StoreError> {
         on_db!(self, write, |db| tasks::create(db, &id, &route))

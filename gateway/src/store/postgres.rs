@@ -4,13 +4,20 @@
 //! prepared once) and one for reads (pipelined, so event streams do not wait behind a
 //! write). Either is re-established on the next call after it breaks.
 //!
-//! Replicas: each replica records what its share of the broker's messages says, and
-//! every transaction that appends events to a task ends with `NOTIFY troupe_gateway,
-//! '<task id>'`. Every replica `LISTEN`s on a third connection and wakes its streams of
-//! that task, which read the new events from the database: a client may submit on one
-//! replica and follow on another. Each change locks its task's row first, so one task's
-//! changes take turns and its events' sequence numbers follow commit order: a stream
-//! reading "after the last one I sent" never skips one committed later.
+//! Replicas: every replica serves the API (submissions, records, event streams); one at a
+//! time records what the broker brings, the one holding a session advisory lock (the
+//! *recorder lock*). One recorder keeps a task's events in the order the broker delivered
+//! them, as with a single gateway; two consuming the events queue side by side would
+//! interleave one task's tokens. When the recorder dies its connection closes, the lock
+//! is free, a standby takes it within a second and the broker redelivers what the dead
+//! one had not acknowledged.
+//!
+//! Every transaction that appends events to a task ends with `NOTIFY troupe_gateway,
+//! '<task id>'`. Every replica `LISTEN`s on a connection of its own and wakes its streams
+//! of that task, which read the new events from the database: a client may submit on one
+//! replica and follow on another. Each change also locks its task's row first, so one
+//! task's changes take turns and its events' sequence numbers follow commit order: a
+//! stream reading "after the last one I sent" never skips one committed later.
 
 use std::collections::{BTreeSet, HashMap};
 use std::error::Error;
@@ -34,6 +41,10 @@ const CHANNEL: &str = "troupe_gateway";
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Any number, the same in every replica: the lock migrations take turns on.
 const MIGRATION_LOCK: i64 = 0x7472_6f75_7065_6777;
+/// The lock the recording replica holds for as long as its connection lives.
+const RECORDER_LOCK: i64 = 0x7472_6f75_7065_6772;
+/// How often a standby tries the recorder lock, and the recorder checks it still has it.
+const LEASE_CHECK: Duration = Duration::from_secs(1);
 
 /// The schema, one step per release that changed it.
 const MIGRATIONS: &[&str] = &[r"
@@ -214,6 +225,39 @@ impl Postgres {
         op(&mut db).await
     }
 
+    /// Waits until this replica holds the recorder lock (or `shutdown`: `None`). The lock
+    /// is held until the returned token is canceled: when the lock's connection breaks
+    /// (another replica may take over then) or at `shutdown`.
+    pub(crate) async fn lead(&self, shutdown: &CancellationToken) -> Option<CancellationToken> {
+        loop {
+            match self.try_lock().await {
+                Ok(Some(client)) => {
+                    let held = shutdown.child_token();
+                    tokio::spawn(hold(client, held.clone()));
+                    return Some(held);
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "cannot try the recorder lock"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                () = tokio::time::sleep(LEASE_CHECK) => {}
+            }
+        }
+    }
+
+    /// A connection holding the recorder lock, if it is free.
+    async fn try_lock(&self) -> Result<Option<Client>, StoreError> {
+        let client = self.connector.connect(None).await.map_err(StoreError::Postgres)?;
+        let row = bounded(client.query_one("SELECT pg_try_advisory_lock($1)", &[&RECORDER_LOCK]))
+            .await
+            .map_err(|e| match e {
+                Ok(e) => self.error(&e),
+                Err(timeout) => timeout,
+            })?;
+        Ok(row.get::<_, bool>(0).then_some(client))
+    }
+
     /// Sends the id of each task another replica (or this one) added events to on
     /// `wake`, until `shutdown`. Reconnects after a broken connection; a wake-up lost
     /// meanwhile only delays a stream until its next look at the database.
@@ -252,6 +296,22 @@ impl Postgres {
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Keeps `client` (and with it the recorder lock) until `held` is canceled; cancels it
+/// when the connection stops answering.
+async fn hold(client: Client, held: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = held.cancelled() => return,
+            () = tokio::time::sleep(LEASE_CHECK) => {}
+        }
+        if bounded(client.simple_query("SELECT 1")).await.is_err() {
+            tracing::warn!("lost the connection that holds the recorder lock; standing by");
+            held.cancel();
+            return;
         }
     }
 }
