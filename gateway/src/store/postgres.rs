@@ -35,14 +35,17 @@ use troupe_layers::pg::PgConnector;
 use super::StoreError;
 use super::sql::{Arg, Cell, Row, Sql};
 
-/// The channel replicas tell each other of new events on; the payload is the task id.
+/// The channel replicas tell each other of new events on; the payload is the schema and
+/// the task id, space-separated (gateways of other meshes may share the database).
 const CHANNEL: &str = "troupe_gateway";
 /// Longest a statement may take before the database counts as not answering.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Any number, the same in every replica: the lock migrations take turns on.
-const MIGRATION_LOCK: i64 = 0x7472_6f75_7065_6777;
-/// The lock the recording replica holds for as long as its connection lives.
-const RECORDER_LOCK: i64 = 0x7472_6f75_7065_6772;
+/// Any number, the same in every replica: the lock migrations take turns on (with the
+/// schema's hash as its second key, so meshes in other schemas do not wait).
+const MIGRATION_LOCK: i32 = 0x7472_6f6d;
+/// The lock the recording replica holds for as long as its connection lives (keyed by
+/// schema too: each mesh has its own recorder).
+const RECORDER_LOCK: i32 = 0x7472_6f72;
 /// How often a standby tries the recorder lock, and the recorder checks it still has it.
 const LEASE_CHECK: Duration = Duration::from_secs(1);
 
@@ -122,7 +125,7 @@ impl Postgres {
         let tx = writer.client.transaction().await.map_err(|e| self.error(&e))?;
         let steps = async {
             // Replicas starting together take turns; the second finds the work done.
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            tx.execute("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", &[&MIGRATION_LOCK])
                 .await?;
             tx.batch_execute("CREATE TABLE IF NOT EXISTS troupe_gateway_schema (version BIGINT NOT NULL)")
                 .await?;
@@ -190,7 +193,7 @@ impl Postgres {
         let touched = std::mem::take(&mut db.touched);
         for task in &touched {
             db.exec(
-                "SELECT pg_notify($1, $2)",
+                "SELECT pg_notify($1, current_schema() || ' ' || $2)",
                 &[CHANNEL.into(), task.as_str().into()],
             )
             .await?;
@@ -249,7 +252,7 @@ impl Postgres {
     /// A connection holding the recorder lock, if it is free.
     async fn try_lock(&self) -> Result<Option<Client>, StoreError> {
         let client = self.connector.connect(None).await.map_err(StoreError::Postgres)?;
-        let row = bounded(client.query_one("SELECT pg_try_advisory_lock($1)", &[&RECORDER_LOCK]))
+        let row = bounded(client.query_one("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))", &[&RECORDER_LOCK]))
             .await
             .map_err(|e| match e {
                 Ok(e) => self.error(&e),
@@ -266,25 +269,34 @@ impl Postgres {
         loop {
             let (tx, mut notes) = mpsc::unbounded_channel();
             let listening = match self.connector.connect(Some(tx)).await {
-                Ok(client) => match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
-                    Ok(()) => Some(client),
-                    Err(e) => {
-                        tracing::warn!(error = %self.connector.describe(&e), "cannot listen for other replicas' events");
-                        None
+                Ok(client) => {
+                    let listen = async {
+                        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+                        let schema: String = client.query_one("SELECT current_schema()", &[]).await?.get(0);
+                        Ok::<_, tokio_postgres::Error>(format!("{schema} "))
+                    };
+                    match listen.await {
+                        Ok(ours) => Some((client, ours)),
+                        Err(e) => {
+                            tracing::warn!(error = %self.connector.describe(&e), "cannot listen for other replicas' events");
+                            None
+                        }
                     }
-                },
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot listen for other replicas' events");
                     None
                 }
             };
-            if let Some(_client) = listening {
+            if let Some((_client, ours)) = listening {
                 backoff = Duration::from_millis(200);
                 loop {
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         note = notes.recv() => match note {
-                            Some(note) => { let _ = wake.send(note.payload().to_owned()); }
+                            Some(note) => if let Some(task) = note.payload().strip_prefix(&ours) {
+                                let _ = wake.send(task.to_owned());
+                            },
                             None => break,
                         },
                     }
