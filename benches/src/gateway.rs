@@ -78,6 +78,21 @@ struct Args {
     /// Measure first-token latency with a Python generator behind `troupe sidecar`.
     #[arg(long)]
     python: bool,
+    /// Keep tasks in PostgreSQL (a fresh schema per scenario on `TROUPE_POSTGRES_URL`,
+    /// default `postgres://postgres@127.0.0.1:5432/test`) instead of a SQLite file.
+    #[arg(long)]
+    postgres: bool,
+}
+
+/// Where a scenario keeps its tasks: a SQLite file, or a fresh PostgreSQL schema.
+async fn open_store(postgres: bool, file: &std::path::Path) -> Store {
+    let store = if postgres {
+        let url = troupe_gateway::testing::fresh_postgres_schema().await;
+        Store::postgres(&url, &troupe::core::tls::TlsFiles::default()).await
+    } else {
+        Store::open(file).await
+    };
+    store.unwrap_or_else(|e| panic!("{e}"))
 }
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -273,8 +288,12 @@ struct GatewayRun {
     cpu: f64,
 }
 
-async fn serve<T: Transport + QueueAdmin>(rig: &Rig<T>, database: &std::path::Path) -> (String, Store) {
-    let store = Store::open(database).await.unwrap_or_else(|e| panic!("{e}"));
+async fn serve<T: Transport + QueueAdmin>(
+    rig: &Rig<T>,
+    args: &Args,
+    database: &std::path::Path,
+) -> (String, Store) {
+    let store = open_store(args.postgres, database).await;
     let config = GatewayConfig {
         naming: rig.naming.clone(),
         ..GatewayConfig::default()
@@ -303,7 +322,7 @@ async fn through_gateway<T: Transport + QueueAdmin>(
     args: &Args,
     database: &std::path::Path,
 ) -> GatewayRun {
-    let (base, store) = serve(rig, database).await;
+    let (base, store) = serve(rig, args, database).await;
     let client = reqwest::Client::new();
     let url = format!("{base}/api/v1/mesh");
     let body = json!({"route": ["a", "b", "c"], "payload": troupe_bench::payload_of(256)});
@@ -358,7 +377,7 @@ async fn first_tokens<T: Transport + QueueAdmin>(
     args: &Args,
     database: &std::path::Path,
 ) -> Histogram<u64> {
-    let (base, _store) = serve(rig, database).await;
+    let (base, _store) = serve(rig, args, database).await;
     let client = reqwest::Client::new();
     let mut latencies = Histogram::<u64>::new(3).unwrap_or_else(|e| panic!("{e}"));
     for _ in 0..args.stream_tasks {
@@ -447,9 +466,7 @@ async fn python_tokens(args: &Args) -> (Histogram<u64>, Histogram<u64>) {
     let transport = transport(args).await;
     let dir = std::env::temp_dir().join(&namespace);
     let _ = std::fs::create_dir_all(&dir);
-    let store = Store::open(&dir.join("tasks.db"))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let store = open_store(args.postgres, &dir.join("tasks.db")).await;
     let config = GatewayConfig {
         naming,
         ..GatewayConfig::default()
@@ -609,7 +626,13 @@ fn main() {
         let tokens = first_tokens(&rig, &args, &dir.join("stream.db")).await;
 
         let n = args.tasks as f64;
-        println!("broker: {}, {} tasks, {} in flight, 2 runtime workers, SQLite", args.broker, args.tasks, args.concurrency);
+        println!(
+            "broker: {}, {} tasks, {} in flight, 2 runtime workers, {}",
+            args.broker,
+            args.tasks,
+            args.concurrency,
+            if args.postgres { "PostgreSQL" } else { "SQLite" }
+        );
         println!();
         println!("| scenario | tasks/s | CPU ms per task |");
         println!("|---|---:|---:|");

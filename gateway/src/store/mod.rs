@@ -191,13 +191,29 @@ impl Store {
         self.record(vec![Fact::End(ending)]).await
     }
 
-    /// Records `facts` in one transaction (one commit for a whole batch of messages),
-    /// each task's in the order given; returns the events they added.
+    /// Records `facts`, each task's in the order given, in one transaction (SQLite) or one
+    /// per share of the tasks (PostgreSQL); returns the events they added.
     pub async fn record(&self, mut facts: Vec<Fact>) -> Result<Vec<StoredEvent>, StoreError> {
         // Grouped by task (a stable sort keeps each task's order): transactions of
         // several replicas then lock tasks in the same order and never deadlock.
         facts.sort_by(|a, b| a.task().cmp(b.task()));
-        on_db!(self, write, |db| tasks::record(db, &facts))
+        match &self.backend {
+            Backend::Sqlite(_) => on_db!(self, write, |db| tasks::record(db, &facts)),
+            Backend::Postgres(pg) => {
+                // Each statement is a round trip to the server: tasks are independent, so
+                // their facts are recorded side by side, one transaction per share. A
+                // failed share fails the batch, which the broker redelivers; the shares
+                // that committed then change nothing (recording is idempotent).
+                let shares = postgres::shares(facts);
+                let recorded = futures_util::future::try_join_all(
+                    shares
+                        .into_iter()
+                        .map(|share| pg.write(async move |db| tasks::record(db, &share).await)),
+                )
+                .await?;
+                Ok(recorded.into_iter().flatten().collect())
+            }
+        }
     }
 
     /// Applies the gateway's own command (cancel, pause, resume) to task `id`. Returns

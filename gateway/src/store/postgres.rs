@@ -1,8 +1,9 @@
 //! The production store: PostgreSQL, shared by every gateway replica.
 //!
-//! Two connections per gateway: one for changes (a transaction at a time, its statements
-//! prepared once) and one for reads (pipelined, so event streams do not wait behind a
-//! write). Either is re-established on the next call after it breaks.
+//! Connections per gateway: up to [`WRITERS`] for changes (a transaction each, their
+//! statements prepared once; submissions commit side by side, so PostgreSQL flushes many
+//! commits at once) and one for reads (pipelined, so event streams do not wait behind a
+//! write). A broken one is replaced on the next call.
 //!
 //! Replicas: every replica serves the API (submissions, records, event streams); one at a
 //! time records what the broker brings, the one holding a session advisory lock (the
@@ -25,15 +26,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::sync::{Mutex, broadcast, mpsc};
+use tokio::sync::{Mutex, Semaphore, SemaphorePermit, broadcast, mpsc};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, GenericClient, Statement};
 use tokio_util::sync::CancellationToken;
 use troupe_core::tls::TlsFiles;
 use troupe_layers::pg::PgConnector;
 
-use super::StoreError;
 use super::sql::{Arg, Cell, Row, Sql};
+use super::{Fact, StoreError};
 
 /// The channel replicas tell each other of new events on; the payload is the schema and
 /// the task id, space-separated (gateways of other meshes may share the database).
@@ -89,7 +90,36 @@ CREATE TABLE troupe_events (
 CREATE INDEX troupe_events_by_task ON troupe_events (task_id, seq);
 "];
 
-/// The connection for changes, with the statements prepared on it.
+/// Most connections for changes one gateway opens.
+const WRITERS: usize = 8;
+
+/// `facts`, sorted by task, cut into up to [`WRITERS`] shares of whole tasks (each task's
+/// facts in one share, in order).
+pub(crate) fn shares(facts: Vec<Fact>) -> Vec<Vec<Fact>> {
+    let tasks = facts.windows(2).filter(|w| w[0].task() != w[1].task()).count() + 1;
+    let per_share = tasks.div_ceil(WRITERS).max(1);
+    let mut shares: Vec<Vec<Fact>> = Vec::new();
+    let mut in_last = 0;
+    for fact in facts {
+        let new_task = shares
+            .last()
+            .and_then(|share| share.last())
+            .is_none_or(|last| last.task() != fact.task());
+        if new_task {
+            if shares.is_empty() || in_last == per_share {
+                shares.push(Vec::new());
+                in_last = 0;
+            }
+            in_last += 1;
+        }
+        if let Some(share) = shares.last_mut() {
+            share.push(fact);
+        }
+    }
+    shares
+}
+
+/// A connection for changes, with the statements prepared on it.
 struct Writer {
     client: Client,
     prepared: HashMap<String, Statement>,
@@ -98,7 +128,10 @@ struct Writer {
 /// A PostgreSQL store.
 pub(crate) struct Postgres {
     connector: PgConnector,
-    writer: Mutex<Option<Writer>>,
+    /// Writers not in use.
+    idle: std::sync::Mutex<Vec<Writer>>,
+    /// One permit per writer that may be in use.
+    writers: Semaphore,
     reader: Mutex<Option<Arc<Client>>>,
 }
 
@@ -108,7 +141,8 @@ impl Postgres {
         let connector = PgConnector::new(url, tls).map_err(StoreError::Postgres)?;
         let store = Self {
             connector,
-            writer: Mutex::new(None),
+            idle: std::sync::Mutex::new(Vec::new()),
+            writers: Semaphore::new(WRITERS),
             reader: Mutex::new(None),
         };
         store.migrate().await?;
@@ -120,13 +154,15 @@ impl Postgres {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let mut slot = self.writer.lock().await;
-        let writer = self.writer_in(&mut slot).await?;
+        let (_permit, mut writer) = self.checkout().await?;
         let tx = writer.client.transaction().await.map_err(|e| self.error(&e))?;
         let steps = async {
             // Replicas starting together take turns; the second finds the work done.
-            tx.execute("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))", &[&MIGRATION_LOCK])
-                .await?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+                &[&MIGRATION_LOCK],
+            )
+            .await?;
             tx.batch_execute("CREATE TABLE IF NOT EXISTS troupe_gateway_schema (version BIGINT NOT NULL)")
                 .await?;
             let found: i64 = tx
@@ -159,19 +195,44 @@ impl Postgres {
             };
             update.await.map_err(|e| self.error(&e))?;
         }
-        tx.commit().await.map_err(|e| self.error(&e))
+        tx.commit().await.map_err(|e| self.error(&e))?;
+        self.checkin(writer);
+        Ok(())
     }
 
-    /// The writer in `slot`, connected anew if it is missing or broke.
-    async fn writer_in<'s>(&self, slot: &'s mut Option<Writer>) -> Result<&'s mut Writer, StoreError> {
-        if slot.as_ref().is_none_or(|w| w.client.is_closed()) {
-            let client = self.connector.connect(None).await.map_err(StoreError::Postgres)?;
-            *slot = Some(Writer {
-                client,
+    /// A writer, idle or new, and the permit to use it.
+    async fn checkout(&self) -> Result<(SemaphorePermit<'_>, Writer), StoreError> {
+        let permit = self
+            .writers
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Interrupted)?;
+        let idle = {
+            let mut idle = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            idle.retain(|w| !w.client.is_closed());
+            idle.pop()
+        };
+        let writer = match idle {
+            Some(writer) => writer,
+            None => Writer {
+                client: self.connector.connect(None).await.map_err(StoreError::Postgres)?,
                 prepared: HashMap::new(),
-            });
+            },
+        };
+        Ok((permit, writer))
+    }
+
+    /// Puts `writer` back for the next change (a broken one is dropped).
+    fn checkin(&self, writer: Writer) {
+        if !writer.client.is_closed() {
+            self.idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(writer);
         }
-        slot.as_mut().ok_or(StoreError::Interrupted)
     }
 
     /// Runs `op` in one transaction, committed when it succeeds; tells the other
@@ -180,8 +241,18 @@ impl Postgres {
         &self,
         op: impl AsyncFnOnce(&mut Pg<'_, tokio_postgres::Transaction<'_>>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let mut slot = self.writer.lock().await;
-        let writer = self.writer_in(&mut slot).await?;
+        let (_permit, mut writer) = self.checkout().await?;
+        let out = self.write_on(&mut writer, op).await;
+        // A failed transaction rolls back when dropped; the connection is still good.
+        self.checkin(writer);
+        out
+    }
+
+    async fn write_on<R>(
+        &self,
+        writer: &mut Writer,
+        op: impl AsyncFnOnce(&mut Pg<'_, tokio_postgres::Transaction<'_>>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
         let tx = writer.client.transaction().await.map_err(|e| self.error(&e))?;
         let mut db = Pg {
             client: &tx,
@@ -252,12 +323,15 @@ impl Postgres {
     /// A connection holding the recorder lock, if it is free.
     async fn try_lock(&self) -> Result<Option<Client>, StoreError> {
         let client = self.connector.connect(None).await.map_err(StoreError::Postgres)?;
-        let row = bounded(client.query_one("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))", &[&RECORDER_LOCK]))
-            .await
-            .map_err(|e| match e {
-                Ok(e) => self.error(&e),
-                Err(timeout) => timeout,
-            })?;
+        let row = bounded(client.query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
+            &[&RECORDER_LOCK],
+        ))
+        .await
+        .map_err(|e| match e {
+            Ok(e) => self.error(&e),
+            Err(timeout) => timeout,
+        })?;
         Ok(row.get::<_, bool>(0).then_some(client))
     }
 
@@ -451,5 +525,44 @@ impl<C: GenericClient + Sync> Pg<'_, C> {
             cells.push(cell.map_err(|e| self.failed(&e))?);
         }
         Ok(Row(cells))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::BranchEnd;
+    use crate::store::BranchEnding;
+
+    fn end(task: &str, branch: &str) -> Fact {
+        Fact::End(BranchEnding {
+            task: task.into(),
+            branch: branch.into(),
+            end: BranchEnd::Succeeded,
+            spawned: Vec::new(),
+            value: serde_json::Value::Null,
+        })
+    }
+
+    #[test]
+    fn shares_keep_each_task_whole_and_in_order() {
+        let mut facts = Vec::new();
+        for task in 0..20 {
+            for branch in 0..3 {
+                facts.push(end(&format!("t{task:02}"), &format!("b{branch}")));
+            }
+        }
+        let shares = shares(facts.clone());
+        assert!(shares.len() <= WRITERS, "{}", shares.len());
+        let mut seen = std::collections::BTreeSet::new();
+        for share in &shares {
+            let tasks: std::collections::BTreeSet<&str> = share.iter().map(Fact::task).collect();
+            for task in tasks {
+                assert!(seen.insert(task.to_owned()), "task {task} split over shares");
+            }
+        }
+        assert_eq!(shares.concat(), facts, "every fact, in order");
+        assert_eq!(super::shares(vec![end("t", "a")]).len(), 1);
+        assert!(super::shares(Vec::new()).is_empty());
     }
 }
