@@ -41,6 +41,10 @@ pub struct GatewayArgs {
         hide_env_values = true
     )]
     pub database: String,
+    /// A JSON file of the tools `/mcp` offers: `{"tools": [{"name", "description",
+    /// "route": [...], "input_schema": {...}, "timeout": "5m"}]}` (none without).
+    #[arg(long, env = "TROUPE_GATEWAY_MCP_TOOLS")]
+    pub mcp_tools: Option<PathBuf>,
     /// How long a finished task is kept (e.g. `24h`, `30m`).
     #[arg(long, env = "TROUPE_GATEWAY_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub retention: Duration,
@@ -63,6 +67,7 @@ impl std::fmt::Debug for GatewayArgs {
             .field("max_body", &self.max_body)
             .field("api_keys", &format_args!("{} given", self.api_keys.len()))
             .field("api_keys_file", &self.api_keys_file)
+            .field("mcp_tools", &self.mcp_tools)
             .field("queue", &self.queue)
             .finish()
     }
@@ -74,6 +79,9 @@ pub enum GatewayCommandError {
     /// The flags cannot work.
     #[error("{0}")]
     Usage(String),
+    /// The MCP tools file cannot be used.
+    #[error(transparent)]
+    Mcp(#[from] troupe_gateway::mcp::McpConfigError),
     /// The task store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -126,6 +134,10 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayCommandError> {
         .queue
         .naming()
         .map_err(|e| GatewayCommandError::Usage(e.to_string()))?;
+    let mcp_tools = match &args.mcp_tools {
+        Some(file) => troupe_gateway::mcp::McpTools::from_file(file)?,
+        None => troupe_gateway::mcp::McpTools::default(),
+    };
     let shutdown = CancellationToken::new();
     troupe::signal::cancel_on_signal(shutdown.clone());
     let store = if is_postgres(&args.database) {
@@ -142,8 +154,10 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayCommandError> {
         max_body: args.max_body,
         retention: args.retention,
         api_keys: api_keys.clone(),
+        mcp_tools: std::sync::Arc::new(mcp_tools),
         ..GatewayConfig::default()
     };
+    let config_tools = config.mcp_tools.len();
     let gateway = Gateway::new(transport, store, config).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -157,6 +171,7 @@ pub async fn run(args: GatewayArgs) -> Result<(), GatewayCommandError> {
     } else {
         tracing::info!(listen = %bound, keys = api_keys.len(), "serving the gateway API; requests need an API key");
     }
+    tracing::info!(tools = config_tools, "MCP tools at /mcp");
     println!("troupe gateway listening on http://{bound}");
     gateway.serve(listener, shutdown).await?;
     Ok(())

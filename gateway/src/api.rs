@@ -169,40 +169,14 @@ pub async fn submit<T: Transport + QueueAdmin>(
             ));
         }
     };
-    check_route(&api, &route).await?;
-    let mut envelope = Envelope::new(Route::through(route.iter().cloned()), submission.payload);
-    envelope.headers = submission.headers;
-    envelope
-        .headers
-        .insert(TASK.to_owned(), Value::String(envelope.id.clone()));
-    if let Some(seconds) = submission.timeout {
-        let timeout = Duration::try_from_secs_f64(seconds)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .and_then(|d| chrono::Duration::from_std(d).ok())
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("timeout {seconds} is not a positive number of seconds"))
-            })?;
-        envelope.status_mut().deadline_at = Some(chrono::Utc::now() + timeout);
-    }
-    let id = envelope.id.clone();
-    let first = route[0].clone();
-    let events = api.store.create(id.clone(), route).await?;
-    let publication = Publication::to(first, envelope);
-    if let Err(error) = publish_one(&api.transport, &api.naming, GATEWAY_ACTOR, &publication).await {
-        tracing::warn!(task = %id, %error, "submission not published; the task is dropped");
-        if let Err(error) = api.store.delete(id.clone()).await {
-            tracing::warn!(task = %id, %error, "could not drop an unpublished task; it stays pending");
-        }
-        return Err(ApiError::Unavailable(format!(
-            "the broker did not take the task: {error}"
-        )));
-    }
-    for event in events {
-        let _ = api.live.send(event.task);
-    }
-    api.metrics.submitted.inc();
-    tracing::info!(task = %id, "task submitted");
+    let id = submit_task(
+        &api,
+        route,
+        submission.payload,
+        submission.headers,
+        submission.timeout,
+    )
+    .await?;
     let location = format!("/api/v1/mesh/{id}");
     Ok((
         StatusCode::CREATED,
@@ -243,6 +217,52 @@ async fn check_route<T: QueueAdmin>(api: &Api<T>, route: &[String]) -> Result<()
 /// `GET /healthz`: the process answers.
 pub async fn healthz() -> StatusCode {
     StatusCode::OK
+}
+
+/// Submits a task: checks the route, records the task and publishes its envelope. The
+/// id it returns is of a task on the broker (the REST API's `201`, an MCP tool call).
+pub async fn submit_task<T: Transport + QueueAdmin>(
+    api: &Api<T>,
+    route: Vec<String>,
+    payload: Value,
+    headers: Map<String, Value>,
+    timeout: Option<f64>,
+) -> Result<String, ApiError> {
+    check_route(api, &route).await?;
+    let mut envelope = Envelope::new(Route::through(route.iter().cloned()), payload);
+    envelope.headers = headers;
+    envelope
+        .headers
+        .insert(TASK.to_owned(), Value::String(envelope.id.clone()));
+    if let Some(seconds) = timeout {
+        let timeout = Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("timeout {seconds} is not a positive number of seconds"))
+            })?;
+        envelope.status_mut().deadline_at = Some(chrono::Utc::now() + timeout);
+    }
+    let id = envelope.id.clone();
+    let first = route[0].clone();
+    let events = api.store.create(id.clone(), route).await?;
+    let publication = Publication::to(first, envelope);
+    if let Err(error) = publish_one(&api.transport, &api.naming, GATEWAY_ACTOR, &publication).await {
+        tracing::warn!(task = %id, %error, "submission not published; the task is dropped");
+        if let Err(error) = api.store.delete(id.clone()).await {
+            tracing::warn!(task = %id, %error, "could not drop an unpublished task; it stays pending");
+        }
+        return Err(ApiError::Unavailable(format!(
+            "the broker did not take the task: {error}"
+        )));
+    }
+    for event in events {
+        let _ = api.live.send(event.task);
+    }
+    api.metrics.submitted.inc();
+    tracing::info!(task = %id, "task submitted");
+    Ok(id)
 }
 
 /// `GET /readyz`: the gateway records what the broker brings, or stands by while another

@@ -28,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod ingest;
 pub mod ledger;
+pub mod mcp;
 pub mod metrics;
 pub mod record;
 pub mod state;
@@ -40,6 +41,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
@@ -68,6 +70,8 @@ pub struct GatewayConfig {
     pub retention: Duration,
     /// The API keys every API request must bear (none: the API is open).
     pub api_keys: auth::ApiKeys,
+    /// The tools `/mcp` offers (none by default).
+    pub mcp_tools: Arc<mcp::McpTools>,
 }
 
 impl Default for GatewayConfig {
@@ -79,6 +83,7 @@ impl Default for GatewayConfig {
             request_timeout: Duration::from_secs(30),
             retention: Duration::from_secs(24 * 3600),
             api_keys: auth::ApiKeys::default(),
+            mcp_tools: Arc::default(),
         }
     }
 }
@@ -159,6 +164,7 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
             .route("/api/v1/mesh/{id}/resume", post(api::resume::<T>))
             .route("/api/v1/mesh/{id}/events", get(api::events::<T>))
             .route("/api/v1/control", get(api::control::<T>))
+            .nest_service("/mcp", self.mcp_service())
             .route_layer(axum::middleware::from_fn_with_state(
                 self.config.api_keys.clone(),
                 auth::require_key,
@@ -175,6 +181,30 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
                 self.config.request_timeout,
             ))
             .layer(TraceLayer::new_for_http())
+    }
+
+    /// `/mcp`: stateless Streamable HTTP, so any replica answers any request. With API
+    /// keys every request bears one, so the SDK's `Host` check (against DNS rebinding of
+    /// an open local server) is left to the keys; without keys it admits loopback names.
+    fn mcp_service(
+        &self,
+    ) -> StreamableHttpService<
+        mcp::McpServer<T>,
+        rmcp::transport::streamable_http_server::session::never::NeverSessionManager,
+    > {
+        let (api, tools) = (self.api.clone(), self.config.mcp_tools.clone());
+        let mut config = StreamableHttpServerConfig::default();
+        config.legacy_session_mode = false;
+        config.cancellation_token = self.api.closing.child_token();
+        config.max_request_body_bytes = self.config.max_body;
+        if !self.config.api_keys.is_empty() {
+            config.allowed_hosts = Vec::new();
+        }
+        StreamableHttpService::new(
+            move || Ok(mcp::McpServer::new(api.clone(), tools.clone())),
+            Arc::default(),
+            config,
+        )
     }
 
     /// The task store.

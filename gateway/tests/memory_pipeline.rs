@@ -73,6 +73,12 @@ impl Pipeline {
             .await;
         pipeline
             .spawn(
+                "wrap",
+                payload_fn(|p: Value| async move { Ok::<_, HandlerError>(json!({"got": p})) }),
+            )
+            .await;
+        pipeline
+            .spawn(
                 "split",
                 handler_fn(|e: Envelope| async move {
                     let children = (1..=2)
@@ -661,4 +667,207 @@ async fn two_replicas_on_postgresql_serve_the_same_tasks() {
     a.stop().await;
     b.stop().await;
     pipeline.shutdown().await;
+}
+
+mod mcp {
+    //! `/mcp` with a real MCP client (the official SDK's, over Streamable HTTP).
+
+    use futures_util::StreamExt;
+    use rmcp::handler::client::progress::ProgressDispatcher;
+    use rmcp::model::{
+        CallToolRequestParams, CallToolResult, ClientRequest, ProgressNotificationParam, Request,
+        ServerResult,
+    };
+    use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService};
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::{ClientHandler, RoleClient, ServiceExt};
+    use troupe_gateway::auth::ApiKeys;
+    use troupe_gateway::mcp::McpTools;
+
+    use super::*;
+
+    /// An agent that hears progress notifications.
+    #[derive(Clone, Default)]
+    struct Agent {
+        progress: ProgressDispatcher,
+    }
+
+    impl ClientHandler for Agent {
+        async fn on_progress(&self, params: ProgressNotificationParam, _: NotificationContext<RoleClient>) {
+            self.progress.handle_notification(params).await;
+        }
+    }
+
+    const TOOLS: &str = r#"{"tools": [
+        {"name": "wrap_slowly", "description": "Waits, then wraps its input",
+         "route": ["slow", "wrap"],
+         "input_schema": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}},
+                          "required": ["n"], "additionalProperties": false},
+         "timeout": "20s"},
+        {"name": "always_fails", "description": "Raises", "route": ["fail"]}
+    ]}"#;
+
+    async fn connect(base: &str, key: Option<&str>) -> Result<RunningService<RoleClient, Agent>, String> {
+        let mut config = StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp"));
+        if let Some(key) = key {
+            config = config.auth_header(key);
+        }
+        Agent::default()
+            .serve(StreamableHttpClientTransport::from_config(config))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Calls `tool` with `arguments`; its result and the progress messages heard.
+    async fn call(
+        client: &RunningService<RoleClient, Agent>,
+        tool: &'static str,
+        arguments: Value,
+    ) -> (CallToolResult, Vec<String>) {
+        let Value::Object(arguments) = arguments else {
+            panic!("arguments are an object")
+        };
+        let handle = client
+            .send_cancellable_request(
+                ClientRequest::CallToolRequest(Request::new(
+                    CallToolRequestParams::new(tool).with_arguments(arguments),
+                )),
+                PeerRequestOptions::no_options(),
+            )
+            .await
+            .unwrap();
+        let mut heard = client
+            .service()
+            .progress
+            .subscribe(handle.progress_token.clone())
+            .await;
+        let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listening = tokio::spawn({
+            let messages = messages.clone();
+            async move {
+                while let Some(note) = heard.next().await {
+                    messages.lock().unwrap().push(note.message.unwrap_or_default());
+                }
+            }
+        });
+        let response = tokio::time::timeout(WAIT, handle.await_response())
+            .await
+            .unwrap()
+            .unwrap();
+        let ServerResult::CallToolResult(result) = response else {
+            panic!("not a tool result: {response:?}")
+        };
+        // The dispatcher keeps the subscription open; what came before the result is in.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        listening.abort();
+        let messages = messages.lock().unwrap().clone();
+        (result, messages)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tool_call_runs_the_pipeline_and_reports_progress() {
+        let pipeline = Pipeline::start().await;
+        let config = GatewayConfig {
+            mcp_tools: Arc::new(McpTools::from_json(TOOLS).unwrap()),
+            ..GatewayConfig::default()
+        };
+        let gw = gateway_with(&pipeline.transport, Store::in_memory().await.unwrap(), config).await;
+        let client = connect(&gw.base, None).await.unwrap();
+        let tools = client.list_all_tools().await.unwrap();
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+        assert_eq!(names, ["wrap_slowly", "always_fails"]);
+        assert_eq!(tools[0].input_schema["required"], json!(["n"]));
+
+        let (result, progress) = call(&client, "wrap_slowly", json!({"n": 7})).await;
+        assert_ne!(result.is_error, Some(true), "{result:?}");
+        let answer = result.structured_content.clone().unwrap();
+        assert_eq!(
+            (&answer["status"], &answer["result"]),
+            (&json!("succeeded"), &json!({"got": {"n": 7}}))
+        );
+        assert!(
+            progress.iter().any(|m| m == "status: running") && progress.iter().any(|m| m == "slow: hop"),
+            "progress told the task's steps: {progress:?}"
+        );
+        let id = answer["id"].as_str().unwrap();
+        assert_eq!(
+            task(&gw.base, id).await["status"],
+            "succeeded",
+            "a task like any other"
+        );
+
+        let (refused, _) = call(&client, "wrap_slowly", json!({"n": -1, "extra": true})).await;
+        assert_eq!(refused.is_error, Some(true));
+        let text = format!("{:?}", refused.content);
+        assert!(
+            text.contains("/n") && text.contains("extra"),
+            "each mismatch named: {text}"
+        );
+        let listed = reqwest::get(format!("{}/api/v1/mesh", gw.base))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        assert_eq!(
+            listed["tasks"].as_array().unwrap().len(),
+            1,
+            "refused input submits nothing"
+        );
+
+        let (failed, _) = call(&client, "always_fails", json!({})).await;
+        assert_eq!(failed.is_error, Some(true));
+        let error = failed.structured_content.unwrap();
+        assert_eq!(error["status"], "failed");
+        assert!(error["error"].to_string().contains("bad input"), "{error}");
+
+        client.cancel().await.unwrap();
+        gw.stop().await;
+        pipeline.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mcp_needs_an_api_key_when_keys_are_set() {
+        let pipeline = Pipeline::start().await;
+        let config = GatewayConfig {
+            mcp_tools: Arc::new(McpTools::from_json(TOOLS).unwrap()),
+            api_keys: ApiKeys::new(["k-mcp".to_owned()]),
+            ..GatewayConfig::default()
+        };
+        let gw = gateway_with(&pipeline.transport, Store::in_memory().await.unwrap(), config).await;
+        assert!(connect(&gw.base, None).await.is_err(), "no key, no session");
+        assert!(connect(&gw.base, Some("k-wrong")).await.is_err());
+        let client = connect(&gw.base, Some("k-mcp")).await.unwrap();
+        assert_eq!(client.list_all_tools().await.unwrap().len(), 2);
+        client.cancel().await.unwrap();
+        gw.stop().await;
+        pipeline.shutdown().await;
+    }
+
+    #[test]
+    fn bad_tool_files_are_refused_with_the_reason() {
+        for (text, reason) in [
+            (
+                r#"{"tools": [{"name": "a", "description": "", "route": []}]}"#,
+                "route is empty",
+            ),
+            (
+                r#"{"tools": [{"name": "a", "description": "", "route": ["x"], "input_schema": {"type": 3}}]}"#,
+                "not a valid JSON Schema",
+            ),
+            (
+                r#"{"tools": [{"name": "a", "description": "", "route": ["x"]}, {"name": "a", "description": "", "route": ["y"]}]}"#,
+                "declared twice",
+            ),
+            (
+                r#"{"tools": [{"name": "a", "description": "", "route": ["x"], "timeout": "soon"}]}"#,
+                "expected a duration",
+            ),
+            (r#"{"tool": []}"#, "unknown field"),
+        ] {
+            let error = McpTools::from_json(text).unwrap_err().to_string();
+            assert!(error.contains(reason), "{text}: {error}");
+        }
+    }
 }
