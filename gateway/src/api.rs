@@ -265,6 +265,39 @@ pub async fn submit_task<T: Transport + QueueAdmin>(
     Ok(id)
 }
 
+/// The page at `/`: the task list with live states and one task's event stream. It holds
+/// no data (it reads the API like any client, with the key typed into it), so it is
+/// served without a key.
+const PAGE: &str = include_str!("web/index.html");
+/// The page's script, served apart so the page's policy admits no inline script.
+const PAGE_SCRIPT: &str = include_str!("web/app.js");
+/// What the page may load: itself and the API, nothing else.
+const PAGE_POLICY: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'";
+
+/// `GET /`: the web page.
+pub async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+/// `GET /app.js`: the page's script.
+pub async fn page_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
+        ],
+        PAGE_SCRIPT,
+    )
+        .into_response()
+}
+
 /// `GET /readyz`: the gateway records what the broker brings, or stands by while another
 /// replica does, so tasks it accepts finish.
 pub async fn readyz<T>(State(api): State<Arc<Api<T>>>) -> StatusCode {

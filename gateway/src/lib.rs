@@ -152,7 +152,7 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
     }
 
     /// The HTTP API, with API keys (when configured), body limit, timeout and request
-    /// traces; the probes answer without a key.
+    /// traces; the probes and the web page (which holds no data) answer without a key.
     pub fn router(&self) -> Router {
         let api = Router::new()
             .route("/api/v1/mesh", post(api::submit::<T>).get(api::list::<T>))
@@ -171,6 +171,8 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
             ));
         Router::new()
             .merge(api)
+            .route("/", get(api::page))
+            .route("/app.js", get(api::page_script))
             .route("/healthz", get(api::healthz))
             .route("/readyz", get(api::readyz::<T>))
             .route("/metrics", get(api::metrics::<T>))

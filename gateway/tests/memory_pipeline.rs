@@ -871,3 +871,73 @@ mod mcp {
         }
     }
 }
+
+mod web {
+    //! The page at `/`, rendered by headless Chromium (`TROUPE_CHROMIUM`, default
+    //! `chromium` on the PATH; `.ci/run` installs the Debian package).
+
+    use super::*;
+
+    /// The page's DOM after Chromium ran its script for a while.
+    async fn rendered(url: &str) -> String {
+        let chromium = std::env::var("TROUPE_CHROMIUM").unwrap_or_else(|_| "chromium".to_owned());
+        let profile = std::env::temp_dir().join(format!("troupe-chromium-{}", uuid::Uuid::new_v4()));
+        let run = tokio::process::Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--virtual-time-budget=5000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("Chromium finished within a minute")
+            .unwrap_or_else(|e| panic!("cannot run {chromium} (install the chromium package): {e}"));
+        let _ = std::fs::remove_dir_all(&profile);
+        assert!(
+            output.status.success(),
+            "{chromium}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_page_lists_tasks_and_streams_one() {
+        let pipeline = Pipeline::start().await;
+        let gw = gateway(&pipeline.transport, Store::in_memory().await.unwrap()).await;
+        let (_, ok) = submit(&gw.base, json!({"route": ["double", "double"], "payload": 3})).await;
+        let (_, bad) = submit(&gw.base, json!({"route": ["fail"], "payload": 1})).await;
+        let (ok, bad) = (ok["id"].as_str().unwrap(), bad["id"].as_str().unwrap());
+        finished(&gw.base, ok).await;
+        finished(&gw.base, bad).await;
+
+        let dom = rendered(&format!("{}/?task={ok}", gw.base)).await;
+        for (id, status) in [(ok, "succeeded"), (bad, "failed")] {
+            let row = dom
+                .split("<tr ")
+                .find(|row| row.contains(&format!("data-id=\"{id}\"")))
+                .unwrap_or_else(|| panic!("no row for task {id}: {dom}"));
+            assert!(
+                row.contains(&format!("<td class=\"{status}\">{status}</td>")),
+                "{row}"
+            );
+        }
+        let events: Vec<&str> = dom
+            .split("data-event=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        assert_eq!(events.first(), Some(&"task"), "{events:?}");
+        assert!(events.contains(&"hop"), "{events:?}");
+        assert!(dom.contains("status: succeeded 12"), "the result is shown: {dom}");
+        gw.stop().await;
+        pipeline.shutdown().await;
+    }
+}
