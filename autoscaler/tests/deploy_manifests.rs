@@ -5,8 +5,10 @@
 //! the standalone `troupe-gpu-worker`), probes, grace periods, RBAC, and credentials that stay
 //! in Secrets created out of band. Every container is hardened (non-root with a numeric uid and
 //! gid, read-only root filesystem, no privilege escalation or capabilities, RuntimeDefault
-//! seccomp, cpu and memory requests and limits), writes only to size-limited emptyDirs, and
-//! NetworkPolicies admit only Prometheus, to the metrics ports.
+//! seccomp, cpu and memory requests and limits), writes only to size-limited emptyDirs (the
+//! gateway's SQLite task store: to a PersistentVolumeClaim, which outlives the pod), and
+//! NetworkPolicies admit only Prometheus, to the metrics ports, except the gateway's one
+//! port: it is the front door, open to every source (the API needs a key).
 //!
 //! Needs `kubectl` (or `TROUPE_KUBECTL`) and kubernetes-validate, which
 //! `bash .ci/k8s-validate-setup.sh` installs (or `TROUPE_K8S_VALIDATE`).
@@ -367,6 +369,10 @@ fn is_sidecar(container: &Value) -> bool {
     command_line(container).contains(&"sidecar")
 }
 
+fn is_gateway(container: &Value) -> bool {
+    command_line(container).contains(&"gateway")
+}
+
 fn is_autoscaler(container: &Value) -> bool {
     text(container, "/image").is_some_and(|image| image.contains("/troupe-autoscaler"))
 }
@@ -593,7 +599,9 @@ fn normalize_transport(name: &str) -> String {
 /// Why a name/value pair is a credential written in plain text, if it is one.
 fn credential_in(name: &str, value: &str) -> Option<&'static str> {
     let upper = name.to_ascii_uppercase();
-    if SENSITIVE_WORDS.iter().any(|word| upper.contains(word)) {
+    // `..._FILE=/path`: where a mounted Secret is, not the secret itself.
+    let names_a_file = upper.ends_with("_FILE") && value.starts_with('/');
+    if !names_a_file && SENSITIVE_WORDS.iter().any(|word| upper.contains(word)) {
         return Some("its name marks a credential");
     }
     if has_userinfo_url(value) {
@@ -1215,6 +1223,106 @@ fn broker_settings_reach_the_queue_consumer_and_the_autoscaler_from_the_secret()
     finish("broker Secret", problems)
 }
 
+/// Every render runs the gateway on the broker its actors use, with the broker Secret and
+/// API keys from a Secret, behind a Service; every queue consumer reaches that Service for
+/// canceled and paused tasks, with an API key from a Secret.
+#[test]
+fn the_gateway_records_from_the_actors_broker_and_the_actors_reach_it() -> TestResult {
+    let mut problems = Vec::new();
+    for render in renders()? {
+        let gateways: Vec<(&Value, &Value, &Value)> = render
+            .workloads()
+            .flat_map(|(workload, pod)| {
+                items(pod, "/containers")
+                    .iter()
+                    .filter(|c| is_gateway(c))
+                    .map(move |c| (workload, pod, c))
+            })
+            .collect();
+        let [(workload, _, gateway)] = gateways.as_slice() else {
+            problems.push(format!(
+                "[{}] renders {} gateways, not one",
+                render.name,
+                gateways.len()
+            ));
+            continue;
+        };
+        let who = format!("[{}] {}", render.name, describe(workload));
+        let transport = normalize_transport(env_literal(gateway, "TROUPE_TRANSPORT").unwrap_or("memory"));
+        for (actor, _) in render.scaled_actors() {
+            let theirs = normalize_transport(text(actor, "/spec/transport/type").unwrap_or(""));
+            if theirs != transport {
+                problems.push(format!(
+                    "{who}: records from {transport}, but {} runs on {theirs}",
+                    describe(actor)
+                ));
+            }
+            if let Some(secret) = text(actor, "/spec/transport/connectionSecretRef/name")
+                && !env_from_secrets(gateway).contains(secret)
+            {
+                problems.push(format!(
+                    "{who}: does not load the broker Secret {secret:?} (envFrom)"
+                ));
+            }
+        }
+        if env_literal(gateway, "TROUPE_GATEWAY_API_KEYS").is_some() {
+            problems.push(format!(
+                "{who}: API keys are written inline; mount them from a Secret"
+            ));
+        }
+        let labels = pod_labels(workload).cloned().unwrap_or_default();
+        let service = render.of_kind("Service").find(|svc| {
+            namespace_of(svc) == namespace_of(workload)
+                && svc
+                    .pointer("/spec/selector")
+                    .and_then(Value::as_object)
+                    .is_some_and(|sel| !sel.is_empty() && sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        });
+        let Some(service) = service else {
+            problems.push(format!("{who}: no Service selects its pods"));
+            continue;
+        };
+        let port = items(service, "/spec/ports")
+            .first()
+            .and_then(|p| p.get("port"))
+            .and_then(Value::as_u64)
+            .unwrap_or(80);
+        let expected = if port == 80 {
+            format!("http://{}", name_of(service))
+        } else {
+            format!("http://{}:{port}", name_of(service))
+        };
+        for (_, deployment) in render.scaled_actors() {
+            let Some(consumer) = deployment
+                .and_then(pod_spec)
+                .and_then(|pod| consumer_of(pod).ok())
+            else {
+                continue;
+            };
+            let who = format!(
+                "[{}] {} {}",
+                render.name,
+                describe(deployment.unwrap_or(&Value::Null)),
+                consumer.what()
+            );
+            let url = env_literal(consumer.container, "TROUPE_GATEWAY_URL");
+            if url.map(|u| u.trim_end_matches('/')) != Some(expected.as_str()) {
+                problems.push(format!(
+                    "{who}: TROUPE_GATEWAY_URL is {url:?}, not the gateway's Service {expected:?}"
+                ));
+            }
+            let key_from_secret = env_var(consumer.container, "TROUPE_GATEWAY_API_KEY")
+                .is_some_and(|v| v.pointer("/valueFrom/secretKeyRef").is_some());
+            if !key_from_secret {
+                problems.push(format!(
+                    "{who}: TROUPE_GATEWAY_API_KEY should come from a Secret (secretKeyRef)"
+                ));
+            }
+        }
+    }
+    finish("gateway", problems)
+}
+
 #[test]
 fn autoscaler_is_one_least_privilege_replica() -> TestResult {
     let expected: BTreeSet<(String, String, String)> = AUTOSCALER_RULES
@@ -1773,6 +1881,44 @@ fn mount_covering<'a>(container: &'a Value, dir: &str) -> Option<&'a Value> {
         .or_else(|| mount_holding(container, dir))
 }
 
+/// The gateway's SQLite file lives on a writable PersistentVolumeClaim: its tasks outlive the
+/// pod. (From a Secret, `TROUPE_GATEWAY_DATABASE` is a PostgreSQL URL: nothing is written.)
+fn check_task_store(pod: &Value, container: &Value, who: &str, problems: &mut Vec<String>) {
+    let from_secret =
+        env_var(container, "TROUPE_GATEWAY_DATABASE").is_some_and(|v| v.get("valueFrom").is_some());
+    if from_secret {
+        return;
+    }
+    let Some(file) = env_literal(container, "TROUPE_GATEWAY_DATABASE").filter(|f| f.starts_with('/')) else {
+        problems.push(format!(
+            "{who}: TROUPE_GATEWAY_DATABASE should name a file by its absolute path, on a volume"
+        ));
+        return;
+    };
+    let dir = Path::new(file).parent().and_then(Path::to_str).unwrap_or("/");
+    let Some(mount) = mount_covering(container, dir) else {
+        problems.push(format!(
+            "{who}: nothing is mounted at {dir}, the task store's folder"
+        ));
+        return;
+    };
+    let name = text(mount, "/name").unwrap_or("");
+    if mount.get("readOnly").and_then(Value::as_bool) == Some(true) {
+        problems.push(format!(
+            "{who}: the task store's volume {name:?} is mounted readOnly"
+        ));
+    }
+    let volume = items(pod, "/volumes")
+        .iter()
+        .find(|v| text(v, "/name") == Some(name));
+    if volume.is_none_or(|v| v.get("persistentVolumeClaim").is_none()) {
+        problems.push(format!(
+            "{who}: the task store's volume {name:?} should be a PersistentVolumeClaim; tasks would \
+             be lost with the pod"
+        ));
+    }
+}
+
 #[test]
 fn written_paths_are_size_limited_empty_dirs() -> TestResult {
     let mut problems = Vec::new();
@@ -1822,6 +1968,9 @@ fn written_paths_are_size_limited_empty_dirs() -> TestResult {
                         "{who}: PYTHONDONTWRITEBYTECODE should be set (\"1\"): Python would try to \
                          write .pyc files on the read-only root filesystem"
                     ));
+                }
+                if is_gateway(container) {
+                    check_task_store(pod, container, &who, &mut problems);
                 }
                 if is_gpu_worker(container) && env_literal(container, "CUDA_CACHE_PATH").is_none() {
                     problems.push(format!(
@@ -1875,6 +2024,10 @@ fn metrics_endpoint(pod: &Value) -> Option<Result<(&Value, u16), String>> {
     if let Some(autoscaler) = items(pod, "/containers").iter().find(|c| is_autoscaler(c)) {
         return Some(metrics_port(autoscaler, &["TROUPE_METRICS_ADDR"]).map(|port| (autoscaler, port)));
     }
+    // The gateway serves /metrics on its one port, beside the API.
+    if let Some(gateway) = items(pod, "/containers").iter().find(|c| is_gateway(c)) {
+        return Some(metrics_port(gateway, &["TROUPE_GATEWAY_LISTEN"]).map(|port| (gateway, port)));
+    }
     consumer_of(pod)
         .ok()
         .map(|consumer| consumer.metrics_port().map(|port| (consumer.container, port)))
@@ -1915,8 +2068,20 @@ fn network_policies_admit_only_prometheus_to_the_metrics_ports() -> TestResult {
                      is {types:?}"
                 ));
             }
+            // The gateway's policy may admit every source: checked below to name only
+            // gateway pods and, per pod, only the gateway's port.
+            let front_door = policy
+                .pointer("/spec/podSelector/matchLabels/app.kubernetes.io~1component")
+                .and_then(Value::as_str)
+                == Some("gateway");
             for (index, rule) in items(policy, "/spec/ingress").iter().enumerate() {
                 let from = items(rule, "/from");
+                if front_door {
+                    if items(rule, "/ports").is_empty() {
+                        problems.push(format!("{who}: ingress rule {index} admits every port"));
+                    }
+                    continue;
+                }
                 if from.is_empty() {
                     problems.push(format!("{who}: ingress rule {index} admits every source"));
                 }

@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The `troupe` command (sidecar, send, tail, demo). Build from the repository root:
+# The `troupe` command (sidecar, gateway, send, tail, demo). Build from the repository root:
 #   docker build -f bin/docker/troupe.Dockerfile -t ghcr.io/troupe-dev/troupe:0.1.0 .
 # FEATURES picks the brokers compiled in; the embedded memory broker is always there.
 
