@@ -55,7 +55,7 @@ pub use api::{Api, ApiError};
 pub use ledger::{BranchEnd, Ledger};
 pub use record::{Progress, StoredEvent, TaskRecord};
 pub use state::{TaskState, Update};
-pub use store::{Store, StoreError};
+pub use store::{Lease, Store, StoreError};
 
 /// How a gateway behaves.
 #[derive(Debug, Clone)]
@@ -153,7 +153,13 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
 
     /// The HTTP API, with API keys (when configured), body limit, timeout and request
     /// traces; the probes and the web page (which holds no data) answer without a key.
+    /// `/mcp` is not under the request timeout: a tool call lasts as long as its task, up
+    /// to the tool's own `timeout`.
     pub fn router(&self) -> Router {
+        let timeout = TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            self.config.request_timeout,
+        );
         let api = Router::new()
             .route("/api/v1/mesh", post(api::submit::<T>).get(api::list::<T>))
             .route(
@@ -164,24 +170,24 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
             .route("/api/v1/mesh/{id}/resume", post(api::resume::<T>))
             .route("/api/v1/mesh/{id}/events", get(api::events::<T>))
             .route("/api/v1/control", get(api::control::<T>))
+            .layer(timeout)
             .nest_service("/mcp", self.mcp_service())
             .route_layer(axum::middleware::from_fn_with_state(
                 self.config.api_keys.clone(),
                 auth::require_key,
             ));
-        Router::new()
-            .merge(api)
+        let open = Router::new()
             .route("/", get(api::page))
             .route("/app.js", get(api::page_script))
             .route("/healthz", get(api::healthz))
             .route("/readyz", get(api::readyz::<T>))
             .route("/metrics", get(api::metrics::<T>))
+            .layer(timeout);
+        Router::new()
+            .merge(api)
+            .merge(open)
             .with_state(self.api.clone())
             .layer(RequestBodyLimitLayer::new(self.config.max_body))
-            .layer(TimeoutLayer::with_status_code(
-                axum::http::StatusCode::REQUEST_TIMEOUT,
-                self.config.request_timeout,
-            ))
             .layer(TraceLayer::new_for_http())
     }
 
@@ -222,14 +228,14 @@ impl<T: Transport + QueueAdmin> Gateway<T> {
         let stop = shutdown.clone();
         tasks.spawn(async move {
             loop {
-                api.standby.store(true, std::sync::atomic::Ordering::Release);
-                let Some(held) = api.store.lead(&stop).await else {
+                let Some(lease) = api.store.lead(&stop, &api.standby).await else {
                     return Ok(());
                 };
                 api.standby.store(false, std::sync::atomic::Ordering::Release);
-                ingest::consume(&api, held)
-                    .await
-                    .map_err(|(queue, source)| GatewayError::Consume { queue, source })?;
+                let recorded = ingest::consume(&api, lease.token()).await;
+                // Given up only now that nothing is being recorded any more.
+                drop(lease);
+                recorded.map_err(|(queue, source)| GatewayError::Consume { queue, source })?;
                 if stop.is_cancelled() {
                     return Ok(());
                 }

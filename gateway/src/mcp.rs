@@ -274,6 +274,11 @@ impl<T: Transport + QueueAdmin> ServerHandler for McpServer<T> {
         };
         match ending {
             Ok(result) => Ok(result.into()),
+            // The request ended because this gateway is stopping (a rolling update): the
+            // task is not the client's to lose; it goes on and can be followed elsewhere.
+            Err(_) if self.api.closing.is_cancelled() => Ok(refusal(format!(
+                "the gateway is shutting down; task {id} goes on: follow it at /api/v1/mesh/{id}"
+            ))),
             Err(reason) => {
                 if let Err(error) = self.api.store.command(id.clone(), Update::Cancel).await {
                     tracing::warn!(task = %id, %error, "could not cancel the task of an abandoned tool call");

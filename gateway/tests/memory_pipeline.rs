@@ -827,6 +827,39 @@ mod mcp {
         pipeline.shutdown().await;
     }
 
+    /// A call without a progress token sends nothing before its result: it must outlast
+    /// the API's request timeout (before the fix: 408 at the timeout, the task canceled).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tool_call_may_outlast_the_request_timeout() {
+        let pipeline = Pipeline::start().await;
+        let config = GatewayConfig {
+            mcp_tools: Arc::new(McpTools::from_json(TOOLS).unwrap()),
+            request_timeout: Duration::from_millis(500),
+            ..GatewayConfig::default()
+        };
+        let gw = gateway_with(&pipeline.transport, Store::in_memory().await.unwrap(), config).await;
+        let client = connect(&gw.base, None).await.unwrap();
+        let Value::Object(arguments) = json!({"n": 1}) else {
+            unreachable!()
+        };
+        // `slow` takes 1.5 s, three times the request timeout.
+        let result = tokio::time::timeout(
+            WAIT,
+            client.call_tool(CallToolRequestParams::new("wrap_slowly").with_arguments(arguments)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_ne!(result.is_error, Some(true), "{result:?}");
+        assert_eq!(
+            result.structured_content.unwrap()["result"],
+            json!({"got": {"n": 1}})
+        );
+        client.cancel().await.unwrap();
+        gw.stop().await;
+        pipeline.shutdown().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn mcp_needs_an_api_key_when_keys_are_set() {
         let pipeline = Pipeline::start().await;

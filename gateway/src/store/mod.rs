@@ -1,7 +1,7 @@
 //! The task store: tasks, their branches and their events, in SQLite (embedded, the
 //! default) or PostgreSQL (production, several gateway replicas).
 //!
-//! The rules ([`tasks`]) are written once against a small [`sql::Sql`] interface; each
+//! The rules (module `tasks`) are written once against a small SQL interface (`sql::Sql`); each
 //! database runs them in one transaction per change.
 
 mod postgres;
@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::sync::broadcast;
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 use troupe_core::tls::TlsFiles;
 use troupe_core::{ControlState, TaskEvent};
@@ -51,6 +53,9 @@ pub enum StoreError {
         /// Why.
         detail: String,
     },
+    /// PostgreSQL did not answer in time.
+    #[error("task store: PostgreSQL did not answer within {0:?}")]
+    Timeout(std::time::Duration),
     /// The query was interrupted (the runtime is shutting down).
     #[error("task store: the query was interrupted")]
     Interrupted,
@@ -87,6 +92,28 @@ impl Fact {
             Fact::Event(event) => &event.task,
             Fact::End(ending) => &ending.task,
         }
+    }
+}
+
+/// The right to record what the broker brings ([`Store::lead`]). Recording may go on until
+/// [`Lease::token`] is canceled; dropping the lease gives the right up.
+#[derive(Debug)]
+pub struct Lease {
+    token: CancellationToken,
+    _release: Option<oneshot::Sender<()>>,
+}
+
+impl Lease {
+    fn new(token: CancellationToken, release: Option<oneshot::Sender<()>>) -> Self {
+        Self {
+            token,
+            _release: release,
+        }
+    }
+
+    /// Canceled when recording must stop.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
     }
 }
 
@@ -160,12 +187,14 @@ impl Store {
 
     /// Waits until this gateway may record what the broker brings: at once with SQLite
     /// (one gateway), once it holds the recorder lock with PostgreSQL (one replica at a
-    /// time; see the `postgres` module). Recording may go on until the returned token is
-    /// canceled; `None` at `shutdown`.
-    pub async fn lead(&self, shutdown: &CancellationToken) -> Option<CancellationToken> {
+    /// time, see the `postgres` module; `standby` is set while another replica holds it).
+    /// `None` at `shutdown`.
+    pub async fn lead(&self, shutdown: &CancellationToken, standby: &AtomicBool) -> Option<Lease> {
         match &self.backend {
-            Backend::Sqlite(_) => (!shutdown.is_cancelled()).then(|| shutdown.child_token()),
-            Backend::Postgres(pg) => pg.lead(shutdown).await,
+            Backend::Sqlite(_) => {
+                (!shutdown.is_cancelled()).then(|| Lease::new(shutdown.child_token(), None))
+            }
+            Backend::Postgres(pg) => pg.lead(shutdown, standby).await,
         }
     }
 
@@ -194,8 +223,10 @@ impl Store {
     /// Records `facts`, each task's in the order given, in one transaction (SQLite) or one
     /// per share of the tasks (PostgreSQL); returns the events they added.
     pub async fn record(&self, mut facts: Vec<Fact>) -> Result<Vec<StoredEvent>, StoreError> {
-        // Grouped by task (a stable sort keeps each task's order): transactions of
-        // several replicas then lock tasks in the same order and never deadlock.
+        // Grouped by task (a stable sort keeps each task's order): transactions lock tasks
+        // in the same order. A deadlock with another kind of change (expiry deletes in
+        // another order) is still possible: PostgreSQL then fails one side, and a failed
+        // batch is redelivered and recorded again.
         facts.sort_by(|a, b| a.task().cmp(b.task()));
         match &self.backend {
             Backend::Sqlite(_) => on_db!(self, write, |db| tasks::record(db, &facts)),

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::sync::{Mutex, Semaphore, SemaphorePermit, broadcast, mpsc};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::{Mutex, Semaphore, SemaphorePermit, broadcast, mpsc, oneshot};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, GenericClient, Statement};
 use tokio_util::sync::CancellationToken;
@@ -34,7 +36,7 @@ use troupe_core::tls::TlsFiles;
 use troupe_layers::pg::PgConnector;
 
 use super::sql::{Arg, Cell, Row, Sql};
-use super::{Fact, StoreError};
+use super::{Fact, Lease, StoreError};
 
 /// The channel replicas tell each other of new events on; the payload is the schema and
 /// the task id, space-separated (gateways of other meshes may share the database).
@@ -217,10 +219,17 @@ impl Postgres {
         };
         let writer = match idle {
             Some(writer) => writer,
-            None => Writer {
-                client: self.connector.connect(None).await.map_err(StoreError::Postgres)?,
-                prepared: HashMap::new(),
-            },
+            None => {
+                let client = self.connector.connect(None).await.map_err(StoreError::Postgres)?;
+                // The server gives up too, rather than run on behind a client that did.
+                bounded(client.batch_execute("SET statement_timeout = 10000; SET lock_timeout = 10000"))
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                Writer {
+                    client,
+                    prepared: HashMap::new(),
+                }
+            }
         };
         Ok((permit, writer))
     }
@@ -243,8 +252,11 @@ impl Postgres {
     ) -> Result<R, StoreError> {
         let (_permit, mut writer) = self.checkout().await?;
         let out = self.write_on(&mut writer, op).await;
-        // A failed transaction rolls back when dropped; the connection is still good.
-        self.checkin(writer);
+        // A failed transaction rolls back when dropped, and the connection is still good;
+        // not after a timeout, when the server may still be running the statement.
+        if !matches!(out, Err(StoreError::Timeout(_))) {
+            self.checkin(writer);
+        }
         out
     }
 
@@ -299,19 +311,31 @@ impl Postgres {
         op(&mut db).await
     }
 
-    /// Waits until this replica holds the recorder lock (or `shutdown`: `None`). The lock
-    /// is held until the returned token is canceled: when the lock's connection breaks
-    /// (another replica may take over then) or at `shutdown`.
-    pub(crate) async fn lead(&self, shutdown: &CancellationToken) -> Option<CancellationToken> {
+    /// Waits until this replica holds the recorder lock (or `shutdown`: `None`), setting
+    /// `standby` while another replica holds it. Recording may go on until the lease's
+    /// token is canceled (the lock's connection broke, so another replica may take over,
+    /// or `shutdown`); the lock is held until the lease is dropped, so a stopping recorder
+    /// finishes its batch before a standby starts.
+    pub(crate) async fn lead(&self, shutdown: &CancellationToken, standby: &AtomicBool) -> Option<Lease> {
+        // One connection for every try of a standby, not one a second.
+        let mut slot = None;
         loop {
-            match self.try_lock().await {
-                Ok(Some(client)) => {
-                    let held = shutdown.child_token();
-                    tokio::spawn(hold(client, held.clone()));
-                    return Some(held);
+            match self.try_lock(&mut slot).await {
+                Ok(true) => {
+                    if let Some(client) = slot.take() {
+                        let token = shutdown.child_token();
+                        let (release, released) = oneshot::channel();
+                        tokio::spawn(hold(client, token.clone(), released));
+                        return Some(Lease::new(token, Some(release)));
+                    }
                 }
-                Ok(None) => {}
-                Err(error) => tracing::warn!(%error, "cannot try the recorder lock"),
+                Ok(false) => standby.store(true, Ordering::Release),
+                Err(error) => {
+                    // Neither recording nor sure another replica is: not ready.
+                    standby.store(false, Ordering::Release);
+                    slot = None;
+                    tracing::warn!(%error, "cannot try the recorder lock");
+                }
             }
             tokio::select! {
                 () = shutdown.cancelled() => return None,
@@ -320,19 +344,37 @@ impl Postgres {
         }
     }
 
-    /// A connection holding the recorder lock, if it is free.
-    async fn try_lock(&self) -> Result<Option<Client>, StoreError> {
-        let client = self.connector.connect(None).await.map_err(StoreError::Postgres)?;
+    /// Tries the recorder lock on the connection in `slot` (opened if needed).
+    async fn try_lock(&self, slot: &mut Option<Client>) -> Result<bool, StoreError> {
+        let client = match slot.take().filter(|c| !c.is_closed()) {
+            Some(client) => client,
+            None => {
+                let client = self.connector.connect(None).await.map_err(StoreError::Postgres)?;
+                // The lock lives as long as this session: a recorder whose host vanished
+                // must lose it within seconds, not after the system's two-hour keepalive.
+                bounded(client.batch_execute(
+                    "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3",
+                ))
+                .await
+                .map_err(|e| self.failed(e))?;
+                client
+            }
+        };
         let row = bounded(client.query_one(
             "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))",
             &[&RECORDER_LOCK],
         ))
         .await
-        .map_err(|e| match e {
+        .map_err(|e| self.failed(e))?;
+        *slot = Some(client);
+        Ok(row.get::<_, bool>(0))
+    }
+
+    fn failed(&self, e: Result<tokio_postgres::Error, StoreError>) -> StoreError {
+        match e {
             Ok(e) => self.error(&e),
             Err(timeout) => timeout,
-        })?;
-        Ok(row.get::<_, bool>(0).then_some(client))
+        }
     }
 
     /// Sends the id of each task another replica (or this one) added events to on
@@ -386,18 +428,18 @@ impl Postgres {
     }
 }
 
-/// Keeps `client` (and with it the recorder lock) until `held` is canceled; cancels it
-/// when the connection stops answering.
-async fn hold(client: Client, held: CancellationToken) {
+/// Keeps `client` (and with it the recorder lock) until the lease is dropped; cancels
+/// `held` when the connection stops answering.
+async fn hold(client: Client, held: CancellationToken, mut released: oneshot::Receiver<()>) {
     loop {
         tokio::select! {
-            () = held.cancelled() => return,
+            // The lease was dropped (or its owner is gone): recording has stopped.
+            _ = &mut released => return,
             () = tokio::time::sleep(LEASE_CHECK) => {}
         }
-        if bounded(client.simple_query("SELECT 1")).await.is_err() {
+        if !held.is_cancelled() && bounded(client.simple_query("SELECT 1")).await.is_err() {
             tracing::warn!("lost the connection that holds the recorder lock; standing by");
             held.cancel();
-            return;
         }
     }
 }
@@ -466,9 +508,7 @@ async fn bounded<T>(
 ) -> Result<T, Result<tokio_postgres::Error, StoreError>> {
     match tokio::time::timeout(STATEMENT_TIMEOUT, call).await {
         Ok(result) => result.map_err(Ok),
-        Err(_) => Err(Err(StoreError::Postgres(format!(
-            "PostgreSQL did not answer within {STATEMENT_TIMEOUT:?}"
-        )))),
+        Err(_) => Err(Err(StoreError::Timeout(STATEMENT_TIMEOUT))),
     }
 }
 
