@@ -400,3 +400,91 @@ async fn two_gateway_replicas_on_postgresql_over_nats() {
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// kill -9 of the last actor's sidecar with tasks in flight, the Redis store, NATS's
+/// duplicate window off: the restarted last actor may send an output it had already
+/// published to x-sink again (its store cannot absorb its own copy, issue 15's note), and
+/// the gateway absorbs it: it records each branch's end once, by envelope id. Every task
+/// ends succeeded with exactly its two branches and their two results.
+async fn last_actor_killed(broker: Broker) {
+    const TASKS: usize = 300;
+    let ns = namespace("gateway-kill9", broker);
+    let dir = scratch(&ns);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _gw = gateway(broker, &ns, dir.join("tasks.db"), port);
+    wait_ready(&base).await;
+    let redis = std::env::var("TROUPE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let prefix = format!("troupe-gateway-kill9:{ns}:");
+    let mut extra = vec![
+        "--runtime-concurrency",
+        "16",
+        "--timeout",
+        "10s",
+        "--store",
+        &redis,
+        "--store-prefix",
+        &prefix,
+        "--gateway-url",
+        &base,
+    ];
+    if matches!(broker, Broker::Nats) {
+        extra.extend(["--nats-message-ids", "false"]);
+    }
+    let mut runtimes = Vec::new();
+    let mut sidecars = std::collections::HashMap::new();
+    for actor in ["double", "split", "audit"] {
+        runtimes.push(runtime(&dir.join(actor), actor));
+        sidecars.insert(actor, sidecar(broker, &ns, actor, &dir.join(actor), &extra));
+    }
+    let mut ids = Vec::with_capacity(TASKS);
+    for n in 0..TASKS {
+        ids.push(submit(&base, json!({"route": ["double", "split"], "payload": {"n": n}})).await);
+    }
+    // Kill the last actor's sidecar once half the tasks are done, then restart it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let done: Value = reqwest::get(format!("{base}/api/v1/mesh?status=succeeded&limit=1000"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if done["tasks"].as_array().map_or(0, Vec::len) >= TASKS / 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "half the tasks never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut victim = sidecars.remove("audit").unwrap();
+    victim.0.kill().unwrap();
+    victim.0.wait().unwrap();
+    sidecars.insert("audit", sidecar(broker, &ns, "audit", &dir.join("audit"), &extra));
+    for (n, id) in ids.iter().enumerate() {
+        let done = finished(&base, id).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(
+            (&done["progress"]["branches"], &done["progress"]["branches_ended"]),
+            (&json!(2), &json!(2)),
+            "each branch counted once: {done}"
+        );
+        let mut parts: Vec<(u64, u64)> = done["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("two results: {done}"))
+            .iter()
+            .map(|r| (r["n"].as_u64().unwrap(), r["part"].as_u64().unwrap()))
+            .collect();
+        parts.sort_unstable();
+        assert_eq!(parts, [(n as u64, 0), (n as u64, 1)], "each result once: {done}");
+    }
+    drop(sidecars);
+    drop(runtimes);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_last_actor_s_copies_count_once_through_the_gateway() {
+    last_actor_killed(Broker::Nats).await;
+    last_actor_killed(Broker::Amqp).await;
+}

@@ -174,11 +174,18 @@ pub async fn consume<T: Transport>(
     // Not ready once this loop ends, whatever the reason.
     let _not_recording = NotRecording(recording);
     let mut backoff = Duration::from_millis(100);
+    // Verdicts waiting for their tasks' events to go quiet are told on this beat.
+    let mut settling = tokio::time::interval(SETTLE_EVERY);
+    settling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // `Consumer::next` is cancel-safe: the branches that lose lose no delivery.
         let (source, queue, next) = tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(()),
+            _ = settling.tick() => {
+                settle(api).await;
+                continue;
+            }
             next = events.next() => (Source::Events, &events_queue, next),
             next = sink.next() => (Source::Sink, &sink_queue, next),
             next = sump.next() => (Source::Sump, &sump_queue, next),
@@ -253,6 +260,22 @@ const CONSUME: ConsumeOptions = ConsumeOptions {
     prefetch: MAX_BATCH,
     lease: Duration::from_secs(5),
 };
+
+/// How often verdicts waiting for quiet are looked at.
+const SETTLE_EVERY: Duration = Duration::from_millis(50);
+
+/// Tells the verdicts that are due and wakes their streams; a failure is retried on the
+/// next beat.
+async fn settle<T>(api: &Api<T>) {
+    match api.store.settle(chrono::Utc::now()).await {
+        Ok(added) => {
+            for event in added {
+                let _ = api.live.send(event.task);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "telling finished tasks' verdicts failed; will try again"),
+    }
+}
 
 /// Clears the readiness flag when recording stops.
 struct NotRecording<'a>(&'a AtomicBool);

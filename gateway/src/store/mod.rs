@@ -247,6 +247,15 @@ impl Store {
         }
     }
 
+    /// Tells the verdicts of finished tasks whose events have been quiet long enough by
+    /// `now` (a quarter second, at most two after the verdict): the task moves to
+    /// succeeded or failed and its stream gets the final status after every event that
+    /// was still on its way. Returns the events added.
+    pub async fn settle(&self, now: DateTime<Utc>) -> Result<Vec<StoredEvent>, StoreError> {
+        let now_ms = now.timestamp_millis();
+        on_db!(self, write, |db| tasks::settle(db, now_ms))
+    }
+
     /// Applies the gateway's own command (cancel, pause, resume) to task `id`. Returns
     /// `None` for an unknown task, else its state before and after and the events added
     /// (none when the command changed nothing).
@@ -313,6 +322,11 @@ mod tests {
         [Store::in_memory().await.expect("store"), postgres_store().await]
     }
 
+    /// Past every verdict's hold.
+    fn later() -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::seconds(3)
+    }
+
     async fn with_task(store: Store, task: &str) -> Store {
         store
             .create(task.to_owned(), vec!["a".into(), "b".into()])
@@ -370,10 +384,17 @@ mod tests {
                 (task.status, task.current_actor.as_deref(), task.progress.hops),
                 (TaskState::Running, Some("b"), 1)
             );
-            let done = store
+            store
                 .record_end(ending("t1", "t1", BranchEnd::Succeeded, &[]))
                 .await
                 .expect("end");
+            let waiting = store.get("t1".into()).await.expect("get").expect("task");
+            assert_eq!(waiting.status, TaskState::Running, "the verdict waits for quiet");
+            assert!(
+                store.settle(Utc::now()).await.expect("settle").is_empty(),
+                "not quiet yet"
+            );
+            let done = store.settle(later()).await.expect("settle");
             assert_eq!(
                 done.last().map(|e| e.data["status"].clone()),
                 Some(json!("succeeded"))
@@ -425,6 +446,7 @@ mod tests {
                 .record_end(ending("t2", "c2", BranchEnd::Failed, &[]))
                 .await
                 .expect("end");
+            store.settle(later()).await.expect("settle");
             let task = store.get("t2".into()).await.expect("get").expect("task");
             assert_eq!(task.status, TaskState::Failed);
             assert_eq!(task.error, Some(json!({"from": "c2"})));
@@ -445,6 +467,7 @@ mod tests {
                 .record_end(ending("t3", "t3", BranchEnd::Succeeded, &[]))
                 .await
                 .expect("end");
+            store.settle(later()).await.expect("settle");
             store.create("t4".into(), vec!["a".into()]).await.expect("create");
             let gone = store
                 .expire(Utc::now() + chrono::Duration::seconds(1))

@@ -53,7 +53,8 @@ const RECORDER_LOCK: i32 = 0x7472_6f72;
 const LEASE_CHECK: Duration = Duration::from_secs(1);
 
 /// The schema, one step per release that changed it.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE troupe_tasks (
     id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -90,7 +91,17 @@ CREATE TABLE troupe_events (
     UNIQUE (task_id, key)
 );
 CREATE INDEX troupe_events_by_task ON troupe_events (task_id, seq);
-"];
+",
+    // A task's verdict waits until its events have gone quiet (see `tasks::settle`).
+    r"
+ALTER TABLE troupe_tasks ADD COLUMN verdict TEXT;
+ALTER TABLE troupe_tasks ADD COLUMN verdict_result TEXT;
+ALTER TABLE troupe_tasks ADD COLUMN verdict_error TEXT;
+ALTER TABLE troupe_tasks ADD COLUMN settle_ms BIGINT;
+ALTER TABLE troupe_tasks ADD COLUMN settle_by_ms BIGINT;
+CREATE INDEX troupe_tasks_to_settle ON troupe_tasks (settle_ms) WHERE settle_ms IS NOT NULL;
+",
+];
 
 /// Most connections for changes one gateway opens.
 const WRITERS: usize = 8;

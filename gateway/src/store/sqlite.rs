@@ -59,6 +59,15 @@ ALTER TABLE branches RENAME TO troupe_branches;
 ALTER TABLE events RENAME TO troupe_events;
 CREATE INDEX troupe_events_by_task ON troupe_events (task_id, seq);
 ",
+    // A task's verdict waits until its events have gone quiet (see `tasks::settle`).
+    r"
+ALTER TABLE troupe_tasks ADD COLUMN verdict TEXT;
+ALTER TABLE troupe_tasks ADD COLUMN verdict_result TEXT;
+ALTER TABLE troupe_tasks ADD COLUMN verdict_error TEXT;
+ALTER TABLE troupe_tasks ADD COLUMN settle_ms INTEGER;
+ALTER TABLE troupe_tasks ADD COLUMN settle_by_ms INTEGER;
+CREATE INDEX troupe_tasks_to_settle ON troupe_tasks (settle_ms) WHERE settle_ms IS NOT NULL;
+",
 ];
 
 /// A SQLite store; cheap to clone.

@@ -214,14 +214,17 @@ async fn event_in<S: Sql>(
         return Ok(());
     }
     let now = Utc::now().timestamp_millis();
+    // A task whose verdict waits for quiet waits on (see `settle`), within its hold.
     db.exec(
         "UPDATE troupe_tasks SET hops = hops + $2, current_actor = COALESCE($3, current_actor), \
-         updated_ms = $4 WHERE id = $1",
+         updated_ms = $4, settle_ms = CASE WHEN settle_ms IS NULL THEN NULL \
+         WHEN $5 < settle_by_ms THEN $5 ELSE settle_by_ms END WHERE id = $1",
         &[
             event.task.as_str().into(),
             i64::from(kind == "hop").into(),
             current.into(),
             now.into(),
+            (now + QUIET_MS).into(),
         ],
     )
     .await?;
@@ -234,9 +237,10 @@ async fn end_in<S: Sql>(
     ending: &BranchEnding,
     out: &mut Vec<StoredEvent>,
 ) -> Result<(), StoreError> {
-    let Some(state) = status_of(db, &ending.task).await? else {
+    // Read (and locked) for its existence: the verdict is told later, by `settle`.
+    if status_of(db, &ending.task).await?.is_none() {
         return Ok(());
-    };
+    }
     let failed = ending.end == BranchEnd::Failed;
     let spawned = serde_json::to_string(&ending.spawned).unwrap_or_else(|_| "[]".to_owned());
     let value = ending.value.to_string();
@@ -288,14 +292,84 @@ async fn end_in<S: Sql>(
     )
     .await?;
     if let Some(verdict) = ledger.verdict() {
-        let outcome = outcome_of(&values, verdict);
+        // Recorded now, told once the task's events have gone quiet (`settle`).
+        let (result, error) = outcome_of(&values, verdict);
         let update = match verdict {
             BranchEnd::Succeeded => Update::Succeeded,
             BranchEnd::Failed => Update::Failed,
         };
-        transition(db, &ending.task, state, update, Some(outcome), out).await?;
+        let (result, error) = (result.map(|v| v.to_string()), error.map(|v| v.to_string()));
+        db.exec(
+            "UPDATE troupe_tasks SET verdict = $2, verdict_result = $3, verdict_error = $4, \
+             settle_ms = $5, settle_by_ms = $6 WHERE id = $1",
+            &[
+                ending.task.as_str().into(),
+                update_name(update).into(),
+                result.as_deref().into(),
+                error.as_deref().into(),
+                (now + QUIET_MS).into(),
+                (now + HOLD_MS).into(),
+            ],
+        )
+        .await?;
     }
     Ok(())
+}
+
+/// How long a task's events must stay quiet before its verdict is told: an event that
+/// travelled on the events queue (a handler's last token, an earlier actor's report)
+/// can reach the gateway after the end that travelled on `x-sink`; told later, it would
+/// come after the result in the task's stream.
+pub(crate) const QUIET_MS: i64 = 250;
+/// The longest a verdict waits for quiet.
+pub(crate) const HOLD_MS: i64 = 2_000;
+
+fn update_name(update: Update) -> &'static str {
+    match update {
+        Update::Failed => "failed",
+        _ => "succeeded",
+    }
+}
+
+/// Tells the verdicts whose tasks have been quiet long enough (or waited [`HOLD_MS`]) by
+/// `now_ms`: each moves its task to succeeded or failed, with the final status event.
+/// Returns the events added.
+pub(crate) async fn settle<S: Sql>(db: &mut S, now_ms: i64) -> Result<Vec<StoredEvent>, StoreError> {
+    let due = db
+        .rows(
+            &format!(
+                "SELECT id FROM troupe_tasks WHERE settle_ms IS NOT NULL AND settle_ms <= $1 \
+                 ORDER BY id{}",
+                S::LOCK
+            ),
+            &[now_ms.into()],
+        )
+        .await?;
+    let mut out = Vec::new();
+    for row in &due {
+        let id = row.text(0)?.to_owned();
+        let rows = db
+            .rows(
+                "SELECT status, verdict, verdict_result, verdict_error FROM troupe_tasks WHERE id = $1",
+                &[id.as_str().into()],
+            )
+            .await?;
+        let Some(task) = rows.first() else { continue };
+        let state = state_from(task.text(0)?)?;
+        let update = match task.opt_text(1)? {
+            Some("failed") => Update::Failed,
+            _ => Update::Succeeded,
+        };
+        let result = task.opt_text(2)?.map(|v| parse(v, "result")).transpose()?;
+        let error = task.opt_text(3)?.map(|v| parse(v, "error")).transpose()?;
+        db.exec(
+            "UPDATE troupe_tasks SET settle_ms = NULL, settle_by_ms = NULL WHERE id = $1",
+            &[id.as_str().into()],
+        )
+        .await?;
+        transition(db, &id, state, update, Some((result, error)), &mut out).await?;
+    }
+    Ok(out)
 }
 
 /// Appends an event unless one with `key` exists; returns whether it did.
