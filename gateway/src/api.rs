@@ -549,7 +549,7 @@ async fn follow(
 
 /// Waits until an event of task `id` is stored (or the receiver lagged, which may have
 /// hidden one); false once the gateway is shutting down.
-async fn wait_for(wake: &mut broadcast::Receiver<String>, id: &str) -> bool {
+pub(crate) async fn wait_for(wake: &mut broadcast::Receiver<String>, id: &str) -> bool {
     loop {
         match wake.recv().await {
             Ok(task) if task == id => return true,

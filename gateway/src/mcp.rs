@@ -36,7 +36,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use troupe_core::{QueueAdmin, Transport};
 
-use crate::api::{Api, submit_task};
+use crate::api::{Api, submit_task, wait_for};
 use crate::record::StoredEvent;
 use crate::state::{TaskState, Update};
 
@@ -327,16 +327,7 @@ impl<T> Call<'_, T> {
                 self.tell(&event, told).await;
             }
             // A wake-up only says "look"; a lost one costs at most a second.
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                loop {
-                    match wake.recv().await {
-                        Ok(task) if task == id => return,
-                        Ok(_) => {}
-                        Err(_) => return,
-                    }
-                }
-            })
-            .await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), wait_for(&mut wake, id)).await;
         }
     }
 

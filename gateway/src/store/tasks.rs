@@ -338,30 +338,23 @@ pub(crate) async fn settle<S: Sql>(db: &mut S, now_ms: i64) -> Result<Vec<Stored
     let due = db
         .rows(
             &format!(
-                "SELECT id FROM troupe_tasks WHERE settle_ms IS NOT NULL AND settle_ms <= $1 \
-                 ORDER BY id{}",
+                "SELECT id, status, verdict, verdict_result, verdict_error FROM troupe_tasks \
+                 WHERE settle_ms IS NOT NULL AND settle_ms <= $1 ORDER BY id{}",
                 S::LOCK
             ),
             &[now_ms.into()],
         )
         .await?;
     let mut out = Vec::new();
-    for row in &due {
-        let id = row.text(0)?.to_owned();
-        let rows = db
-            .rows(
-                "SELECT status, verdict, verdict_result, verdict_error FROM troupe_tasks WHERE id = $1",
-                &[id.as_str().into()],
-            )
-            .await?;
-        let Some(task) = rows.first() else { continue };
-        let state = state_from(task.text(0)?)?;
-        let update = match task.opt_text(1)? {
+    for task in &due {
+        let id = task.text(0)?.to_owned();
+        let state = state_from(task.text(1)?)?;
+        let update = match task.opt_text(2)? {
             Some("failed") => Update::Failed,
             _ => Update::Succeeded,
         };
-        let result = task.opt_text(2)?.map(|v| parse(v, "result")).transpose()?;
-        let error = task.opt_text(3)?.map(|v| parse(v, "error")).transpose()?;
+        let result = task.opt_text(3)?.map(|v| parse(v, "result")).transpose()?;
+        let error = task.opt_text(4)?.map(|v| parse(v, "error")).transpose()?;
         db.exec(
             "UPDATE troupe_tasks SET settle_ms = NULL, settle_by_ms = NULL WHERE id = $1",
             &[id.as_str().into()],
