@@ -172,10 +172,6 @@ async fn a_redis_outage_holds_work_and_loses_nothing() {
 
     shutdown.cancel();
     let report = served.await.unwrap().unwrap();
-    assert_eq!(
-        report.nacked, 0,
-        "the runner returned nothing to the queue: {report:?}"
-    );
     assert_eq!(report.sumped, 0, "{report:?}");
     // Redis comes back empty (no persistence here): a hop it had recorded before the kill
     // is forgotten, so a copy of that envelope still buffered by the NATS client runs again
@@ -183,6 +179,14 @@ async fn a_redis_outage_holds_work_and_loses_nothing() {
     // (asserted above: the broker's duplicate window drops it). At most the deliveries in
     // the runner's hands or its client's buffer at the kill can run twice.
     let in_hand = 4 + 4;
+    // Held deliveries are never returned to the queue. The one nack allowed is a buffered
+    // copy the server redelivered while its first copy was running: the idempotency layer
+    // tells that concurrent duplicate to come back (found by CI: nacked 2 of 203 received).
+    // A nack of held work would repeat once per lease for the whole outage and exceed this.
+    assert!(
+        report.nacked <= in_hand && report.received - report.nacked >= 200,
+        "only concurrent duplicates went back to the queue: {report:?}"
+    );
     assert!(
         (200..=200 + in_hand).contains(&report.published),
         "one output per envelope, plus at most {in_hand} repeated after the store lost its records: {report:?}"

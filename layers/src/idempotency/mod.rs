@@ -30,6 +30,7 @@ mod record;
 mod redis;
 mod store;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -186,7 +187,25 @@ where
                 store: store.clone(),
                 key: Some(key),
             };
-            let mut dispatch = inner.call(env).await.map_err(|e| IdempotencyError::Inner(e.into()))?;
+            // A failed or panicked hop gives its claim back before the runner sees the
+            // failure: released afterwards (by the guard's task), the claim could still be
+            // held when the nack's redelivery arrives, which then spends a redelivery on
+            // `InProgress` (found under CI load with a 20 ms redelivery delay).
+            let called = AssertUnwindSafe(inner.call(env))
+                .catch_unwind()
+                .await
+                .map(|r| r.map_err(|e| IdempotencyError::Inner(e.into())));
+            let mut dispatch = match called {
+                Ok(Ok(dispatch)) => dispatch,
+                Ok(Err(error)) => {
+                    claim.release().await;
+                    return Err(error);
+                }
+                Err(panic) => {
+                    claim.release().await;
+                    std::panic::resume_unwind(panic);
+                }
+            };
             let key = claim.recorded(dispatch.share_publications()).await?;
             dispatch.on_published(mark_published(store, key));
             Ok(dispatch)
@@ -207,6 +226,14 @@ impl<St: IdempotencyStore> ClaimGuard<St> {
         let key = self.key.as_deref().unwrap_or_default();
         self.store.complete(key, &outputs).await?;
         Ok(self.key.take().unwrap_or_default())
+    }
+
+    /// Gives the claim back now, so that a redelivery finds the hop free.
+    async fn release(mut self) {
+        let Some(key) = self.key.take() else { return };
+        if let Err(error) = self.store.release(&key).await {
+            tracing::warn!(hop = %key, %error, "could not release a failed hop's claim; it lapses with its ttl");
+        }
     }
 }
 
@@ -305,6 +332,47 @@ mod tests {
         svc.clone().oneshot(env).await.unwrap();
         svc.oneshot(retried).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A stack whose handler fails (or panics) on every call.
+    fn failing_stack(
+        store: Arc<MemoryStore>,
+        panics: bool,
+    ) -> impl Service<Envelope, Response = Dispatch, Error = IdempotencyError> + Clone {
+        let handler = handler_fn(move |_: Envelope| async move {
+            assert!(!panics, "the handler panics");
+            Err::<Outcome, _>(troupe_core::HandlerError::new("Broken", "the handler fails"))
+        });
+        tower::ServiceBuilder::new()
+            .layer(IdempotencyLayer::new("a", store))
+            .layer(RouteLayer::new("a"))
+            .service(handler)
+    }
+
+    // On the current-thread test runtime a spawned release has not run when the call
+    // returns, so these fail if the claim is given back only after the failure is seen.
+    #[tokio::test]
+    async fn a_failed_hop_has_released_its_claim_when_the_error_is_seen() {
+        let store = Arc::new(MemoryStore::default());
+        let env = Envelope::new(Route::through(["a"]), serde_json::Value::Null);
+        let key = env.hop_key("a");
+        let result = failing_stack(store.clone(), false).oneshot(env).await;
+        assert!(matches!(result, Err(IdempotencyError::Inner(_))));
+        let claim = store.claim(&key, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(claim, Claim::Acquired);
+    }
+
+    #[tokio::test]
+    async fn a_panicked_hop_has_released_its_claim_when_the_panic_is_seen() {
+        let store = Arc::new(MemoryStore::default());
+        let env = Envelope::new(Route::through(["a"]), serde_json::Value::Null);
+        let key = env.hop_key("a");
+        let result = AssertUnwindSafe(failing_stack(store.clone(), true).oneshot(env))
+            .catch_unwind()
+            .await;
+        assert!(result.is_err(), "the panic reaches the caller");
+        let claim = store.claim(&key, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(claim, Claim::Acquired);
     }
 
     #[tokio::test]
