@@ -19,6 +19,7 @@
 
 pub mod asya_resiliency;
 pub mod deadline;
+pub mod fan_in;
 pub mod idempotency;
 pub mod metrics;
 #[cfg(feature = "postgres")]

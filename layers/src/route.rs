@@ -11,6 +11,8 @@
 //! - [`Outcome::End`]: to `x-sink` as succeeded, route not advanced (§2.4);
 //! - [`Outcome::Published`]: nothing left to publish (the handler routed each output with
 //!   [`route_output`] and published it as it was produced);
+//! - [`Outcome::Merged`]: a fan-in's merge, its id kept; its route advances as for a
+//!   forward, or it goes to `x-sump` when it failed (see [`route_merged`]);
 //! - [`Outcome::Unprocessable`]: to `x-sump` as failed with `ParseError`, no retry (§2.7);
 //! - a route defect by the handler (changed `prev`/`curr`, no outputs) is a handler failure
 //!   of type `RouteViolation` / `EmptyOutcome`, left to the retry policy.
@@ -110,6 +112,7 @@ where
                     Outcome::Forward(outputs) => forward(&actor, attempt, &received, outputs),
                     Outcome::End(env) => end(&actor, attempt, &received, *env),
                     Outcome::Published => Ok(Dispatch::new(Vec::new())),
+                    Outcome::Merged(env) => Ok(Dispatch::one(route_merged(&actor, *env))),
                     Outcome::Unprocessable { envelope, error } => {
                         Ok(Dispatch::one(unprocessable(&actor, &received, *envelope, error)))
                     }
@@ -172,6 +175,18 @@ pub fn route_output(
         output.headers.shift_remove(SPAWNED);
     }
     Ok(advanced(actor, input.attempt_at(actor), output))
+}
+
+/// Routes the merge of a fan-in at aggregator `actor`: under its own id (the origin's), its
+/// route advanced past `actor` as for a forward (`x-sink` when finished), or to `x-sump`
+/// when its status says it failed.
+pub fn route_merged(actor: &str, mut env: Envelope) -> Publication {
+    if env.status.as_ref().and_then(|s| s.phase.as_ref()) == Some(&Phase::Failed) {
+        env.headers.shift_remove(FIRST_ATTEMPT);
+        return Publication::to(SUMP, env);
+    }
+    let attempt = env.attempt_at(actor);
+    advanced(actor, attempt, env)
 }
 
 fn unprocessable(actor: &str, input: &Received, mut env: Envelope, error: ErrorInfo) -> Publication {

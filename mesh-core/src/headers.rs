@@ -19,3 +19,8 @@ pub const TASK: &str = "x-troupe-task";
 /// children (appended at every fan-out along its route), so that whoever records the
 /// branch's end learns which branches it spawned (see the gateway's ledger).
 pub const SPAWNED: &str = "x-troupe-spawned";
+/// Fan-in metadata of a slice of a fan-out marked for rejoin (Asya's header and form): the
+/// aggregator, the origin id, the slice index and count. See [`crate::fan_in`].
+pub const FAN_IN: &str = "x-asya-fan-in";
+/// On a merge that a fan-in timeout emitted partial: the indices of the slices missing.
+pub const FAN_IN_MISSING: &str = "x-troupe-fan-in-missing";

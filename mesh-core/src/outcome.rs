@@ -23,6 +23,10 @@ pub enum Outcome {
     /// publish. Such a handler builds each publication with the route layer's
     /// `route_output`, so the routing rules are the same as for [`Outcome::Forward`].
     Published,
+    /// The merge of a fan-in (see [`crate::fan_in`]): it continues the route past this
+    /// actor under its own id (the fan-out origin's), not the input's, or goes to `x-sump`
+    /// when its status says it failed. Only an aggregator answers this.
+    Merged(Box<Envelope>),
     /// The envelope cannot be processed at all (the runtime could not parse it): it goes to
     /// `x-sump` with this error, without a retry (§2.7). Build it with
     /// [`Outcome::unprocessable`].

@@ -51,6 +51,7 @@ use crate::control::{Control, Verdict};
 use crate::decode::DecodeLimits;
 use crate::envelope::Envelope;
 use crate::event::{EventKind, EventSink, HopOutput};
+use crate::fan_in::FanIn;
 use crate::headers::TASK;
 use crate::naming::{NameError, QueueNaming, SUMP};
 use crate::outcome::{Dispatch, Publication};
@@ -645,13 +646,14 @@ async fn publish<T: Transport>(shared: &Shared<T>, mut dispatch: Dispatch) -> Re
 }
 
 /// Resolves the destination queue and encodes. A destination with no possible queue is a
-/// route defect: the envelope goes to `x-sump` with `InvalidRoute` rather than looping.
+/// route defect: the envelope goes to `x-sump` with `InvalidRoute` rather than looping, and
+/// that envelope is returned too.
 fn prepare_publication(
     naming: &QueueNaming,
     actor: &str,
     p: &Publication,
     dedup: bool,
-) -> (String, Bytes, PublishOptions) {
+) -> (String, Bytes, PublishOptions, Option<Envelope>) {
     // The hop key the destination's idempotency layer will use: a broker that deduplicates
     // drops exactly the duplicates that layer would otherwise absorb.
     let options = PublishOptions {
@@ -659,7 +661,7 @@ fn prepare_publication(
         dedup_id: dedup.then(|| p.envelope.hop_key(&p.actor)),
     };
     match naming.queue_for(&p.actor) {
-        Ok(queue) => (queue, Bytes::from(p.envelope.to_vec()), options),
+        Ok(queue) => (queue, Bytes::from(p.envelope.to_vec()), options, None),
         Err(error) => {
             tracing::warn!(envelope.id = %p.envelope.id, %error, "destination has no queue; sending to x-sump");
             let env = undeliverable(&p.envelope, actor, Reason::InvalidRoute, error.to_string());
@@ -667,6 +669,7 @@ fn prepare_publication(
                 sump_queue(naming),
                 Bytes::from(env.to_vec()),
                 PublishOptions::default(),
+                Some(env),
             )
         }
     }
@@ -704,14 +707,17 @@ fn undeliverable(envelope: &Envelope, actor: &str, reason: Reason, message: Stri
 ///   consumer will ever read it. Every transport answers
 ///   [`TransportError::NoSuchQueue`] for such a queue (what "exists" means per broker is in
 ///   `docs/transports-notes.md`).
+/// - A slice of a fan-in (see [`crate::fan_in`]) that ends in `x-sump` is also sent to its
+///   aggregator, marked failed, so the aggregator does not wait for it forever.
 pub async fn publish_one<T: Transport>(
     transport: &T,
     naming: &QueueNaming,
     actor: &str,
     publication: &Publication,
 ) -> Result<(), TransportError> {
-    let (queue, body, options) = prepare_publication(naming, actor, publication, transport.deduplicates());
-    match transport.publish(&queue, body, options).await {
+    let (queue, body, options, redirected) =
+        prepare_publication(naming, actor, publication, transport.deduplicates());
+    let sumped = match transport.publish(&queue, body, options).await {
         Err(TransportError::NoSuchQueue { queue: missing })
             if missing == queue && publication.actor != SUMP =>
         {
@@ -727,7 +733,57 @@ pub async fn publish_one<T: Transport>(
                     Bytes::from(env.to_vec()),
                     PublishOptions::default(),
                 )
-                .await
+                .await?;
+            env
+        }
+        Err(error) => return Err(error),
+        Ok(()) => match redirected {
+            Some(env) => env,
+            None if publication.actor == SUMP => {
+                return report_failed_slice(transport, naming, actor, &publication.envelope).await;
+            }
+            None => return Ok(()),
+        },
+    };
+    report_failed_slice(transport, naming, actor, &sumped).await
+}
+
+/// Tells the aggregator of a fan-in that one of its slices ended in `x-sump`, so it does not
+/// wait for that slice forever: the failed envelope goes to the aggregator's queue as well,
+/// its route pointing there. Nothing for an envelope that is no slice, or a slice that
+/// failed at its aggregator (which records that itself).
+async fn report_failed_slice<T: Transport>(
+    transport: &T,
+    naming: &QueueNaming,
+    actor: &str,
+    failed: &Envelope,
+) -> Result<(), TransportError> {
+    let Some(Ok(fan_in)) = FanIn::of(failed) else {
+        return Ok(());
+    };
+    if fan_in.actor == actor {
+        return Ok(());
+    }
+    let Ok(queue) = naming.queue_for(&fan_in.actor) else {
+        return Ok(());
+    };
+    let mut notice = failed.clone();
+    let mut prev = notice.route.prev().to_vec();
+    if !notice.route.curr().is_empty() {
+        prev.push(notice.route.curr().to_owned());
+    }
+    notice.route = crate::Route::new(prev, fan_in.actor.as_str(), Vec::new());
+    let options = PublishOptions {
+        delay: None,
+        dedup_id: transport.deduplicates().then(|| notice.hop_key(&fan_in.actor)),
+    };
+    match transport
+        .publish(&queue, Bytes::from(notice.to_vec()), options)
+        .await
+    {
+        Err(TransportError::NoSuchQueue { .. }) => {
+            tracing::warn!(envelope.id = %failed.id, aggregator = %fan_in.actor, %queue, "a fan-in slice failed, but its aggregator has no queue to be told");
+            Ok(())
         }
         other => other,
     }

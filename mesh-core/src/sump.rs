@@ -41,6 +41,10 @@ pub fn wrap_body(body: &[u8], reason: Reason, error_type: &str, message: &str, a
     if let Some(id) = readable_id(body) {
         env.id = id;
     }
+    // A slice of a fan-in keeps its metadata, so its aggregator still learns it failed.
+    if let Some(fan_in) = readable_fan_in(body) {
+        env.headers.insert(crate::headers::FAN_IN.to_owned(), fan_in);
+    }
     env.status = Some(Box::new(status));
     env
 }
@@ -55,6 +59,17 @@ pub(crate) fn readable_id(body: &[u8]) -> Option<String> {
         .ok()
         .map(|x| x.id)
         .filter(|id| !id.is_empty())
+}
+
+/// The body's fan-in header if it is a JSON object with one.
+fn readable_fan_in(body: &[u8]) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct HeadersOnly {
+        headers: Map<String, Value>,
+    }
+    serde_json::from_slice::<HeadersOnly>(body)
+        .ok()
+        .and_then(|mut x| x.headers.remove(crate::headers::FAN_IN))
 }
 
 /// Recovers the original bytes from an `x-sump` envelope built by [`wrap_body`].
@@ -81,5 +96,12 @@ mod tests {
         let status = env.status.unwrap();
         assert_eq!(status.phase, Some(Phase::Failed));
         assert_eq!(status.reason, Some(Reason::ParseError));
+    }
+
+    #[test]
+    fn keeps_a_slices_fan_in_header() {
+        let body = br#"{"id":"s","headers":{"x-asya-fan-in":{"actor":"join"}},"route":7}"#;
+        let env = wrap_body(body, Reason::RedeliveryLimit, "RedeliveryLimit", "x", "a");
+        assert_eq!(env.headers[crate::headers::FAN_IN]["actor"], "join");
     }
 }

@@ -27,7 +27,7 @@ mod postgres;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "nats-kv"))]
 mod record;
 #[cfg(feature = "redis")]
-mod redis;
+pub(crate) mod redis;
 mod store;
 
 use std::panic::AssertUnwindSafe;

@@ -15,15 +15,13 @@
 //! Connections and TLS: see [`crate::pg`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio_postgres::Client;
-use tokio_postgres::error::SqlState;
 use troupe_core::Publication;
-use troupe_core::redact::{Redacted, scrub};
+use troupe_core::redact::Redacted;
 
-use crate::pg::{PgConnector, is_unavailable};
+use crate::pg::{PgConnector, SharedClient};
 use troupe_core::tls::TlsFiles;
 
 use super::record::{self, millis};
@@ -71,17 +69,11 @@ impl Default for PostgresStoreConfig {
     }
 }
 
-/// Longest a single statement may take before the database counts as not answering.
-const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// An idempotency store on PostgreSQL. Cheap to share behind an `Arc`.
 pub struct PostgresStore {
     config: PostgresStoreConfig,
-    connector: PgConnector,
+    db: SharedClient,
     sql: Statements,
-    client: RwLock<Option<Arc<Client>>>,
-    /// One reconnection at a time; the others wait for it.
-    reconnecting: tokio::sync::Mutex<()>,
     /// Claim tokens of hops this process holds.
     tokens: Mutex<HashMap<String, String>>,
 }
@@ -144,60 +136,13 @@ impl PostgresStore {
             .map_err(|detail| StoreError::failed("connect", detail))?;
         let store = Arc::new(Self {
             sql: Statements::for_table(&config.table),
-            connector,
+            db: SharedClient::new(connector),
             config,
-            client: RwLock::default(),
-            reconnecting: tokio::sync::Mutex::default(),
             tokens: Mutex::default(),
         });
-        let client = store.client().await?;
-        if let Err(e) = client.batch_execute(&store.sql.create).await {
-            // Replicas starting together race to create the table; losing that race is fine.
-            let raced = e
-                .code()
-                .is_some_and(|c| *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::DUPLICATE_TABLE);
-            if !raced {
-                return Err(store.error("create table")(e));
-            }
-        }
+        store.db.setup(&store.sql.create).await?;
         tokio::spawn(sweep(Arc::downgrade(&store)));
         Ok(store)
-    }
-
-    fn error(&self, operation: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
-        move |e| {
-            // The client's messages name the server, never the password; scrubbed anyway.
-            let detail = scrub(&e.to_string(), &self.config.url);
-            if is_unavailable(&e) {
-                StoreError::unavailable(operation, detail)
-            } else {
-                StoreError::failed(operation, detail)
-            }
-        }
-    }
-
-    fn current(&self) -> Option<Arc<Client>> {
-        let client = self.client.read().unwrap_or_else(|p| p.into_inner());
-        client.as_ref().filter(|c| !c.is_closed()).cloned()
-    }
-
-    /// The open connection, or a new one if it broke.
-    async fn client(&self) -> Result<Arc<Client>, StoreError> {
-        if let Some(client) = self.current() {
-            return Ok(client);
-        }
-        let _one_at_a_time = self.reconnecting.lock().await;
-        if let Some(client) = self.current() {
-            return Ok(client);
-        }
-        let client = self
-            .connector
-            .connect(None)
-            .await
-            .map_err(|detail| StoreError::unavailable("connect", detail))?;
-        let client = Arc::new(client);
-        *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
-        Ok(client)
     }
 
     fn key(&self, hop: &str) -> String {
@@ -209,21 +154,13 @@ impl PostgresStore {
         self.tokens.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs `statement` with `params`, bounded by [`STATEMENT_TIMEOUT`].
     async fn rows(
         &self,
         operation: &'static str,
         statement: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let client = self.client().await?;
-        match tokio::time::timeout(STATEMENT_TIMEOUT, client.query(statement, params)).await {
-            Ok(rows) => rows.map_err(self.error(operation)),
-            Err(_) => Err(StoreError::unavailable(
-                operation,
-                format!("PostgreSQL did not answer within {STATEMENT_TIMEOUT:?}"),
-            )),
-        }
+        self.db.rows(operation, statement, params).await
     }
 
     async fn affected(
@@ -232,14 +169,7 @@ impl PostgresStore {
         statement: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, StoreError> {
-        let client = self.client().await?;
-        match tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(statement, params)).await {
-            Ok(n) => n.map_err(self.error(operation)),
-            Err(_) => Err(StoreError::unavailable(
-                operation,
-                format!("PostgreSQL did not answer within {STATEMENT_TIMEOUT:?}"),
-            )),
-        }
+        self.db.affected(operation, statement, params).await
     }
 
     fn ttl_millis(d: Duration) -> i64 {
@@ -282,7 +212,7 @@ impl IdempotencyStore for PostgresStore {
         }
         let found = self.rows("claim", &self.sql.look, &[&row_key]).await?;
         match found.first() {
-            Some(row) => record::found(&row.try_get::<_, String>(0).map_err(self.error("claim"))?),
+            Some(row) => record::found(&row.try_get::<_, String>(0).map_err(self.db.error("claim"))?),
             // Expired between the two statements: let the redelivery claim it.
             None => Ok(Claim::InProgress),
         }

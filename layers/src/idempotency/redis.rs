@@ -97,7 +97,8 @@ pub struct RedisStore {
     tokens: Mutex<HashMap<String, String>>,
 }
 
-fn failed(operation: &'static str) -> impl Fn(redis::RedisError) -> StoreError {
+/// A Redis error as a store error: unavailable when the server did not answer.
+pub(crate) fn failed(operation: &'static str) -> impl Fn(redis::RedisError) -> StoreError {
     move |e| {
         if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout() {
             StoreError::unavailable(operation, e.to_string())
@@ -107,36 +108,43 @@ fn failed(operation: &'static str) -> impl Fn(redis::RedisError) -> StoreError {
     }
 }
 
+/// Connects to the Redis at `url` (`rediss://` with `tls`); the connection reconnects by
+/// itself after a loss. Errors name the server, never its password.
+pub(crate) async fn connect(url: &str, tls: &TlsFiles) -> Result<ConnectionManager, StoreError> {
+    let connect_failed = |e: redis::RedisError| {
+        StoreError::unavailable(
+            "connect",
+            format!(
+                "cannot connect to Redis at {}: {}",
+                troupe_core::redact::Redacted(url),
+                troupe_core::redact::scrub(&e.to_string(), url)
+            ),
+        )
+    };
+    let tls_failed = |e: troupe_core::tls::TlsError| StoreError::failed("connect", e.to_string());
+    let client = if tls.is_empty() {
+        redis::Client::open(url)
+    } else {
+        let certificates = redis::TlsCertificates {
+            client_tls: tls
+                .client_identity_pem()
+                .map_err(tls_failed)?
+                .map(|id| redis::ClientTlsConfig {
+                    client_cert: id.cert_pem,
+                    client_key: id.key_pem,
+                }),
+            root_cert: tls.ca_pem().map_err(tls_failed)?,
+        };
+        redis::Client::build_with_tls(url, certificates)
+    }
+    .map_err(connect_failed)?;
+    ConnectionManager::new(client).await.map_err(connect_failed)
+}
+
 impl RedisStore {
     /// Connects (and reconnects by itself later, after a connection loss).
     pub async fn connect(config: RedisStoreConfig) -> Result<Arc<Self>, StoreError> {
-        let connect_failed = |e: redis::RedisError| {
-            StoreError::unavailable(
-                "connect",
-                format!(
-                    "cannot connect to Redis at {}: {}",
-                    troupe_core::redact::Redacted(&config.url),
-                    troupe_core::redact::scrub(&e.to_string(), &config.url)
-                ),
-            )
-        };
-        let tls_failed = |e: troupe_core::tls::TlsError| StoreError::failed("connect", e.to_string());
-        let client = if config.tls.is_empty() {
-            redis::Client::open(config.url.as_str())
-        } else {
-            let certificates = redis::TlsCertificates {
-                client_tls: config.tls.client_identity_pem().map_err(tls_failed)?.map(|id| {
-                    redis::ClientTlsConfig {
-                        client_cert: id.cert_pem,
-                        client_key: id.key_pem,
-                    }
-                }),
-                root_cert: config.tls.ca_pem().map_err(tls_failed)?,
-            };
-            redis::Client::build_with_tls(config.url.as_str(), certificates)
-        }
-        .map_err(connect_failed)?;
-        let connection = ConnectionManager::new(client).await.map_err(connect_failed)?;
+        let connection = connect(&config.url, &config.tls).await?;
         Ok(Arc::new(Self {
             connection,
             config,

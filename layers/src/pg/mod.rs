@@ -8,6 +8,7 @@
 //!
 //! Every message this module returns has the URL's password scrubbed from it.
 
+mod shared;
 mod tls;
 
 use std::time::Duration;
@@ -22,6 +23,8 @@ use tokio_postgres::{AsyncMessage, Client, Connection, NoTls, Notification};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use troupe_core::redact::{Redacted, scrub};
 use troupe_core::tls::TlsFiles;
+
+pub use shared::{STATEMENT_TIMEOUT, SharedClient};
 
 /// How long a connection attempt may take when the URL does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
