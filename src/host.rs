@@ -66,8 +66,8 @@ pub enum HostError {
     #[error(transparent)]
     Serve(#[from] ServeError),
     /// The idempotency store could not be reached.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("idempotency {0}")]
+    Store(StoreError),
     /// The broker could not be reached.
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -77,6 +77,12 @@ pub enum HostError {
     /// The runner could not run.
     #[error(transparent)]
     Runner(#[from] RunnerError),
+}
+
+impl From<StoreError> for HostError {
+    fn from(error: StoreError) -> Self {
+        HostError::Store(error)
+    }
 }
 
 /// An actor process being set up; see the module docs.

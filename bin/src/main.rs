@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod aggregate;
 mod by_hand;
 mod demo;
 mod gateway;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run a realistic multi-actor pipeline in this process on the embedded broker.
     Demo(demo::DemoArgs),
+    /// Serve an aggregator: rejoin the slices of fan-outs into one merge per origin.
+    Aggregate(aggregate::AggregateArgs),
     /// Serve the pipeline's front door: submit tasks, follow them, stream their events.
     Gateway(gateway::GatewayArgs),
     /// Serve one actor's queue with a handler runtime (e.g. Python) behind a Unix socket.
@@ -44,6 +47,8 @@ enum Command {
 enum CommandError {
     #[error(transparent)]
     Demo(#[from] demo::DemoError),
+    #[error(transparent)]
+    Aggregate(#[from] aggregate::AggregateError),
     #[error(transparent)]
     Gateway(#[from] gateway::GatewayCommandError),
     #[error(transparent)]
@@ -65,6 +70,7 @@ async fn main() -> std::process::ExitCode {
     };
     let result: Result<(), CommandError> = match cli.command {
         Command::Demo(args) => demo::run(args).await.map_err(Into::into),
+        Command::Aggregate(args) => aggregate::run(args).await.map_err(Into::into),
         Command::Gateway(args) => gateway::run(args).await.map_err(Into::into),
         Command::Sidecar(args) => {
             let sub = matches.subcommand_matches("sidecar").cloned().unwrap_or_default();

@@ -53,7 +53,7 @@ use crate::envelope::Envelope;
 use crate::event::{EventKind, EventSink, HopOutput};
 use crate::fan_in::FanIn;
 use crate::headers::TASK;
-use crate::naming::{NameError, QueueNaming, SUMP};
+use crate::naming::{NameError, QueueNaming, SINK, SUMP};
 use crate::outcome::{Dispatch, Publication};
 use crate::status::{Phase, Reason};
 use crate::sump;
@@ -707,8 +707,9 @@ fn undeliverable(envelope: &Envelope, actor: &str, reason: Reason, message: Stri
 ///   consumer will ever read it. Every transport answers
 ///   [`TransportError::NoSuchQueue`] for such a queue (what "exists" means per broker is in
 ///   `docs/transports-notes.md`).
-/// - A slice of a fan-in (see [`crate::fan_in`]) that ends in `x-sump` is also sent to its
-///   aggregator, marked failed, so the aggregator does not wait for it forever.
+/// - A slice of a fan-in (see [`crate::fan_in`]) that fails for good (to `x-sump`, or to
+///   `x-sink` as failed) is also sent to its aggregator, so the aggregator does not wait
+///   for it forever.
 pub async fn publish_one<T: Transport>(
     transport: &T,
     naming: &QueueNaming,
@@ -739,7 +740,7 @@ pub async fn publish_one<T: Transport>(
         Err(error) => return Err(error),
         Ok(()) => match redirected {
             Some(env) => env,
-            None if publication.actor == SUMP => {
+            None if ends_failed(publication) => {
                 return report_failed_slice(transport, naming, actor, &publication.envelope).await;
             }
             None => return Ok(()),
@@ -748,7 +749,20 @@ pub async fn publish_one<T: Transport>(
     report_failed_slice(transport, naming, actor, &sumped).await
 }
 
-/// Tells the aggregator of a fan-in that one of its slices ended in `x-sump`, so it does not
+/// Whether `publication` ends its envelope's route as a failure: to `x-sump`, or to `x-sink`
+/// as failed (retries used up, a deadline passed).
+fn ends_failed(publication: &Publication) -> bool {
+    publication.actor == SUMP
+        || (publication.actor == SINK
+            && publication
+                .envelope
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_ref())
+                == Some(&Phase::Failed))
+}
+
+/// Tells the aggregator of a fan-in that one of its slices failed for good, so it does not
 /// wait for that slice forever: the failed envelope goes to the aggregator's queue as well,
 /// its route pointing there. Nothing for an envelope that is no slice, or a slice that
 /// failed at its aggregator (which records that itself).

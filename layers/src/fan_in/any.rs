@@ -45,7 +45,7 @@ impl AnyFanInStore {
             other => Err(StoreError::failed(
                 "connect",
                 format!(
-                    "fan-in has no store on {} in this build: use memory, redis://... or postgres://... (features `redis`, `postgres`)",
+                    "fan-in keeps no aggregations on {}: use memory, redis://... or postgres://... (features `redis`, `postgres`)",
                     Redacted(&other.to_string())
                 ),
             )),

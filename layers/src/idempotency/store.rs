@@ -22,7 +22,7 @@ pub enum Claim {
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
-#[error("idempotency store {operation} failed: {detail}")]
+#[error("store {operation} failed: {detail}")]
 pub struct StoreError {
     /// What was being done (claim, complete, ...).
     pub operation: &'static str,

@@ -1,0 +1,86 @@
+//! `troupe aggregate`: the built-in aggregator actor. Rejoins the slices of fan-outs marked
+//! for rejoin into one merge per origin (see `troupe_layers::fan_in`), keeping open
+//! aggregations in the `--store` the idempotency records use.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use troupe::broker::{Broker, QueueArgs};
+use troupe::host::{ActorHost, HostError};
+use troupe::layers::fan_in::{self, Aggregator, AggregatorConfig, AnyFanInStore, OnTimeout};
+
+/// `troupe aggregate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AggregateArgs {
+    /// The aggregator actor served (slices name it in their `x-asya-fan-in` header).
+    #[arg(long, env = "TROUPE_ACTOR", default_value = "aggregate")]
+    pub actor: String,
+    /// How long an origin may wait for its slices, from its first one.
+    #[arg(long, env = "TROUPE_FAN_IN_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// What an origin still incomplete at its timeout becomes: `fail` (to x-sump, naming
+    /// the missing slices) or `partial` (continues, `null` for each missing slice).
+    #[arg(long, env = "TROUPE_FAN_IN_ON_TIMEOUT", default_value = "fail")]
+    pub on_timeout: OnTimeout,
+    /// How long a merge is kept to answer slices redelivered after it.
+    #[arg(long, env = "TROUPE_FAN_IN_RETENTION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+    /// Slices handled at once.
+    #[arg(long, env = "TROUPE_CONCURRENCY", default_value_t = 64)]
+    pub concurrency: usize,
+    /// Address of `/metrics`, `/healthz` (liveness) and `/readyz` (readiness).
+    #[arg(long, env = "TROUPE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// The broker, queue naming and store.
+    #[command(flatten)]
+    pub queue: QueueArgs,
+}
+
+/// Why `troupe aggregate` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregateError {
+    /// The host could not start or serve.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The fan-in store could not be reached.
+    #[error("fan-in {0}")]
+    Store(fan_in::StoreError),
+}
+
+/// Serves the aggregator until SIGTERM.
+pub async fn run(args: AggregateArgs) -> Result<(), AggregateError> {
+    let store = AnyFanInStore::connect(&args.queue.store, &args.queue.brokers.tls_files())
+        .await
+        .map_err(AggregateError::Store)?;
+    if matches!(store, AnyFanInStore::Memory(_)) && args.queue.transport != Broker::Memory {
+        tracing::warn!(
+            actor = %args.actor,
+            "--store memory: open aggregations are lost when this process stops, and replicas do not share them; \
+             set --store redis://... or postgres://... (TROUPE_STORE)"
+        );
+    }
+    let config = AggregatorConfig {
+        timeout: args.timeout,
+        on_timeout: args.on_timeout,
+        retention: args.retention,
+        ..AggregatorConfig::new(args.actor.as_str())
+    };
+    let aggregator = Aggregator::new(config, Arc::new(store));
+    let concurrency = args.concurrency.max(1);
+    let host = ActorHost::from_args(&args.actor, &args.queue, args.metrics_addr)?
+        .runner(|runner| runner.concurrency = concurrency)
+        .start()
+        .await?;
+    host.serve(|ctx| {
+        tokio::spawn(fan_in::sweep(
+            aggregator.clone(),
+            ctx.transport.clone(),
+            ctx.naming.clone(),
+            ctx.shutdown.clone(),
+        ));
+        aggregator
+    })
+    .await?;
+    Ok(())
+}
