@@ -51,7 +51,9 @@ use troupe_core::{
     QueueNaming, QueueSetupError, RunReport, Runner, RunnerConfig, RunnerError, ensure_actor_queues,
 };
 use troupe_layers::idempotency::StoreError;
-use troupe_layers::{AnyStore, MeshMetrics, RetryPolicies, StackConfig, StoreUrl, actor_stack};
+use troupe_layers::{
+    AnyStore, MeshMetrics, PassThroughStore, RetryPolicies, StackConfig, StoreUrl, actor_stack,
+};
 
 use crate::broker::{AnyTransport, Broker, BrokerConfig, ConnectError, HOP_RECORD_TTL, QueueArgs};
 use crate::http::{Probe, Probes, ServeError};
@@ -93,6 +95,7 @@ pub struct ActorHost {
     store: StoreUrl,
     store_prefix: String,
     store_tls: TlsFiles,
+    hop_records: bool,
     metrics_addr: Option<SocketAddr>,
     registry: Registry,
     mesh: MeshMetrics,
@@ -122,6 +125,7 @@ impl ActorHost {
             store: StoreUrl::Memory,
             store_prefix: "troupe:hop:".to_owned(),
             store_tls: TlsFiles::default(),
+            hop_records: true,
             metrics_addr: None,
             registry,
             mesh,
@@ -171,6 +175,16 @@ impl ActorHost {
     #[must_use]
     pub fn store_tls(mut self, tls: TlsFiles) -> Self {
         self.store_tls = tls;
+        self
+    }
+
+    /// Whether hops are recorded in the store for effectively-once processing (on by
+    /// default). Off only for a handler idempotent by its own store, such as the fan-in
+    /// aggregator: it then skips the records' round trips, and after a crash its
+    /// redeliveries need not wait for the crashed process's claims to lapse.
+    #[must_use]
+    pub fn hop_records(mut self, on: bool) -> Self {
+        self.hop_records = on;
         self
     }
 
@@ -261,22 +275,28 @@ impl ActorHost {
             tracing::info!(actor = %self.actor, metrics = %bound, "serving /metrics, /healthz and /readyz");
             metrics_addr = Some(bound);
         }
-        if self.store.is_memory() && self.broker != Broker::Memory {
-            tracing::warn!(
-                actor = %self.actor,
-                transport = %self.broker,
-                "--store memory: effectively-once does not survive a restart and is not shared by replicas; \
-                 set --store redis://... (TROUPE_STORE) for durable effectively-once"
-            );
-        }
-        #[cfg(feature = "nats")]
-        let store_url = self.store.with_nats_default(&self.brokers.nats.url);
-        #[cfg(not(feature = "nats"))]
-        let store_url = self.store;
-        let store = store_url
-            .connect(&self.store_prefix, HOP_RECORD_TTL, &self.store_tls)
-            .await?;
-        tracing::info!(actor = %self.actor, store = %store_url, "idempotency store ready");
+        let store = if self.hop_records {
+            if self.store.is_memory() && self.broker != Broker::Memory {
+                tracing::warn!(
+                    actor = %self.actor,
+                    transport = %self.broker,
+                    "--store memory: effectively-once does not survive a restart and is not shared by replicas; \
+                     set --store redis://... (TROUPE_STORE) for durable effectively-once"
+                );
+            }
+            #[cfg(feature = "nats")]
+            let store_url = self.store.with_nats_default(&self.brokers.nats.url);
+            #[cfg(not(feature = "nats"))]
+            let store_url = self.store;
+            let store = store_url
+                .connect(&self.store_prefix, HOP_RECORD_TTL, &self.store_tls)
+                .await?;
+            tracing::info!(actor = %self.actor, store = %store_url, "idempotency store ready");
+            store
+        } else {
+            tracing::info!(actor = %self.actor, "no hop records: the handler is idempotent by its own store");
+            AnyStore::PassThrough(PassThroughStore)
+        };
         Ok(Host {
             actor: self.actor,
             broker: self.broker,

@@ -68,7 +68,10 @@ pub async fn run(args: AggregateArgs) -> Result<(), AggregateError> {
     };
     let aggregator = Aggregator::new(config, Arc::new(store));
     let concurrency = args.concurrency.max(1);
+    // The fan-in store is the aggregator's record: a redelivered slice counts once and a
+    // merged origin answers its merge, so hop records would only add round trips.
     let host = ActorHost::from_args(&args.actor, &args.queue, args.metrics_addr)?
+        .hop_records(false)
         .runner(|runner| runner.concurrency = concurrency)
         .start()
         .await?;

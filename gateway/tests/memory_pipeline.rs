@@ -94,6 +94,31 @@ impl Pipeline {
             .await;
         pipeline
             .spawn(
+                "rejoin",
+                handler_fn(|e: Envelope| async move {
+                    let mut children: Vec<Envelope> = (1..=3)
+                        .map(|i| {
+                            let mut child = e.clone();
+                            child.payload = json!(e.payload.as_i64().unwrap_or(0) + i);
+                            child
+                        })
+                        .collect();
+                    troupe_core::fan_in::mark_for_rejoin(&e, "join", &mut children);
+                    Ok(Outcome::Forward(children))
+                }),
+            )
+            .await;
+        pipeline
+            .spawn(
+                "join",
+                troupe_layers::fan_in::Aggregator::new(
+                    troupe_layers::fan_in::AggregatorConfig::new("join"),
+                    Arc::new(troupe_layers::fan_in::MemoryFanInStore::default()),
+                ),
+            )
+            .await;
+        pipeline
+            .spawn(
                 "fail",
                 payload_fn(|_: Value| async move {
                     Err::<Value, _>(HandlerError::new("ValueError", "bad input"))
@@ -346,6 +371,26 @@ async fn a_fan_out_ends_with_its_last_branch_and_a_failure_fails_the_task() {
     let record = finished(&gw.base, created["id"].as_str().unwrap()).await;
     assert_eq!(record["status"], "failed", "{record}");
     assert_eq!(record["error"]["message"], "bad input", "{record}");
+    gw.stop().await;
+    pipeline.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_rejoined_by_an_aggregator_ends_with_the_merge() {
+    let pipeline = Pipeline::start().await;
+    let gw = gateway(&pipeline.transport, Store::in_memory().await.unwrap()).await;
+    let (_, created) = submit(
+        &gw.base,
+        json!({"route": ["rejoin", "double", "join", "wrap"], "payload": 10}),
+    )
+    .await;
+    let record = finished(&gw.base, created["id"].as_str().unwrap()).await;
+    assert_eq!(record["status"], "succeeded", "{record}");
+    assert_eq!(
+        record["result"],
+        json!({"got": [22, 24, 26]}),
+        "the merge, in slice order: {record}"
+    );
     gw.stop().await;
     pipeline.shutdown().await;
 }

@@ -31,7 +31,8 @@ pub mod trace;
 
 pub use deadline::DeadlineLayer;
 pub use idempotency::{
-    AnyStore, IdempotencyError, IdempotencyLayer, IdempotencyStore, MemoryStore, StoreUrl, UnknownStore,
+    AnyStore, IdempotencyError, IdempotencyLayer, IdempotencyStore, MemoryStore, PassThroughStore, StoreUrl,
+    UnknownStore,
 };
 #[cfg(feature = "nats-kv")]
 pub use idempotency::{NatsKvStore, NatsKvStoreConfig};

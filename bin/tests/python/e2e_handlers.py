@@ -71,3 +71,11 @@ def tokens(payload):
     for word in ("hello", "from", "troupe"):
         yield ("FLY", {"token": word})
     yield {**payload, "said": "hello from troupe"}
+
+
+def embed(payload):
+    """A stand-in embedding of one chunk of a document; a poisoned chunk never embeds."""
+    if payload.get("poison"):
+        raise ValueError(f"chunk {payload['chunk']} of document {payload['doc']} cannot be embedded")
+    text = payload["text"]
+    return {"doc": payload["doc"], "chunk": payload["chunk"], "vector": [len(text), sum(map(ord, text)) % 997]}

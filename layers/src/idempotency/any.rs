@@ -14,6 +14,7 @@ use troupe_core::tls::TlsFiles;
 use super::memory::MemoryStore;
 #[cfg(feature = "nats-kv")]
 use super::nats_kv::{NatsKvStore, NatsKvStoreConfig};
+use super::pass_through::PassThroughStore;
 #[cfg(feature = "postgres")]
 use super::postgres::{PostgresStore, PostgresStoreConfig};
 #[cfg(feature = "redis")]
@@ -239,6 +240,8 @@ impl fmt::Debug for StoreUrl {
 pub enum AnyStore {
     /// See [`MemoryStore`].
     Memory(Arc<MemoryStore>),
+    /// See [`PassThroughStore`]: no records, for handlers idempotent by themselves.
+    PassThrough(PassThroughStore),
     /// See [`RedisStore`].
     #[cfg(feature = "redis")]
     Redis(Arc<RedisStore>),
@@ -254,6 +257,7 @@ impl fmt::Debug for AnyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AnyStore::Memory(_) => f.write_str("AnyStore::Memory"),
+            AnyStore::PassThrough(_) => f.write_str("AnyStore::PassThrough"),
             #[cfg(feature = "redis")]
             AnyStore::Redis(_) => f.write_str("AnyStore::Redis"),
             #[cfg(feature = "postgres")]
@@ -269,6 +273,7 @@ macro_rules! each_store {
     ($self:ident, $store:ident => $call:expr) => {
         match $self {
             AnyStore::Memory($store) => $call,
+            AnyStore::PassThrough($store) => $call,
             #[cfg(feature = "redis")]
             AnyStore::Redis($store) => $call,
             #[cfg(feature = "postgres")]

@@ -22,6 +22,7 @@ mod any;
 mod memory;
 #[cfg(feature = "nats-kv")]
 mod nats_kv;
+mod pass_through;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "nats-kv"))]
@@ -43,6 +44,7 @@ pub use any::{AnyStore, StoreUrl, UnknownStore};
 pub use memory::{MemoryStore, MemoryStoreConfig};
 #[cfg(feature = "nats-kv")]
 pub use nats_kv::{NatsKvStore, NatsKvStoreConfig};
+pub use pass_through::PassThroughStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresStore, PostgresStoreConfig};
 #[cfg(feature = "redis")]

@@ -1,0 +1,280 @@
+//! Fan-out and fan-in with the shipped binaries on NATS: documents split into 1..200
+//! chunks (random), each chunk embedded by a Python handler behind `troupe sidecar`, the
+//! chunks rejoined by `troupe aggregate`, which is killed with SIGKILL twice mid-run and
+//! restarted. One chunk in fifty fails for good. Per store (Redis, PostgreSQL):
+//!
+//! - every document whose chunks all embedded reaches x-sink merged exactly once, under
+//!   its own id, its chunks in order;
+//! - every document with a failed chunk reaches x-sump once, failed, naming exactly its
+//!   failed chunks;
+//! - nothing else is merged.
+//!
+//! `TROUPE_FAN_IN_DOCS` sets the number of documents (150 by default; the issue's
+//! acceptance run is 2,000), `TROUPE_FAN_IN_MAX_CHUNKS` the most chunks per document (200).
+#![cfg(feature = "nats")]
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+#[path = "support/sidecars.rs"]
+mod sidecars;
+
+use std::collections::{BTreeSet, HashMap};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use sidecars::{Broker, Mesh, Proc, namespace, run_on, runtime, scratch, sidecar};
+use troupe::core::fan_in::mark_for_rejoin;
+use troupe::core::{Envelope, QueueNaming, Route, fan_out_id};
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Store {
+    Redis,
+    Postgres,
+}
+
+impl Store {
+    fn url(self) -> String {
+        match self {
+            Store::Redis => {
+                std::env::var("TROUPE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+            }
+            Store::Postgres => std::env::var("TROUPE_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
+        }
+    }
+}
+
+fn aggregator(ns: &str, store: Store) -> Proc {
+    let child = Command::new(env!("CARGO_BIN_EXE_troupe"))
+        .args(["aggregate", "--actor", "join", "--namespace", ns])
+        .args(["--transport", "nats", "--nats-url", &sidecars::nats_url()])
+        .args([
+            "--store",
+            &store.url(),
+            "--store-prefix",
+            &format!("troupe-fanin-e2e:{ns}:"),
+        ])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .env_remove("TROUPE_TRANSPORT")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+/// A document's chunks, as a splitter marks them for rejoin at `join` and the route layer
+/// names them: chunk 0 keeps the document's id, the others get derived ids.
+fn chunks(doc: usize, count: usize, poisoned: &BTreeSet<usize>) -> (String, Vec<Envelope>) {
+    let input = Envelope::new(Route::through(["split", "embed", "join"]), json!({"doc": doc}));
+    let mut chunks: Vec<Envelope> = (0..count)
+        .map(|i| {
+            let mut chunk = Envelope::new(
+                Route::new(vec!["split".into()], "embed", vec!["join".into()]),
+                json!({"doc": doc, "chunk": i, "text": format!("chunk {i} of document {doc}"), "poison": poisoned.contains(&i)}),
+            );
+            if i > 0 {
+                chunk.id = fan_out_id(&input.id, "split", 0, i);
+                chunk.parent_id = Some(input.id.clone());
+            } else {
+                chunk.id.clone_from(&input.id);
+            }
+            chunk
+        })
+        .collect();
+    mark_for_rejoin(&input, "join", &mut chunks);
+    (input.id, chunks)
+}
+
+async fn rejoin_under_kill_9(mesh: Box<dyn Mesh>, store: Store) {
+    let (docs, max_chunks) = (
+        setting("TROUPE_FAN_IN_DOCS", 150),
+        setting("TROUPE_FAN_IN_MAX_CHUNKS", 200),
+    );
+    let ns = namespace(&format!("fanin-{store:?}").to_lowercase(), Broker::Nats);
+    let dir = scratch(&ns);
+    let naming = QueueNaming::new("asya", &ns).unwrap();
+    for actor in ["embed", "join", "x-sink", "x-sump"] {
+        mesh.ensure(naming.queue_for(actor).unwrap()).await;
+    }
+    let _embed_runtime = runtime(&dir.join("embed"), "embed");
+    let store_url = store.url();
+    let store_prefix = format!("troupe-fanin-e2e:{ns}:");
+    let _embed = sidecar(
+        Broker::Nats,
+        &ns,
+        "embed",
+        &dir.join("embed"),
+        &[
+            "--runtime-concurrency",
+            "16",
+            "--store",
+            &store_url,
+            "--store-prefix",
+            &store_prefix,
+        ],
+    );
+    let mut join = Some(aggregator(&ns, store));
+
+    // Which documents there are, how many chunks each has, and which chunks fail.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2026);
+    let mut expected: HashMap<String, (usize, BTreeSet<usize>)> = HashMap::new();
+    let mut slices = 0;
+    let started = Instant::now();
+    for doc in 0..docs {
+        let count = rng.random_range(1..=max_chunks);
+        let poisoned: BTreeSet<usize> = (0..count).filter(|_| rng.random_range(0..50) == 0).collect();
+        let (id, envelopes) = chunks(doc, count, &poisoned);
+        for chunk in envelopes {
+            mesh.send(naming.queue_for("embed").unwrap(), chunk).await;
+        }
+        slices += count;
+        expected.insert(id, (count, poisoned));
+    }
+    let clean = expected.values().filter(|(_, p)| p.is_empty()).count();
+    let failed_docs = docs - clean;
+
+    // Kill -9 the aggregator at a third and at two thirds of the merges, restart it.
+    let mut kills = vec![2 * clean / 3, clean / 3];
+    let mut killed = 0;
+    let mut merged: HashMap<String, u32> = HashMap::new();
+    let mut seen = 0;
+    let (ns_ref, join_ref, killed_ref, merged_ref) = (&ns, &mut join, &mut killed, &mut merged);
+    let sink = mesh
+        .collect(
+            naming.queue_for("x-sink").unwrap(),
+            // Generous: at least 50 chunks a second on two busy cores.
+            Duration::from_secs(60 + slices as u64 / 50),
+            Box::new(move |got| {
+                for env in &got[seen..] {
+                    if env["status"]["phase"] == "succeeded" {
+                        *merged_ref
+                            .entry(env["id"].as_str().unwrap().to_owned())
+                            .or_default() += 1;
+                    }
+                }
+                seen = got.len();
+                if let Some(&at) = kills.last()
+                    && merged_ref.len() >= at
+                {
+                    kills.pop();
+                    let mut victim = join_ref.take().unwrap();
+                    victim.0.kill().unwrap();
+                    let _ = victim.0.wait();
+                    *killed_ref += 1;
+                    *join_ref = Some(aggregator(ns_ref, store));
+                }
+                merged_ref.len() >= clean && kills.is_empty()
+            }),
+        )
+        .await;
+    let elapsed = started.elapsed();
+    let sump = mesh
+        .collect(
+            naming.queue_for("x-sump").unwrap(),
+            Duration::from_secs(120),
+            Box::new(|got| got.len() >= failed_docs),
+        )
+        .await;
+    // A killed aggregator's deliveries come back when their lease (30 s) ends: any merge
+    // they published twice shows up now.
+    let late = mesh
+        .collect(
+            naming.queue_for("x-sink").unwrap(),
+            Duration::from_secs(35),
+            Box::new(|_| false),
+        )
+        .await;
+    let late_sump = mesh
+        .collect(
+            naming.queue_for("x-sump").unwrap(),
+            Duration::from_secs(1),
+            Box::new(|_| false),
+        )
+        .await;
+    drop(join);
+
+    let mut merges: HashMap<&str, Vec<&Value>> = HashMap::new();
+    let mut failed_chunks = 0;
+    for env in sink.iter().chain(&late) {
+        if env["status"]["phase"] == "succeeded" {
+            merges.entry(env["id"].as_str().unwrap()).or_default().push(env);
+        } else {
+            failed_chunks += 1;
+        }
+    }
+    eprintln!(
+        "fan-in over NATS, {store:?} store: {docs} documents, {slices} chunks, {} merged, {} failed, \
+         {failed_chunks} failed chunks, aggregator killed {killed} times, {elapsed:.1?} ({:.0} chunks/s)",
+        merges.len(),
+        sump.len() + late_sump.len(),
+        slices as f64 / elapsed.as_secs_f64(),
+    );
+    assert_eq!(killed, 2, "the aggregator was killed twice mid-run");
+    for (id, copies) in &merges {
+        let (count, poisoned) = expected
+            .get(*id)
+            .unwrap_or_else(|| panic!("merge {id} is no document"));
+        assert!(poisoned.is_empty(), "document {id} had failed chunks, yet merged");
+        assert_eq!(copies.len(), 1, "document {id} merged exactly once");
+        let chunks: Vec<u64> = copies[0]["payload"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["chunk"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            chunks,
+            (0..*count as u64).collect::<Vec<_>>(),
+            "document {id}: its chunks in order"
+        );
+    }
+    assert_eq!(
+        merges.len(),
+        clean,
+        "every document without a failed chunk merged"
+    );
+    let mut failed: HashMap<&str, u32> = HashMap::new();
+    for env in sump.iter().chain(&late_sump) {
+        let id = env["id"].as_str().unwrap();
+        *failed.entry(id).or_default() += 1;
+        let (_, poisoned) = expected.get(id).unwrap_or_else(|| panic!("x-sump has {env}"));
+        assert_eq!(env["status"]["error"]["type"], "FanInFailed", "{env}");
+        let named: BTreeSet<usize> = env["payload"]["failed_slices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["index"].as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(&named, poisoned, "document {id} names exactly its failed chunks");
+    }
+    assert_eq!(
+        failed.len(),
+        failed_docs,
+        "every document with a failed chunk failed"
+    );
+    assert!(
+        failed.values().all(|n| *n == 1),
+        "each failed document once: {failed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_rejoin_exactly_once_while_the_aggregator_is_killed() {
+    for store in [Store::Redis, Store::Postgres] {
+        run_on(Broker::Nats, async |_, mesh| {
+            rejoin_under_kill_9(mesh, store).await
+        })
+        .await;
+    }
+}
