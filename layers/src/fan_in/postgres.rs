@@ -16,6 +16,10 @@ use troupe_core::tls::TlsFiles;
 use super::store::{Expired, FanInStore, Gathered, StoreError, StoredSlice};
 use crate::pg::{PgConnector, SharedClient};
 
+/// Connections per store: the server runs each connection's statements in turn, so
+/// slices of different origins gather side by side on several.
+const CONNECTIONS: usize = 4;
+
 struct Statements {
     create: String,
     gather: String,
@@ -122,16 +126,20 @@ impl PostgresFanInStore {
         }
         let connector = PgConnector::new(url, tls).map_err(|detail| StoreError::failed("connect", detail))?;
         let store = Self {
-            db: SharedClient::new(connector),
+            db: SharedClient::with_connections(connector, CONNECTIONS),
             sql: Statements::for_prefix(prefix),
         };
-        // Replicas starting together would both replace the function; one at a time.
-        let lock = format!("SELECT pg_advisory_lock(hashtext('{prefix}_setup'))");
-        let unlock = format!("SELECT pg_advisory_unlock(hashtext('{prefix}_setup'))");
-        store.db.setup(&lock).await?;
-        let created = store.db.setup(&store.sql.create).await;
-        store.db.setup(&unlock).await?;
-        created?;
+        // Replicas starting together would both replace the function; one at a time, in
+        // one transaction on one connection.
+        let client = store.db.client().await?;
+        let setup = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('{prefix}_setup')); {} COMMIT;",
+            store.sql.create
+        );
+        if let Err(error) = client.batch_execute(&setup).await {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(store.db.error("create tables")(error));
+        }
         Ok(Arc::new(store))
     }
 }

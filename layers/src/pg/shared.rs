@@ -1,5 +1,6 @@
 //! One PostgreSQL connection shared by every caller of a store.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -13,23 +14,36 @@ use crate::idempotency::StoreError;
 /// Longest a single statement may take before the database counts as not answering.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connection that concurrent callers share (their statements pipeline on it), opened
-/// again by the next call after it breaks, so an outage makes calls fail as
-/// [unavailable](StoreError::unavailable) until the database answers again.
+/// Connections that concurrent callers share, taken in turn (statements pipeline on each;
+/// the server runs one connection's statements one after another, so several let it use
+/// several cores). A connection is opened again by the next call after it breaks, so an
+/// outage makes calls fail as [unavailable](StoreError::unavailable) until the database
+/// answers again.
 pub struct SharedClient {
     connector: PgConnector,
+    connections: Vec<Connection>,
+    next: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Connection {
     client: RwLock<Option<Arc<Client>>>,
     /// One reconnection at a time; the others wait for it.
     reconnecting: tokio::sync::Mutex<()>,
 }
 
 impl SharedClient {
-    /// Connections from `connector`; none is opened until the first call.
+    /// One connection from `connector`, opened by the first call.
     pub fn new(connector: PgConnector) -> Self {
+        Self::with_connections(connector, 1)
+    }
+
+    /// `n` connections (at least one) from `connector`, each opened by its first call.
+    pub fn with_connections(connector: PgConnector, n: usize) -> Self {
         Self {
             connector,
-            client: RwLock::default(),
-            reconnecting: tokio::sync::Mutex::default(),
+            connections: (0..n.max(1)).map(|_| Connection::default()).collect(),
+            next: AtomicUsize::new(0),
         }
     }
 
@@ -45,18 +59,15 @@ impl SharedClient {
         }
     }
 
-    fn current(&self) -> Option<Arc<Client>> {
-        let client = self.client.read().unwrap_or_else(|p| p.into_inner());
-        client.as_ref().filter(|c| !c.is_closed()).cloned()
-    }
-
-    /// The open connection, or a new one if it broke.
+    /// The next connection in turn, opened again if it broke.
     pub async fn client(&self) -> Result<Arc<Client>, StoreError> {
-        if let Some(client) = self.current() {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+        let connection = &self.connections[turn];
+        if let Some(client) = connection.current() {
             return Ok(client);
         }
-        let _one_at_a_time = self.reconnecting.lock().await;
-        if let Some(client) = self.current() {
+        let _one_at_a_time = connection.reconnecting.lock().await;
+        if let Some(client) = connection.current() {
             return Ok(client);
         }
         let client = self
@@ -65,7 +76,7 @@ impl SharedClient {
             .await
             .map_err(|detail| StoreError::unavailable("connect", detail))?;
         let client = Arc::new(client);
-        *self.client.write().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+        *connection.client.write().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
         Ok(client)
     }
 
@@ -115,6 +126,13 @@ impl SharedClient {
             }
             Err(e) => Err(self.error("create tables")(e)),
         }
+    }
+}
+
+impl Connection {
+    fn current(&self) -> Option<Arc<Client>> {
+        let client = self.client.read().unwrap_or_else(|p| p.into_inner());
+        client.as_ref().filter(|c| !c.is_closed()).cloned()
     }
 }
 
