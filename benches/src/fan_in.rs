@@ -143,7 +143,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("|---|---|---|---|---|");
     for url in &args.stores {
         let parsed: StoreUrl = url.parse()?;
-        let store = runtime.block_on(AnyFanInStore::connect(&parsed, &Default::default()))?;
+        let store = runtime.block_on(AnyFanInStore::connect(&parsed, &Default::default(), "bench"))?;
         let mut latency = Histogram::<u64>::new(3)?;
         let mut runs = Vec::new();
         for _ in 0..args.runs {

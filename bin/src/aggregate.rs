@@ -50,14 +50,19 @@ pub enum AggregateError {
 
 /// Serves the aggregator until SIGTERM.
 pub async fn run(args: AggregateArgs) -> Result<(), AggregateError> {
-    let store = AnyFanInStore::connect(&args.queue.store, &args.queue.brokers.tls_files())
+    let store_url = args
+        .queue
+        .store
+        .clone()
+        .with_nats_default(&args.queue.brokers.nats_url);
+    let store = AnyFanInStore::connect(&store_url, &args.queue.brokers.tls_files(), &args.actor)
         .await
         .map_err(AggregateError::Store)?;
     if matches!(store, AnyFanInStore::Memory(_)) && args.queue.transport != Broker::Memory {
         tracing::warn!(
             actor = %args.actor,
             "--store memory: open aggregations are lost when this process stops, and replicas do not share them; \
-             set --store redis://... or postgres://... (TROUPE_STORE)"
+             set --store redis://..., postgres://... or nats-kv://BUCKET (TROUPE_STORE)"
         );
     }
     let config = AggregatorConfig {

@@ -1,7 +1,9 @@
 //! Fan-out and fan-in with the shipped binaries on NATS: documents split into 1..200
-//! chunks (random), each chunk embedded by a Python handler behind `troupe sidecar`, the
-//! chunks rejoined by `troupe aggregate`, which is killed with SIGKILL twice mid-run and
-//! restarted. One chunk in fifty fails for good. Per store (Redis, PostgreSQL):
+//! chunks (random) by a Python handler that marks them for rejoin (a generator setting
+//! `x-asya-fan-in`, as Asya's routers do), each chunk embedded by another Python handler,
+//! both behind `troupe sidecar`, the chunks rejoined by `troupe aggregate`, which is killed
+//! with SIGKILL twice mid-run and restarted. One chunk in fifty fails for good. Per store
+//! (Redis, PostgreSQL, NATS KV), which the sidecars' hop records and the aggregations share:
 //!
 //! - every document whose chunks all embedded reaches x-sink merged exactly once, under
 //!   its own id, its chunks in order;
@@ -24,8 +26,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use sidecars::{Broker, Mesh, Proc, namespace, run_on, runtime, scratch, sidecar};
-use troupe::core::fan_in::mark_for_rejoin;
-use troupe::core::{Envelope, QueueNaming, Route, fan_out_id};
+use troupe::core::{Envelope, QueueNaming, Route};
 
 fn setting(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -38,6 +39,7 @@ fn setting(name: &str, default: usize) -> usize {
 enum Store {
     Redis,
     Postgres,
+    NatsKv,
 }
 
 impl Store {
@@ -48,6 +50,8 @@ impl Store {
             }
             Store::Postgres => std::env::var("TROUPE_POSTGRES_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
+            // The bucket on the broker's own NATS.
+            Store::NatsKv => "nats-kv://troupe-fanin-e2e".to_owned(),
         }
     }
 }
@@ -73,29 +77,6 @@ fn aggregator(ns: &str, store: Store) -> Proc {
     Proc(child)
 }
 
-/// A document's chunks, as a splitter marks them for rejoin at `join` and the route layer
-/// names them: chunk 0 keeps the document's id, the others get derived ids.
-fn chunks(doc: usize, count: usize, poisoned: &BTreeSet<usize>) -> (String, Vec<Envelope>) {
-    let input = Envelope::new(Route::through(["split", "embed", "join"]), json!({"doc": doc}));
-    let mut chunks: Vec<Envelope> = (0..count)
-        .map(|i| {
-            let mut chunk = Envelope::new(
-                Route::new(vec!["split".into()], "embed", vec!["join".into()]),
-                json!({"doc": doc, "chunk": i, "text": format!("chunk {i} of document {doc}"), "poison": poisoned.contains(&i)}),
-            );
-            if i > 0 {
-                chunk.id = fan_out_id(&input.id, "split", 0, i);
-                chunk.parent_id = Some(input.id.clone());
-            } else {
-                chunk.id.clone_from(&input.id);
-            }
-            chunk
-        })
-        .collect();
-    mark_for_rejoin(&input, "join", &mut chunks);
-    (input.id, chunks)
-}
-
 async fn rejoin_under_kill_9(mesh: Box<dyn Mesh>, store: Store) {
     let (docs, max_chunks) = (
         setting("TROUPE_FAN_IN_DOCS", 150),
@@ -104,26 +85,31 @@ async fn rejoin_under_kill_9(mesh: Box<dyn Mesh>, store: Store) {
     let ns = namespace(&format!("fanin-{store:?}").to_lowercase(), Broker::Nats);
     let dir = scratch(&ns);
     let naming = QueueNaming::new("asya", &ns).unwrap();
-    for actor in ["embed", "join", "x-sink", "x-sump"] {
+    for actor in ["split", "embed", "join", "x-sink", "x-sump"] {
         mesh.ensure(naming.queue_for(actor).unwrap()).await;
     }
-    let _embed_runtime = runtime(&dir.join("embed"), "embed");
     let store_url = store.url();
     let store_prefix = format!("troupe-fanin-e2e:{ns}:");
-    let _embed = sidecar(
-        Broker::Nats,
-        &ns,
-        "embed",
-        &dir.join("embed"),
-        &[
-            "--runtime-concurrency",
-            "16",
-            "--store",
-            &store_url,
-            "--store-prefix",
-            &store_prefix,
-        ],
-    );
+    // The Python actors: runtimes and their sidecars, dropped (stopped) at the end.
+    let mut python = Vec::new();
+    for (actor, handler) in [("split", "split_for_rejoin"), ("embed", "embed")] {
+        python.push(runtime(&dir.join(actor), handler));
+        let sidecar = sidecar(
+            Broker::Nats,
+            &ns,
+            actor,
+            &dir.join(actor),
+            &[
+                "--runtime-concurrency",
+                "16",
+                "--store",
+                &store_url,
+                "--store-prefix",
+                &store_prefix,
+            ],
+        );
+        python.push(sidecar);
+    }
     let mut join = Some(aggregator(&ns, store));
 
     // Which documents there are, how many chunks each has, and which chunks fail.
@@ -134,12 +120,13 @@ async fn rejoin_under_kill_9(mesh: Box<dyn Mesh>, store: Store) {
     for doc in 0..docs {
         let count = rng.random_range(1..=max_chunks);
         let poisoned: BTreeSet<usize> = (0..count).filter(|_| rng.random_range(0..50) == 0).collect();
-        let (id, envelopes) = chunks(doc, count, &poisoned);
-        for chunk in envelopes {
-            mesh.send(naming.queue_for("embed").unwrap(), chunk).await;
-        }
+        let envelope = Envelope::new(
+            Route::through(["split", "embed", "join"]),
+            json!({"doc": doc, "chunks": count, "poisoned": poisoned}),
+        );
+        expected.insert(envelope.id.clone(), (count, poisoned));
+        mesh.send(naming.queue_for("split").unwrap(), envelope).await;
         slices += count;
-        expected.insert(id, (count, poisoned));
     }
     let clean = expected.values().filter(|(_, p)| p.is_empty()).count();
     let failed_docs = docs - clean;
@@ -203,6 +190,7 @@ async fn rejoin_under_kill_9(mesh: Box<dyn Mesh>, store: Store) {
         )
         .await;
     drop(join);
+    drop(python);
 
     let mut merges: HashMap<&str, Vec<&Value>> = HashMap::new();
     let mut failed_chunks = 0;
@@ -271,7 +259,7 @@ async fn rejoin_under_kill_9(mesh: Box<dyn Mesh>, store: Store) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documents_rejoin_exactly_once_while_the_aggregator_is_killed() {
-    for store in [Store::Redis, Store::Postgres] {
+    for store in [Store::Redis, Store::Postgres, Store::NatsKv] {
         run_on(Broker::Nats, async |_, mesh| {
             rejoin_under_kill_9(mesh, store).await
         })

@@ -1,6 +1,7 @@
 //! The fan-in stores against real servers: Redis (`TROUPE_REDIS_URL`, default
-//! `redis://127.0.0.1:6379`) and PostgreSQL (`TROUPE_POSTGRES_URL`, default
-//! `postgres://postgres@127.0.0.1:5432/test`). Origins are named per run.
+//! `redis://127.0.0.1:6379`), PostgreSQL (`TROUPE_POSTGRES_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`) and NATS KV (`TROUPE_NATS_URL`, default
+//! `nats://127.0.0.1:4222`). Origins are named per run.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::sync::Arc;
@@ -26,7 +27,11 @@ mod redis {
     }
 
     async fn store() -> Arc<RedisFanInStore> {
-        let prefix = format!("troupe-test:fanin:{}:", std::process::id());
+        scoped("a").await
+    }
+
+    async fn scoped(scope: &str) -> Arc<RedisFanInStore> {
+        let prefix = format!("troupe-test:fanin:{}:{scope}:", std::process::id());
         RedisFanInStore::connect(&url(), &prefix, &TlsFiles::default())
             .await
             .unwrap_or_else(|e| panic!("Redis must be running for these tests (bash .ci/run starts it): {e}"))
@@ -37,6 +42,7 @@ mod redis {
         conformance::run(&*store().await, "redis").await;
         // Two connections: two replicas of one aggregator.
         conformance::races_complete_once(store().await, store().await, "redis", 200).await;
+        conformance::scopes_keep_apart(&*scoped("a").await, &*scoped("b").await, "redis").await;
     }
 }
 
@@ -52,7 +58,11 @@ mod postgres {
     }
 
     async fn store() -> Arc<PostgresFanInStore> {
-        PostgresFanInStore::connect(&url(), "troupe_fanin_test", &TlsFiles::default())
+        scoped("a").await
+    }
+
+    async fn scoped(scope: &str) -> Arc<PostgresFanInStore> {
+        PostgresFanInStore::connect(&url(), "troupe_fanin_test", scope, &TlsFiles::default())
             .await
             .unwrap_or_else(|e| {
                 panic!("PostgreSQL must be running for these tests (bash .ci/run starts it): {e}")
@@ -63,5 +73,38 @@ mod postgres {
     async fn keeps_the_contract_and_two_replicas_complete_once() {
         conformance::run(&*store().await, "postgres").await;
         conformance::races_complete_once(store().await, store().await, "postgres", 200).await;
+        conformance::scopes_keep_apart(&*scoped("a").await, &*scoped("b").await, "postgres").await;
+    }
+}
+
+#[cfg(feature = "nats-kv")]
+mod nats_kv {
+    use super::*;
+    use troupe_core::tls::TlsFiles;
+    use troupe_layers::fan_in::NatsKvFanInStore;
+
+    fn url() -> String {
+        std::env::var("TROUPE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+    }
+
+    async fn store() -> Arc<NatsKvFanInStore> {
+        scoped("a").await
+    }
+
+    async fn scoped(scope: &str) -> Arc<NatsKvFanInStore> {
+        let prefix = format!("fanin-test-{}.{scope}", std::process::id());
+        NatsKvFanInStore::connect(&url(), "troupe-test-fanin", &prefix, &TlsFiles::default())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("NATS with JetStream must be running for these tests (bash .ci/run starts it): {e}")
+            })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keeps_the_contract_and_two_replicas_complete_once() {
+        conformance::run(&*store().await, "nats-kv").await;
+        // Two connections: two replicas of one aggregator.
+        conformance::races_complete_once(store().await, store().await, "nats-kv", 200).await;
+        conformance::scopes_keep_apart(&*scoped("a").await, &*scoped("b").await, "nats-kv").await;
     }
 }

@@ -79,3 +79,17 @@ def embed(payload):
         raise ValueError(f"chunk {payload['chunk']} of document {payload['doc']} cannot be embedded")
     text = payload["text"]
     return {"doc": payload["doc"], "chunk": payload["chunk"], "vector": [len(text), sum(map(ord, text)) % 997]}
+
+
+def split_for_rejoin(payload):
+    """Splits a document into its chunks, each marked for rejoin by the aggregator `join`."""
+    origin = yield ("GET", ".id")
+    count = payload["chunks"]
+    poisoned = set(payload.get("poisoned", []))
+    for i in range(count):
+        yield (
+            "SET",
+            ".headers.x-asya-fan-in",
+            {"actor": "join", "origin_id": origin, "slice_index": i, "slice_count": count},
+        )
+        yield {"doc": payload["doc"], "chunk": i, "text": f"chunk {i} of document {payload['doc']}", "poison": i in poisoned}

@@ -7,6 +7,8 @@ use troupe_core::redact::Redacted;
 use troupe_core::tls::TlsFiles;
 
 use super::memory::MemoryFanInStore;
+#[cfg(feature = "nats-kv")]
+use super::nats_kv::NatsKvFanInStore;
 #[cfg(feature = "postgres")]
 use super::postgres::PostgresFanInStore;
 #[cfg(feature = "redis")]
@@ -25,27 +27,54 @@ pub enum AnyFanInStore {
     /// On PostgreSQL.
     #[cfg(feature = "postgres")]
     Postgres(Arc<PostgresFanInStore>),
+    /// In a NATS KV bucket.
+    #[cfg(feature = "nats-kv")]
+    NatsKv(Arc<NatsKvFanInStore>),
 }
 
 impl AnyFanInStore {
-    /// Connects the store `url` names (the same `--store` the idempotency records use),
-    /// its keys or tables prefixed with `prefix` (`troupe:fanin:` / `troupe_fanin`).
-    pub async fn connect(url: &StoreUrl, tls: &TlsFiles) -> Result<Self, StoreError> {
+    /// Connects the store `url` names (the same `--store` the idempotency records use), its
+    /// keys prefixed `troupe:fanin:{scope}:` (Redis) or `fanin.{scope}.` (NATS KV), its rows
+    /// in tables `troupe_fanin_*` keyed under `{scope}/` (PostgreSQL). `scope` is the
+    /// aggregator's actor, so aggregators that share a store keep apart (letters, digits,
+    /// `-` and `_`). A `nats-kv://BUCKET` without servers uses the local NATS: apply
+    /// [`StoreUrl::with_nats_default`] first to use the broker's.
+    pub async fn connect(url: &StoreUrl, tls: &TlsFiles, scope: &str) -> Result<Self, StoreError> {
         let _ = tls;
+        if scope.is_empty()
+            || !scope
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        {
+            return Err(StoreError::failed(
+                "connect",
+                format!("fan-in scope {scope:?} may hold only letters, digits, - and _"),
+            ));
+        }
         match url {
             StoreUrl::Memory => Ok(AnyFanInStore::Memory(Arc::default())),
             #[cfg(feature = "redis")]
-            StoreUrl::Redis(url) => RedisFanInStore::connect(url, "troupe:fanin:", tls)
+            StoreUrl::Redis(url) => RedisFanInStore::connect(url, &format!("troupe:fanin:{scope}:"), tls)
                 .await
                 .map(AnyFanInStore::Redis),
             #[cfg(feature = "postgres")]
-            StoreUrl::Postgres(url) => PostgresFanInStore::connect(url, "troupe_fanin", tls)
+            StoreUrl::Postgres(url) => PostgresFanInStore::connect(url, "troupe_fanin", scope, tls)
                 .await
                 .map(AnyFanInStore::Postgres),
+            #[cfg(feature = "nats-kv")]
+            StoreUrl::NatsKv { servers, bucket } => NatsKvFanInStore::connect(
+                servers.as_deref().unwrap_or("nats://127.0.0.1:4222"),
+                bucket,
+                &format!("fanin.{scope}."),
+                tls,
+            )
+            .await
+            .map(AnyFanInStore::NatsKv),
+            #[allow(unreachable_patterns)] // Unreachable when every store is built in.
             other => Err(StoreError::failed(
                 "connect",
                 format!(
-                    "fan-in keeps no aggregations on {}: use memory, redis://... or postgres://... (features `redis`, `postgres`)",
+                    "fan-in keeps no aggregations on {}: use memory, redis://..., postgres://... or nats-kv://... (features `redis`, `postgres`, `nats-kv`)",
                     Redacted(&other.to_string())
                 ),
             )),
@@ -61,6 +90,8 @@ macro_rules! each {
             AnyFanInStore::Redis($store) => $call,
             #[cfg(feature = "postgres")]
             AnyFanInStore::Postgres($store) => $call,
+            #[cfg(feature = "nats-kv")]
+            AnyFanInStore::NatsKv($store) => $call,
         }
     };
 }

@@ -50,6 +50,8 @@
 mod any;
 mod memory;
 mod merge;
+#[cfg(feature = "nats-kv")]
+mod nats_kv;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "redis")]
@@ -68,6 +70,8 @@ use troupe_core::{DecodeLimits, Envelope, ErrorInfo, FanIn, HandlerError, Outcom
 pub use any::AnyFanInStore;
 pub use memory::MemoryFanInStore;
 pub use merge::{Ending, FAN_IN_FAILED, FAN_IN_TIMEOUT, ListMerge, Merge, merge};
+#[cfg(feature = "nats-kv")]
+pub use nats_kv::{BUCKET_MAX_AGE, NatsKvFanInStore};
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresFanInStore;
 #[cfg(feature = "redis")]

@@ -88,7 +88,8 @@ impl Statements {
                  keep_until = now() + $3::BIGINT * interval '1 millisecond' WHERE origin = $1"
             ),
             overdue: format!(
-                "SELECT origin FROM {t}_origins WHERE state <> 'merged' AND opened_at < $1 \
+                "SELECT substr(origin, length($3) + 1) FROM {t}_origins \
+                 WHERE state <> 'merged' AND opened_at < $1 AND starts_with(origin, $3) \
                  ORDER BY opened_at LIMIT $2"
             ),
             forget: format!("DELETE FROM {t}_origins WHERE state = 'merged' AND keep_until <= now()"),
@@ -105,6 +106,8 @@ impl Statements {
 pub struct PostgresFanInStore {
     db: SharedClient,
     sql: Statements,
+    /// `{scope}/`, before every origin: aggregators sharing the tables keep apart.
+    scope: String,
 }
 
 fn valid_prefix(prefix: &str) -> bool {
@@ -116,8 +119,15 @@ fn valid_prefix(prefix: &str) -> bool {
 
 impl PostgresFanInStore {
     /// Connects to `url` (see [`crate::pg`] for TLS) and creates the tables and function
-    /// named after `prefix` (lower-case letters, digits, `_`) if they are missing.
-    pub async fn connect(url: &str, prefix: &str, tls: &TlsFiles) -> Result<Arc<Self>, StoreError> {
+    /// named after `prefix` (lower-case letters, digits, `_`) if they are missing. Origins
+    /// are kept under `scope` (the aggregator's actor): aggregators sharing the tables see
+    /// only their own.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        scope: &str,
+        tls: &TlsFiles,
+    ) -> Result<Arc<Self>, StoreError> {
         if !valid_prefix(prefix) {
             return Err(StoreError::failed(
                 "connect",
@@ -128,6 +138,7 @@ impl PostgresFanInStore {
         let store = Self {
             db: SharedClient::with_connections(connector, CONNECTIONS),
             sql: Statements::for_prefix(prefix),
+            scope: format!("{scope}/"),
         };
         // Replicas starting together would both replace the function; one at a time, in
         // one transaction on one connection.
@@ -152,6 +163,12 @@ fn slice_of(row: &tokio_postgres::Row, index_column: usize) -> Result<StoredSlic
     })
 }
 
+impl PostgresFanInStore {
+    fn key(&self, origin: &str) -> String {
+        format!("{}{origin}", self.scope)
+    }
+}
+
 fn count(n: i32) -> u32 {
     u32::try_from(n).unwrap_or_default()
 }
@@ -169,7 +186,11 @@ impl FanInStore for PostgresFanInStore {
         };
         let rows = self
             .db
-            .rows("gather", &self.sql.gather, &[&origin, &index, &of, &slice.body])
+            .rows(
+                "gather",
+                &self.sql.gather,
+                &[&self.key(origin), &index, &of, &slice.body],
+            )
             .await?;
         let error = self.db.error("gather");
         let first = rows
@@ -201,7 +222,7 @@ impl FanInStore for PostgresFanInStore {
     async fn finish(&self, origin: &str, merged: Vec<u8>, retention: Duration) -> Result<(), StoreError> {
         let keep = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         self.db
-            .affected("finish", &self.sql.finish, &[&origin, &merged, &keep])
+            .affected("finish", &self.sql.finish, &[&self.key(origin), &merged, &keep])
             .await
             .map(drop)
     }
@@ -212,7 +233,11 @@ impl FanInStore for PostgresFanInStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .db
-            .rows("overdue", &self.sql.overdue, &[&opened_before, &limit])
+            .rows(
+                "overdue",
+                &self.sql.overdue,
+                &[&opened_before, &limit, &self.scope],
+            )
             .await?;
         rows.iter()
             .map(|row| row.try_get(0))
@@ -222,6 +247,7 @@ impl FanInStore for PostgresFanInStore {
 
     async fn expire(&self, origin: &str) -> Result<Option<Expired>, StoreError> {
         let error = self.db.error("expire");
+        let origin = self.key(origin);
         let rows = self.db.rows("expire", &self.sql.expire, &[&origin]).await?;
         let Some(row) = rows.first() else {
             return Ok(None);

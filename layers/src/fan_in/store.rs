@@ -203,6 +203,28 @@ pub mod conformance {
         assert_eq!(completions, rounds as usize);
     }
 
+    /// Two aggregators (`a`, `b`: one store, two scopes) that see the same origin id (a
+    /// merge fanned out again and rejoined elsewhere) keep it apart: `b` neither finds `a`'s
+    /// merge nor is handed `a`'s open origins by the timeout.
+    pub async fn scopes_keep_apart<St: FanInStore>(a: &St, b: &St, scope: &str) {
+        let origin = format!("{scope}-{}-shared", uuid::Uuid::new_v4().simple());
+        a.gather(&origin, 1, slice(0)).await.unwrap();
+        a.finish(&origin, b"merge of a".to_vec(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let at_b = b.gather(&origin, 2, slice(0)).await.unwrap();
+        assert_eq!(at_b, Gathered::Open { have: 1, of: 2 }, "b's origin is its own");
+        let later = SystemTime::now() + Duration::from_secs(5);
+        assert!(b.overdue(later, 10_000).await.unwrap().contains(&origin));
+        assert!(
+            !a.overdue(later, 10_000).await.unwrap().contains(&origin),
+            "a's timeout does not take b's open origin"
+        );
+        b.finish(&origin, b"merge of b".to_vec(), Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+
     async fn store_first<St: FanInStore>(store: &St, origin: &str) {
         store.gather(origin, 3, slice(0)).await.unwrap();
     }

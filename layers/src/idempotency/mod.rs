@@ -21,7 +21,7 @@
 mod any;
 mod memory;
 #[cfg(feature = "nats-kv")]
-mod nats_kv;
+pub(crate) mod nats_kv;
 mod pass_through;
 #[cfg(feature = "postgres")]
 mod postgres;

@@ -100,41 +100,7 @@ fn down(operation: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreErro
 impl NatsKvStore {
     /// Connects, and creates the bucket if it is missing.
     pub async fn connect(config: NatsKvStoreConfig) -> Result<Arc<Self>, StoreError> {
-        let client = troupe_transports::nats::connect_client(&config.url, &config.tls)
-            .await
-            .map_err(|e| StoreError::unavailable("connect", e.to_string()))?;
-        let js = jetstream::new(client);
-        let open_failed = |e: &dyn std::fmt::Display| {
-            StoreError::unavailable(
-                "connect",
-                format!("cannot open or create KV bucket {:?}: {e}", config.bucket),
-            )
-        };
-        let kv = match js.get_key_value(config.bucket.as_str()).await {
-            Ok(kv) => kv,
-            Err(_) => {
-                // The bucket's stream, as the KV API makes it. Made directly: async-nats's
-                // `create_key_value` first reads the account's limits in a form servers
-                // before 2.10 do not answer in. Replicas racing to create it all succeed.
-                js.get_or_create_stream(jetstream::stream::Config {
-                    name: format!("KV_{}", config.bucket),
-                    description: Some("Troupe hop records (effectively-once processing)".to_owned()),
-                    subjects: vec![format!("$KV.{}.>", config.bucket)],
-                    max_messages_per_subject: 1,
-                    max_age: config.ttl,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: jetstream::stream::DiscardPolicy::New,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| open_failed(&e))?;
-                js.get_key_value(config.bucket.as_str())
-                    .await
-                    .map_err(|e| open_failed(&e))?
-            }
-        };
+        let (_, kv) = open_bucket(&config.url, &config.tls, &config.bucket, config.ttl).await?;
         Ok(Arc::new(Self {
             kv,
             prefix: config.prefix,
@@ -143,12 +109,60 @@ impl NatsKvStore {
     }
 }
 
+/// Connects to NATS at `url` and opens KV bucket `bucket`, creating it (keys kept `ttl`
+/// after their last write) if it is missing. Shared by the stores that keep state there.
+pub(crate) async fn open_bucket(
+    url: &str,
+    tls: &TlsFiles,
+    bucket: &str,
+    ttl: Duration,
+) -> Result<(jetstream::Context, kv::Store), StoreError> {
+    let client = troupe_transports::nats::connect_client(url, tls)
+        .await
+        .map_err(|e| StoreError::unavailable("connect", e.to_string()))?;
+    let js = jetstream::new(client);
+    let open_failed = |e: &dyn std::fmt::Display| {
+        StoreError::unavailable(
+            "connect",
+            format!("cannot open or create KV bucket {bucket:?}: {e}"),
+        )
+    };
+    let kv = match js.get_key_value(bucket).await {
+        Ok(kv) => kv,
+        Err(_) => {
+            // The bucket's stream, as the KV API makes it. Made directly: async-nats's
+            // `create_key_value` first reads the account's limits in a form servers
+            // before 2.10 do not answer in. Replicas racing to create it all succeed.
+            js.get_or_create_stream(jetstream::stream::Config {
+                name: format!("KV_{bucket}"),
+                description: Some("Troupe state (hop records, open aggregations)".to_owned()),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age: ttl,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: jetstream::stream::DiscardPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| open_failed(&e))?;
+            js.get_key_value(bucket).await.map_err(|e| open_failed(&e))?
+        }
+    };
+    Ok((js, kv))
+}
+
+/// A KV key for `text` (which may hold characters keys do not allow): its UUIDv5, hex.
+pub(crate) fn hashed_key(text: &str) -> String {
+    uuid::Uuid::new_v5(&KEY_NAMESPACE, text.as_bytes())
+        .simple()
+        .to_string()
+}
+
 impl NatsKvStore {
     fn key(&self, hop: &str) -> String {
-        let full = format!("{}{hop}", self.prefix);
-        uuid::Uuid::new_v5(&KEY_NAMESPACE, full.as_bytes())
-            .simple()
-            .to_string()
+        hashed_key(&format!("{}{hop}", self.prefix))
     }
 
     fn tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, u64)>> {
