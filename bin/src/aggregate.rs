@@ -3,12 +3,17 @@
 //! aggregations in the `--store` the idempotency records use.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use troupe::broker::{Broker, QueueArgs};
-use troupe::host::{ActorHost, HostError};
+use troupe::host::{ActorHost, HandlerContext, HostError};
 use troupe::layers::fan_in::{self, Aggregator, AggregatorConfig, AnyFanInStore, OnTimeout};
+
+use crate::merge_runtime::RuntimeMerge;
+use crate::sidecar::client::RuntimeClient;
+use crate::sidecar::config::RUNTIME_SOCKET;
 
 /// `troupe aggregate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -29,6 +34,11 @@ pub struct AggregateArgs {
     /// Slices handled at once.
     #[arg(long, env = "TROUPE_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
+    /// The socket directory of a Python runtime whose handler makes each merge's payload
+    /// from the list of slice payloads (`def merge(slices)`); see `merge_runtime`.
+    /// Unset: the merge's payload is that list.
+    #[arg(long, env = "TROUPE_MERGE_SOCKET_DIR", value_name = "DIR")]
+    pub merge_socket_dir: Option<PathBuf>,
     /// Address of `/metrics`, `/healthz` (liveness) and `/readyz` (readiness).
     #[arg(long, env = "TROUPE_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -46,10 +56,21 @@ pub enum AggregateError {
     /// The fan-in store could not be reached.
     #[error("fan-in {0}")]
     Store(fan_in::StoreError),
+    /// Flags that do not go together.
+    #[error("{0}")]
+    Usage(&'static str),
 }
 
 /// Serves the aggregator until SIGTERM.
 pub async fn run(args: AggregateArgs) -> Result<(), AggregateError> {
+    if args.merge_socket_dir.is_some() && args.on_timeout == OnTimeout::Partial {
+        // The timeout's merges are published by the sweep, which has no runtime to call:
+        // they would go on as the plain list, unlike every other merge.
+        return Err(AggregateError::Usage(
+            "--merge-socket-dir with --on-timeout partial: a partial merge would skip the merge handler; \
+             use --on-timeout fail, or merge in the actor after the aggregator",
+        ));
+    }
     let store_url = args
         .queue
         .store
@@ -80,15 +101,31 @@ pub async fn run(args: AggregateArgs) -> Result<(), AggregateError> {
         .runner(|runner| runner.concurrency = concurrency)
         .start()
         .await?;
-    host.serve(|ctx| {
+    let sweep = |ctx: &HandlerContext<'_>| {
         tokio::spawn(fan_in::sweep(
             aggregator.clone(),
             ctx.transport.clone(),
             ctx.naming.clone(),
             ctx.shutdown.clone(),
         ));
-        aggregator
-    })
-    .await?;
+    };
+    match &args.merge_socket_dir {
+        Some(dir) => {
+            let client = RuntimeClient::new(dir.join(RUNTIME_SOCKET), concurrency);
+            tracing::info!(actor = %args.actor, runtime = %client.socket().display(), "merges made by the runtime's handler");
+            host.serve(|ctx| {
+                sweep(ctx);
+                RuntimeMerge::new(aggregator.clone(), client, &args.actor)
+            })
+            .await?
+        }
+        None => {
+            host.serve(|ctx| {
+                sweep(ctx);
+                aggregator.clone()
+            })
+            .await?
+        }
+    };
     Ok(())
 }

@@ -6,6 +6,7 @@ mod aggregate;
 mod by_hand;
 mod demo;
 mod gateway;
+mod merge_runtime;
 mod runtime_bench;
 mod sidecar;
 

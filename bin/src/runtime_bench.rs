@@ -40,7 +40,10 @@ pub async fn run(args: RuntimeBenchArgs) -> Result<(), BenchError> {
     println!("| concurrency | calls | calls/s | p50 µs | p99 µs | max µs |");
     println!("|---:|---:|---:|---:|---:|---:|");
     for &concurrency in &args.concurrency {
-        let client = RuntimeClient::new(args.socket_dir.join("asya-runtime.sock"), concurrency);
+        let client = RuntimeClient::new(
+            args.socket_dir.join(crate::sidecar::config::RUNTIME_SOCKET),
+            concurrency,
+        );
         let per_worker = |n: usize| n.div_ceil(concurrency.max(1));
         let _ = measure(&client, &body, concurrency, per_worker(200)).await?;
         let started = Instant::now();

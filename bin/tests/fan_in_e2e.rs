@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use sidecars::{Broker, Mesh, Proc, namespace, run_on, runtime, scratch, sidecar};
+use troupe::core::fan_in::FanIn;
 use troupe::core::{Envelope, QueueNaming, Route};
 
 fn setting(name: &str, default: usize) -> usize {
@@ -57,8 +58,13 @@ impl Store {
 }
 
 fn aggregator(ns: &str, store: Store) -> Proc {
+    aggregator_with(ns, store, &[])
+}
+
+fn aggregator_with(ns: &str, store: Store, extra: &[&str]) -> Proc {
     let child = Command::new(env!("CARGO_BIN_EXE_troupe"))
         .args(["aggregate", "--actor", "join", "--namespace", ns])
+        .args(extra)
         .args(["--transport", "nats", "--nats-url", &sidecars::nats_url()])
         .args([
             "--store",
@@ -265,4 +271,73 @@ async fn documents_rejoin_exactly_once_while_the_aggregator_is_killed() {
         })
         .await;
     }
+}
+
+/// `troupe aggregate --merge-socket-dir`: a Python `merge_vectors(slices)` behind the
+/// aggregator makes each merge's payload; a document it raises on goes to x-sump with the
+/// handler's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_merge_handler_makes_the_merge() {
+    run_on(Broker::Nats, async |_, mesh| {
+        let ns = namespace("fanin-merge", Broker::Nats);
+        let dir = scratch(&ns);
+        let naming = QueueNaming::new("asya", &ns).unwrap();
+        for actor in ["join", "x-sink", "x-sump"] {
+            mesh.ensure(naming.queue_for(actor).unwrap()).await;
+        }
+        let _runtime = runtime(&dir.join("merge"), "merge_vectors");
+        let merge_dir = dir.join("merge").display().to_string();
+        let _join = aggregator_with(&ns, Store::Redis, &["--merge-socket-dir", &merge_dir]);
+        let (docs, chunks) = (4u64, 3u32);
+        let mut origins = HashMap::new();
+        for doc in 0..docs {
+            let origin = format!("{ns}-doc-{doc}");
+            origins.insert(origin.clone(), doc);
+            // Slices out of order, as a fan-out's children arrive.
+            for chunk in (0..chunks).rev() {
+                let mut slice = Envelope::new(
+                    Route::through(["join"]),
+                    json!({"doc": doc, "chunk": chunk, "vector": [chunk + 1, 0], "poison_merge": doc == 3}),
+                );
+                FanIn {
+                    actor: "join".to_owned(),
+                    origin_id: origin.clone(),
+                    slice_index: chunk,
+                    slice_count: chunks,
+                    aggregation_key: None,
+                }
+                .stamp(&mut slice);
+                mesh.send(naming.queue_for("join").unwrap(), slice).await;
+            }
+        }
+        let sink = mesh
+            .collect(
+                naming.queue_for("x-sink").unwrap(),
+                Duration::from_secs(60),
+                Box::new(|got| got.len() >= 3),
+            )
+            .await;
+        let sump = mesh
+            .collect(
+                naming.queue_for("x-sump").unwrap(),
+                Duration::from_secs(30),
+                Box::new(|got| !got.is_empty()),
+            )
+            .await;
+        assert_eq!(sink.len(), 3, "three documents merged: {sink:?}");
+        for env in &sink {
+            let doc = origins[env["id"].as_str().unwrap()];
+            assert_eq!(
+                env["payload"],
+                json!({"doc": doc, "chunks": 3, "total": 6}),
+                "the handler's answer is the merge"
+            );
+        }
+        assert_eq!(sump.len(), 1, "{sump:?}");
+        assert_eq!(sump[0]["id"], format!("{ns}-doc-3"));
+        assert_eq!(sump[0]["status"]["error"]["type"], "ValueError", "{}", sump[0]);
+        let message = sump[0]["status"]["error"]["message"].as_str().unwrap();
+        assert!(message.contains("cannot be merged"), "{message}");
+    })
+    .await;
 }

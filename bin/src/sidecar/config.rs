@@ -132,10 +132,13 @@ pub struct SidecarConfig {
     pub retry: RetryPolicies,
 }
 
+/// The runtime's socket, in its socket directory (`ASYA_SOCKET_DIR`).
+pub const RUNTIME_SOCKET: &str = "asya-runtime.sock";
+
 impl SidecarConfig {
     /// The runtime's socket.
     pub fn socket(&self) -> PathBuf {
-        self.args.socket_dir.join("asya-runtime.sock")
+        self.args.socket_dir.join(RUNTIME_SOCKET)
     }
 }
 

@@ -93,3 +93,10 @@ def split_for_rejoin(payload):
             {"actor": "join", "origin_id": origin, "slice_index": i, "slice_count": count},
         )
         yield {"doc": payload["doc"], "chunk": i, "text": f"chunk {i} of document {payload['doc']}", "poison": i in poisoned}
+
+
+def merge_vectors(slices):
+    """A merge handler: the list of a document's embedded chunks, in order, made one."""
+    if any(s.get("poison_merge") for s in slices):
+        raise ValueError(f"document {slices[0]['doc']} cannot be merged")
+    return {"doc": slices[0]["doc"], "chunks": len(slices), "total": sum(s["vector"][0] for s in slices)}

@@ -235,7 +235,9 @@ pub fn merge(
     merged
 }
 
-fn fail(env: &mut Envelope, actor: &str, type_name: &str, message: String) {
+/// Marks `env`, a merge, failed at aggregator `actor` with error `type_name`: `message`, so
+/// it goes to `x-sump` (for merge steps outside [`Merge`], such as a handler in a runtime).
+pub fn fail(env: &mut Envelope, actor: &str, type_name: &str, message: String) {
     let status = env.status_mut();
     status.error = Some(ErrorInfo {
         message,

@@ -69,7 +69,7 @@ use troupe_core::{DecodeLimits, Envelope, ErrorInfo, FanIn, HandlerError, Outcom
 
 pub use any::AnyFanInStore;
 pub use memory::MemoryFanInStore;
-pub use merge::{Ending, FAN_IN_FAILED, FAN_IN_TIMEOUT, ListMerge, Merge, merge};
+pub use merge::{Ending, FAN_IN_FAILED, FAN_IN_TIMEOUT, ListMerge, Merge, fail, merge};
 #[cfg(feature = "nats-kv")]
 pub use nats_kv::{BUCKET_MAX_AGE, NatsKvFanInStore};
 #[cfg(feature = "postgres")]
