@@ -27,6 +27,7 @@ pub mod pg;
 pub mod retry;
 pub mod route;
 pub mod stack;
+pub mod state;
 pub mod trace;
 
 pub use deadline::DeadlineLayer;
