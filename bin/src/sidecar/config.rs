@@ -30,6 +30,9 @@ use clap::parser::ValueSource;
 use troupe::broker::{Broker, QueueArgs};
 use troupe::layers::RetryPolicies;
 use troupe::layers::asya_resiliency::{AsyaResiliencyError, retry_policies};
+use troupe::layers::state::StateLimits;
+
+use super::state_proxy;
 
 /// `troupe sidecar`: serve one actor's queue with a handler runtime behind a Unix socket.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,6 +69,24 @@ pub struct SidecarArgs {
     /// cannot be reached at all is waited for, however long, with `/readyz` false.
     #[arg(long, env = "TROUPE_RUNTIME_UNRESPONSIVE_LIMIT", default_value = "2m", value_parser = humantime::parse_duration)]
     pub runtime_unresponsive_limit: Duration,
+    /// Serve handler state to the runtime: Troupe's API socket (`troupe.sock`, for
+    /// `troupe_runtime.state`) in `--state-socket-dir`, over the `--store`.
+    #[arg(long, env = "TROUPE_STATE", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub state: bool,
+    /// Asya's state mounts (`name:/path:write=buffered|passthrough;...`, or
+    /// `ASYA_STATE_PROXY_MOUNTS`): a connector socket `{name}.sock` for each, so handlers
+    /// that read and write files under those paths keep working. Implies `--state`.
+    #[arg(long, env = "TROUPE_STATE_MOUNTS")]
+    pub state_mounts: Option<String>,
+    /// Folder of the state sockets (Asya's runtime looks in `/var/run/asya/state`).
+    #[arg(long, env = "TROUPE_STATE_SOCKET_DIR", default_value = "/var/run/asya/state")]
+    pub state_socket_dir: PathBuf,
+    /// The largest state value, in bytes; a larger write is refused (HTTP 413, `EFBIG`).
+    #[arg(long, env = "TROUPE_STATE_MAX_VALUE", default_value_t = StateLimits::default().max_value_bytes)]
+    pub state_max_value: usize,
+    /// The most state keys this actor keeps; a new key past it is refused (HTTP 507).
+    #[arg(long, env = "TROUPE_STATE_MAX_KEYS", default_value_t = StateLimits::default().max_keys)]
+    pub state_max_keys: usize,
 }
 
 /// A setting the sidecar cannot start with.
@@ -130,6 +151,8 @@ pub struct SidecarConfig {
     pub args: SidecarArgs,
     /// Retry policies built from the JSON settings.
     pub retry: RetryPolicies,
+    /// Asya's state mounts, served as connector sockets.
+    pub mounts: Vec<state_proxy::Mount>,
 }
 
 /// The runtime's socket, in its socket directory (`ASYA_SOCKET_DIR`).
@@ -140,9 +163,27 @@ impl SidecarConfig {
     pub fn socket(&self) -> PathBuf {
         self.args.socket_dir.join(RUNTIME_SOCKET)
     }
+
+    /// The state sockets to serve (mount names, and Troupe's API), none without state.
+    pub fn state_spaces(&self) -> Vec<String> {
+        if !self.args.state && self.mounts.is_empty() {
+            return Vec::new();
+        }
+        let mut spaces = vec![state_proxy::API_SOCKET.to_owned()];
+        spaces.extend(self.mounts.iter().map(|m| m.name.clone()));
+        spaces
+    }
+
+    /// What the actor's state may hold.
+    pub fn state_limits(&self) -> StateLimits {
+        StateLimits {
+            max_value_bytes: self.args.state_max_value,
+            max_keys: self.args.state_max_keys,
+        }
+    }
 }
 
-const SUPPORTED: [&str; 11] = [
+const SUPPORTED: [&str; 12] = [
     "ASYA_ACTOR_NAME",
     "ASYA_NAMESPACE",
     "ASYA_TRANSPORT",
@@ -154,6 +195,7 @@ const SUPPORTED: [&str; 11] = [
     "ASYA_RESILIENCY_POLICIES",
     "ASYA_RESILIENCY_RULES",
     "ASYA_METRICS_ADDR",
+    "ASYA_STATE_PROXY_MOUNTS",
 ];
 const RUNTIME_ONLY: [&str; 3] = ["ASYA_HANDLER", "ASYA_LOG_LEVEL", "ASYA_RUNTIME_CONCURRENCY"];
 
@@ -308,6 +350,23 @@ pub fn resolve(
         socket_addr,
         |a: &SocketAddr| a.to_string()
     );
+    apply!(
+        "ASYA_STATE_PROXY_MOUNTS",
+        "state_mounts",
+        "state-mounts",
+        "TROUPE_STATE_MOUNTS",
+        args.state_mounts,
+        some_text,
+        show_opt
+    );
+    let mounts =
+        state_proxy::parse_mounts(args.state_mounts.as_deref().unwrap_or_default()).map_err(|reason| {
+            ConfigError::Invalid {
+                name: "--state-mounts",
+                value: args.state_mounts.clone().unwrap_or_default(),
+                reason,
+            }
+        })?;
     let actor = args
         .actor
         .clone()
@@ -321,7 +380,12 @@ pub fn resolve(
         });
     }
     let retry = retry_policies(args.retry_policies.as_deref(), args.retry_rules.as_deref())?;
-    Ok(SidecarConfig { actor, args, retry })
+    Ok(SidecarConfig {
+        actor,
+        args,
+        retry,
+        mounts,
+    })
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod frames;
 pub mod handler;
 pub mod health;
 pub mod sse;
+pub mod state_proxy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ use hyper::header::HOST;
 use tokio_util::sync::CancellationToken;
 use troupe::core::ConsumeOptions;
 use troupe::host::{ActorHost, HostError};
+use troupe::layers::state::{AnyStateStore, StateError};
 
 use self::client::{RuntimeClient, read_body};
 use self::config::ConfigError;
@@ -65,6 +67,18 @@ pub enum SidecarError {
     /// The process around the handler (metrics, store, broker, queues, runner) failed.
     #[error(transparent)]
     Host(#[from] HostError),
+    /// The handler state's store could not be opened.
+    #[error("handler {0}")]
+    State(StateError),
+    /// A state socket could not be made.
+    #[error("cannot serve handler state in {dir}: {source}")]
+    StateSocket {
+        /// The state socket folder.
+        dir: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs the sidecar until a signal or a fatal runtime failure.
@@ -96,6 +110,36 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
     // not after the model loads.
     let host = host.start().await?;
     let shutdown = host.shutdown();
+
+    let spaces = config.state_spaces();
+    if !spaces.is_empty() {
+        let store = args
+            .queue
+            .store
+            .clone()
+            .with_nats_default(&args.queue.brokers.nats_url);
+        let state = AnyStateStore::connect(
+            &store,
+            &config.actor,
+            config.state_limits(),
+            &args.queue.brokers.tls_files(),
+        )
+        .await
+        .map_err(SidecarError::State)?;
+        let sockets = state_proxy::serve(
+            &args.state_socket_dir,
+            &spaces,
+            state,
+            config.state_limits(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|source| SidecarError::StateSocket {
+            dir: args.state_socket_dir.display().to_string(),
+            source,
+        })?;
+        tracing::info!(actor = %config.actor, store = %store, sockets = ?sockets, "serving handler state");
+    }
 
     let client = RuntimeClient::new(config.socket(), args.runtime_concurrency);
     tokio::select! {

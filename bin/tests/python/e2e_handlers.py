@@ -1,5 +1,6 @@
 """Handlers of the sidecar end-to-end test (bin/tests/sidecar_e2e.rs)."""
 
+import json
 import os
 import time
 
@@ -100,3 +101,32 @@ def merge_vectors(slices):
     if any(s.get("poison_merge") for s in slices):
         raise ValueError(f"document {slices[0]['doc']} cannot be merged")
     return {"doc": slices[0]["doc"], "chunks": len(slices), "total": sum(s["vector"][0] for s in slices)}
+
+
+def count_words(payload):
+    """Counts words across envelopes in handler state, shared by every replica.
+
+    Each word's value is {"n": count, "ids": [envelope ids counted]}, changed only by
+    compare-and-set: replicas lose no update, and an envelope handled again (its sidecar
+    killed after the handler ran) is not counted twice.
+    """
+    from troupe_runtime import state
+
+    envelope_id = yield ("GET", ".id")
+    words = {}
+    for word in payload["text"].split():
+        words[word] = words.get(word, 0) + 1
+    for word, times in sorted(words.items()):
+        key = f"words/{word}"
+        seen = state.get_versioned(key)
+        while True:
+            value = json.loads(seen.value) if seen else {"n": 0, "ids": []}
+            if envelope_id in value["ids"]:
+                break
+            value["n"] += times
+            value["ids"].append(envelope_id)
+            done, now = state.compare_and_set(key, seen.version if seen else None, json.dumps(value))
+            if done:
+                break
+            seen = now
+    yield payload

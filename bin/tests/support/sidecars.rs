@@ -27,6 +27,11 @@ pub fn repo() -> PathBuf {
 }
 
 pub fn runtime(dir: &Path, handler: &str) -> Proc {
+    runtime_with(dir, handler, &[])
+}
+
+/// A runtime with extra environment variables.
+pub fn runtime_with(dir: &Path, handler: &str, env: &[(&str, &str)]) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let pythonpath = format!(
         "{}:{}",
@@ -39,6 +44,7 @@ pub fn runtime(dir: &Path, handler: &str) -> Proc {
         .env("ASYA_HANDLER", format!("e2e_handlers.{handler}"))
         .env("ASYA_SOCKET_DIR", dir)
         .env("E2E_HANG_S", "20")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .spawn()
         .expect("python3 must be installed");
