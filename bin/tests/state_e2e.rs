@@ -162,3 +162,68 @@ async fn two_replicas_count_exactly_through_a_kill_9() {
     })
     .await;
 }
+
+/// A handler written for Asya's state proxy (plain `open`, `os.listdir`, `os.stat`,
+/// `os.unlink`, xattrs under a mounted path) runs unchanged behind the sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asya_state_mounts_work_as_files() {
+    run_on(Broker::Nats, async |_, mesh| {
+        let ns = namespace("state-files", Broker::Nats);
+        let dir = scratch(&ns);
+        let naming = QueueNaming::new("asya", &ns).unwrap();
+        for actor in ["notes", "x-sink", "x-sump"] {
+            mesh.ensure(naming.queue_for(actor).unwrap()).await;
+        }
+        let state_dir = dir.join("state").display().to_string();
+        let mounts = "notes:/state/notes:write=buffered";
+        let _runtime = runtime_with(
+            &dir,
+            "notes",
+            &[
+                ("ASYA_STATE_PROXY_MOUNTS", mounts),
+                ("TROUPE_STATE_SOCKET_DIR", &state_dir),
+            ],
+        );
+        let redis = redis_url();
+        let _sidecar = sidecar(
+            Broker::Nats,
+            &ns,
+            "notes",
+            &dir,
+            &[
+                "--store",
+                &redis,
+                "--state-mounts",
+                mounts,
+                "--state-socket-dir",
+                &state_dir,
+            ],
+        );
+        let name = format!("run-{}", uuid::Uuid::new_v4().simple());
+        let env = Envelope::new(Route::through(["notes"]), json!({"name": name, "text": "hello"}));
+        mesh.send(naming.queue_for("notes").unwrap(), env).await;
+        let sink = mesh
+            .collect(
+                naming.queue_for("x-sink").unwrap(),
+                Duration::from_secs(60),
+                Box::new(|got| !got.is_empty()),
+            )
+            .await;
+        let sump = mesh
+            .collect(
+                naming.queue_for("x-sump").unwrap(),
+                Duration::from_secs(1),
+                Box::new(|got| !got.is_empty()),
+            )
+            .await;
+        assert!(sump.is_empty(), "{sump:?}");
+        assert_eq!(
+            sink.first().map(|e| e["payload"].clone()),
+            Some(json!({
+                "read": "hello!", "size": 6, "is_dir": true, "listing": ["today.txt"], "root": true,
+                "lang": "en", "created_twice": false, "exists_after_unlink": false
+            }))
+        );
+    })
+    .await;
+}

@@ -20,7 +20,7 @@ import signal
 import sys
 from types import FrameType
 
-from . import __version__
+from . import __version__, state_files
 from .config import ConfigError, configure_logging, load_settings
 from .handler import HandlerLoadError, load_handler
 from .invoke import Invoker
@@ -48,6 +48,15 @@ def main() -> int:
     except OSError as exc:
         log.error("cannot remove stale socket files: %s", exc)
         return EXIT_SOCKET
+
+    mounts_spec = os.environ.get("ASYA_STATE_PROXY_MOUNTS", "")
+    if mounts_spec.strip():
+        try:
+            mounts = state_files.install(mounts_spec)
+        except ValueError as exc:
+            sys.stderr.write(f"troupe_runtime: configuration error: ASYA_STATE_PROXY_MOUNTS: {exc}\n")
+            return EXIT_CONFIG
+        log.info("state mounts: %s", ", ".join(f"{m.path} -> {m.socket}" for m in mounts))
 
     try:
         handler = load_handler(settings.handler)

@@ -84,12 +84,17 @@ def _socket_path() -> str:
     return os.environ.get("TROUPE_STATE_SOCKET", DEFAULT_SOCKET)
 
 
-def _request(method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict] = None):
-    """One request on this thread's kept-alive connection; (status, headers, body)."""
+def request(method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict] = None, sock: Optional[str] = None):
+    """One request to the state socket ``sock`` (Troupe's API socket by default) on this
+    thread's kept-alive connection to it; ``(status, headers, body)``."""
+    sock = sock or _socket_path()
+    conns = getattr(_local, "conns", None)
+    if conns is None:
+        conns = _local.conns = {}
     for attempt in (0, 1):
-        conn = getattr(_local, "conn", None)
+        conn = conns.get(sock)
         if conn is None:
-            conn = _local.conn = _UnixConnection(_socket_path(), timeout=30.0)
+            conn = conns[sock] = _UnixConnection(sock, timeout=30.0)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             response = conn.getresponse()
@@ -97,17 +102,21 @@ def _request(method: str, path: str, body: Optional[bytes] = None, headers: Opti
             return response.status, response.headers, data
         except (ConnectionError, http.client.HTTPException, OSError) as exc:
             conn.close()
-            _local.conn = None
+            conns.pop(sock, None)
             # A kept-alive connection the sidecar closed: one fresh try.
             if attempt == 1 or isinstance(exc, FileNotFoundError):
                 raise ConnectionError(
-                    f"the sidecar's state socket {_socket_path()} does not answer "
-                    f"(is the sidecar running with --state?): {exc}"
+                    f"the sidecar's state socket {sock} does not answer "
+                    f"(is the sidecar serving state: --state, --state-mounts?): {exc}"
                 ) from exc
     raise AssertionError("unreachable")
 
 
-def _key_path(key: str) -> str:
+
+
+
+def key_path(key: str) -> str:
+    """The URL path of ``key``."""
     if not isinstance(key, str):
         raise TypeError(f"a state key is a str, got {type(key).__name__}")
     return "/keys/" + quote(key, safe="/")
@@ -126,7 +135,8 @@ def _version(headers) -> Optional[int]:
     return int(tag.strip('"')) if tag else None
 
 
-def _fail(status: int, data: bytes, key: str):
+def fail(status: int, data: bytes, key: str):
+    """Raises the Python error for a failed answer."""
     try:
         message = json.loads(data)["message"]
     except (ValueError, KeyError, TypeError):
@@ -146,11 +156,11 @@ def _fail(status: int, data: bytes, key: str):
 
 def get_versioned(key: str) -> Optional[Versioned]:
     """The value under ``key`` and its version, or ``None``."""
-    status, headers, data = _request("GET", _key_path(key))
+    status, headers, data = request("GET", key_path(key))
     if status == 404:
         return None
     if status != 200:
-        _fail(status, data, key)
+        fail(status, data, key)
     return Versioned(data, _version(headers) or 0)
 
 
@@ -162,27 +172,27 @@ def get(key: str) -> Optional[bytes]:
 
 def put(key: str, value: Value) -> int:
     """Writes ``value`` under ``key`` whatever was there; its new version."""
-    status, headers, data = _request("PUT", _key_path(key), _bytes(value))
+    status, headers, data = request("PUT", key_path(key), _bytes(value))
     if status != 200:
-        _fail(status, data, key)
+        fail(status, data, key)
     return _version(headers) or 0
 
 
 def delete(key: str) -> bool:
     """Deletes ``key``; whether it held a value."""
-    status, _, data = _request("DELETE", _key_path(key))
+    status, _, data = request("DELETE", key_path(key))
     if status == 404:
         return False
     if status != 200:
-        _fail(status, data, key)
+        fail(status, data, key)
     return True
 
 
 def list_keys(prefix: str = "") -> list:
     """The keys starting with ``prefix``, sorted (at most 10,000)."""
-    status, _, data = _request("GET", "/keys/?prefix=" + quote(prefix, safe=""))
+    status, _, data = request("GET", "/keys/?prefix=" + quote(prefix, safe=""))
     if status != 200:
-        _fail(status, data, prefix)
+        fail(status, data, prefix)
     return json.loads(data)["keys"]
 
 
@@ -193,12 +203,12 @@ def compare_and_set(key: str, expected: Optional[int], value: Optional[Value]) -
     :class:`Versioned` or ``None``), to retry against."""
     headers = {"If-None-Match": "*"} if expected is None else {"If-Match": f'"{int(expected)}"'}
     if value is None:
-        status, answer, data = _request("DELETE", _key_path(key), headers=headers)
+        status, answer, data = request("DELETE", key_path(key), headers=headers)
     else:
-        status, answer, data = _request("PUT", _key_path(key), _bytes(value), headers=headers)
+        status, answer, data = request("PUT", key_path(key), _bytes(value), headers=headers)
     if status == 200:
         return True, _version(answer)
     if status == 412:
         return False, get_versioned(key)
-    _fail(status, data, key)
+    fail(status, data, key)
     raise AssertionError("unreachable")

@@ -130,3 +130,33 @@ def count_words(payload):
                 break
             seen = now
     yield payload
+
+
+def notes(payload):
+    """Uses handler state as files under an Asya state mount (/state/notes)."""
+    name = payload["name"]
+    path = f"/state/notes/{name}/today.txt"
+    os.makedirs(f"/state/notes/{name}", exist_ok=True)
+    with open(path, "w") as f:
+        f.write(payload["text"])
+    with open(path, "a") as f:
+        f.write("!")
+    try:
+        with open(path, "x") as f:
+            f.write("never")
+        created_twice = True
+    except FileExistsError:
+        created_twice = False
+    os.setxattr(path, "user.lang", b"en")
+    result = {
+        "read": open(path).read(),
+        "size": os.stat(path).st_size,
+        "is_dir": os.path.isdir(f"/state/notes/{name}"),
+        "listing": os.listdir(f"/state/notes/{name}"),
+        "root": name in os.listdir("/state/notes"),
+        "lang": os.getxattr(path, "user.lang").decode(),
+        "created_twice": created_twice,
+    }
+    os.unlink(path)
+    result["exists_after_unlink"] = os.path.exists(path)
+    return result
