@@ -96,9 +96,18 @@ def request(method: str, path: str, body: Optional[bytes] = None, headers: Optio
         if conn is None:
             conn = conns[sock] = _UnixConnection(sock, timeout=30.0)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            try:
+                conn.request(method, path, body=body, headers=headers or {})
+            except (BrokenPipeError, ConnectionResetError):
+                if not body:
+                    raise
+                # The sidecar answered before reading the whole value (one far over the
+                # limit) and closed: its answer is still there to read.
             response = conn.getresponse()
             data = response.read()
+            if response.will_close:
+                conn.close()
+                conns.pop(sock, None)
             return response.status, response.headers, data
         except (ConnectionError, http.client.HTTPException, OSError) as exc:
             conn.close()

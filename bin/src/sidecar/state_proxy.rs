@@ -23,11 +23,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::{Path as KeyPath, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::any;
+use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::UnixListener;
@@ -140,8 +141,8 @@ pub async fn serve(
 
 fn router(space: Space) -> Router {
     Router::new()
-        .route("/keys", get(list))
-        .route("/keys/", get(list))
+        .route("/keys", any(root))
+        .route("/keys/", any(root))
         .route("/keys/{*key}", any(key))
         .route("/meta/{*key}", any(meta))
         .with_state(space)
@@ -190,6 +191,17 @@ struct Listing {
     prefix: String,
     #[serde(default)]
     delimiter: String,
+}
+
+/// `/keys/` itself: a listing, or a key that is empty.
+async fn root(State(space): State<Space>, method: Method, query: Query<Listing>) -> Response {
+    if method == Method::GET {
+        return list(State(space), query).await;
+    }
+    failed(&StateError::InvalidKey {
+        key: String::new(),
+        why: "it is empty",
+    })
 }
 
 async fn list(State(space): State<Space>, Query(query): Query<Listing>) -> Response {
@@ -268,17 +280,17 @@ async fn key(
                 Ok(expect) => expect,
                 Err(response) => return response,
             };
-            // One byte over the limit is enough to refuse it with the limit's error.
-            let value = match to_bytes(body, space.limits.max_value_bytes.saturating_add(1)).await {
-                Ok(value) => value.to_vec(),
-                Err(_) => {
+            let value = match read_value(body, space.limits.max_value_bytes).await {
+                Ok(value) => value,
+                Err(Some(size)) => {
                     let error = StateError::ValueTooLarge {
                         key: key.chars().take(80).collect(),
-                        size: space.limits.max_value_bytes.saturating_add(1),
+                        size,
                         max: space.limits.max_value_bytes,
                     };
                     return failed(&error);
                 }
+                Err(None) => return message(StatusCode::BAD_REQUEST, "the body could not be read"),
             };
             write(&space, &full, &key, expect, Some(value)).await
         }
@@ -298,6 +310,28 @@ async fn key(
         }
         _ => message(StatusCode::METHOD_NOT_ALLOWED, "GET, HEAD, PUT or DELETE"),
     }
+}
+
+/// How far past the limit a body is still read (and dropped) before answering 413: a client
+/// that is still sending when the answer comes sees a broken pipe, not the answer.
+const DRAIN_FACTOR: usize = 16;
+
+/// The body, if it is at most `max` bytes; else `Err(Some(size read))`, having read (and
+/// dropped) up to [`DRAIN_FACTOR`] times `max`; `Err(None)` if it broke off.
+async fn read_value(body: Body, max: usize) -> Result<Vec<u8>, Option<usize>> {
+    let mut stream = body.into_data_stream();
+    let mut value = Vec::new();
+    let mut size = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| None)?;
+        size = size.saturating_add(chunk.len());
+        if size <= max {
+            value.extend_from_slice(&chunk);
+        } else if size > max.saturating_mul(DRAIN_FACTOR) {
+            break;
+        }
+    }
+    if size > max { Err(Some(size)) } else { Ok(value) }
 }
 
 /// A put (`value`) or delete (`None`), conditional when `expect` says so.
@@ -358,8 +392,8 @@ async fn meta(
             ),
             Err(error) => failed(&error),
         },
-        Method::PUT => match to_bytes(body, space.limits.max_value_bytes.saturating_add(1)).await {
-            Ok(value) => write(&space, &full, &key, None, Some(value.to_vec())).await,
+        Method::PUT => match read_value(body, space.limits.max_value_bytes).await {
+            Ok(value) => write(&space, &full, &key, None, Some(value)).await,
             Err(_) => message(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "attribute value over the value limit",
