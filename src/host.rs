@@ -51,6 +51,7 @@ use troupe_core::{
     QueueNaming, QueueSetupError, RunReport, Runner, RunnerConfig, RunnerError, ensure_actor_queues,
 };
 use troupe_layers::idempotency::StoreError;
+use troupe_layers::state::{AnyStateStore, StateError, StateLimits};
 use troupe_layers::{
     AnyStore, MeshMetrics, PassThroughStore, RetryPolicies, StackConfig, StoreUrl, actor_stack,
 };
@@ -79,6 +80,9 @@ pub enum HostError {
     /// The runner could not run.
     #[error(transparent)]
     Runner(#[from] RunnerError),
+    /// The handler state's store could not be opened.
+    #[error("handler {0}")]
+    State(#[from] StateError),
 }
 
 impl From<StoreError> for HostError {
@@ -105,6 +109,7 @@ pub struct ActorHost {
     runner: RunnerConfig,
     task_events: bool,
     gateway: Option<crate::control::GatewayLink>,
+    state_limits: Option<StateLimits>,
 }
 
 impl ActorHost {
@@ -135,6 +140,7 @@ impl ActorHost {
             runner,
             task_events: true,
             gateway: None,
+            state_limits: None,
         }
     }
 
@@ -185,6 +191,14 @@ impl ActorHost {
     #[must_use]
     pub fn hop_records(mut self, on: bool) -> Self {
         self.hop_records = on;
+        self
+    }
+
+    /// Opens the actor's handler state (see [`troupe_layers::state`]) in the host's store,
+    /// with these limits: handlers reach it through [`HandlerContext::state`].
+    #[must_use]
+    pub fn handler_state(mut self, limits: StateLimits) -> Self {
+        self.state_limits = Some(limits);
         self
     }
 
@@ -275,6 +289,18 @@ impl ActorHost {
             tracing::info!(actor = %self.actor, metrics = %bound, "serving /metrics, /healthz and /readyz");
             metrics_addr = Some(bound);
         }
+        #[cfg(feature = "nats")]
+        let store_url = self.store.clone().with_nats_default(&self.brokers.nats.url);
+        #[cfg(not(feature = "nats"))]
+        let store_url = self.store.clone();
+        let handler_state = match self.state_limits {
+            Some(limits) => {
+                let state = AnyStateStore::connect(&store_url, &self.actor, limits, &self.store_tls).await?;
+                tracing::info!(actor = %self.actor, store = %store_url, "handler state ready");
+                Some(state)
+            }
+            None => None,
+        };
         let store = if self.hop_records {
             if self.store.is_memory() && self.broker != Broker::Memory {
                 tracing::warn!(
@@ -284,10 +310,6 @@ impl ActorHost {
                      set --store redis://... (TROUPE_STORE) for durable effectively-once"
                 );
             }
-            #[cfg(feature = "nats")]
-            let store_url = self.store.with_nats_default(&self.brokers.nats.url);
-            #[cfg(not(feature = "nats"))]
-            let store_url = self.store;
             let store = store_url
                 .connect(&self.store_prefix, HOP_RECORD_TTL, &self.store_tls)
                 .await?;
@@ -312,6 +334,7 @@ impl ActorHost {
             state,
             shutdown,
             metrics_addr,
+            handler_state,
         })
     }
 }
@@ -340,6 +363,7 @@ pub struct Host {
     state: Arc<State>,
     shutdown: CancellationToken,
     metrics_addr: Option<SocketAddr>,
+    handler_state: Option<AnyStateStore>,
 }
 
 /// What a handler may need from its host when it is made.
@@ -356,6 +380,8 @@ pub struct HandlerContext<'a> {
     pub events: &'a EventSink,
     /// Which gateway tasks are canceled or paused.
     pub control: &'a Control,
+    /// The actor's handler state, if the host opened it ([`ActorHost::handler_state`]).
+    pub state: Option<&'a AnyStateStore>,
 }
 
 impl Host {
@@ -363,6 +389,11 @@ impl Host {
     /// host was given port 0), if anywhere.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The actor's handler state, if it was asked for ([`ActorHost::handler_state`]).
+    pub fn handler_state(&self) -> Option<&AnyStateStore> {
+        self.handler_state.as_ref()
     }
 
     /// Cancelled on SIGTERM or Ctrl-C; cancel it to stop the process.
@@ -419,6 +450,7 @@ impl Host {
             shutdown: &self.shutdown,
             events: &events,
             control: &control,
+            state: self.handler_state.as_ref(),
         });
         let actor: Arc<str> = self.actor.as_str().into();
         let stack = actor_stack(

@@ -32,7 +32,6 @@ use hyper::header::HOST;
 use tokio_util::sync::CancellationToken;
 use troupe::core::ConsumeOptions;
 use troupe::host::{ActorHost, HostError};
-use troupe::layers::state::{AnyStateStore, StateError};
 
 use self::client::{RuntimeClient, read_body};
 use self::config::ConfigError;
@@ -67,9 +66,6 @@ pub enum SidecarError {
     /// The process around the handler (metrics, store, broker, queues, runner) failed.
     #[error(transparent)]
     Host(#[from] HostError),
-    /// The handler state's store could not be opened.
-    #[error("handler {0}")]
-    State(StateError),
     /// A state socket could not be made.
     #[error("cannot serve handler state in {dir}: {source}")]
     StateSocket {
@@ -104,6 +100,10 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
             let health = health.clone();
             move || health.is_ready()
         });
+    let spaces = config.state_spaces();
+    if !spaces.is_empty() {
+        host = host.handler_state(config.state_limits());
+    }
     let sidecar_metrics = SidecarMetrics::new(host.registry_mut());
     tracing::info!(actor = %config.actor, transport = %args.queue.transport, "sidecar starting");
     // The store is connected here, before the runtime: a wrong store setting fails at once,
@@ -111,25 +111,11 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
     let host = host.start().await?;
     let shutdown = host.shutdown();
 
-    let spaces = config.state_spaces();
-    if !spaces.is_empty() {
-        let store = args
-            .queue
-            .store
-            .clone()
-            .with_nats_default(&args.queue.brokers.nats_url);
-        let state = AnyStateStore::connect(
-            &store,
-            &config.actor,
-            config.state_limits(),
-            &args.queue.brokers.tls_files(),
-        )
-        .await
-        .map_err(SidecarError::State)?;
+    if let Some(state) = host.handler_state() {
         let sockets = state_proxy::serve(
             &args.state_socket_dir,
             &spaces,
-            state,
+            state.clone(),
             config.state_limits(),
             shutdown.clone(),
         )
@@ -138,7 +124,7 @@ pub async fn run(args: SidecarArgs, matches: &clap::ArgMatches) -> Result<(), Si
             dir: args.state_socket_dir.display().to_string(),
             source,
         })?;
-        tracing::info!(actor = %config.actor, store = %store, sockets = ?sockets, "serving handler state");
+        tracing::info!(actor = %config.actor, sockets = ?sockets, "serving handler state to the runtime");
     }
 
     let client = RuntimeClient::new(config.socket(), args.runtime_concurrency);
