@@ -169,7 +169,7 @@ fn etag(version: u64) -> HeaderValue {
 }
 
 /// What a write's conditional headers expect: `None` for an unconditional write.
-fn expected(headers: &HeaderMap) -> Result<Option<Expect>, Response> {
+fn expected(headers: &HeaderMap) -> Result<Option<Expect>, &'static str> {
     if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v == "*") {
         return Ok(Some(Expect::Absent));
     }
@@ -182,7 +182,7 @@ fn expected(headers: &HeaderMap) -> Result<Option<Expect>, Response> {
         .map(|v| v.trim().trim_matches('"'))
         .and_then(|v| v.parse().ok())
         .map(|v| Some(Expect::Version(v)))
-        .ok_or_else(|| message(StatusCode::BAD_REQUEST, "If-Match is not a version (\"123\")"))
+        .ok_or("If-Match is not a version (\"123\")")
 }
 
 #[derive(Deserialize)]
@@ -278,7 +278,7 @@ async fn key(
         Method::PUT => {
             let expect = match expected(&headers) {
                 Ok(expect) => expect,
-                Err(response) => return response,
+                Err(why) => return message(StatusCode::BAD_REQUEST, why),
             };
             let value = match read_value(body, space.limits.max_value_bytes).await {
                 Ok(value) => value,
@@ -297,7 +297,7 @@ async fn key(
         Method::DELETE => {
             let expect = match expected(&headers) {
                 Ok(expect) => expect,
-                Err(response) => return response,
+                Err(why) => return message(StatusCode::BAD_REQUEST, why),
             };
             match expect {
                 None => match space.store.delete(&full).await {

@@ -74,7 +74,7 @@ impl Record {
 
     fn bits(&self) -> Result<Vec<u8>, StoreError> {
         let malformed = || StoreError::failed("gather", "an origin's record holds a malformed bitmap");
-        if self.have.len() % 2 != 0 {
+        if !self.have.len().is_multiple_of(2) {
             return Err(malformed());
         }
         (0..self.have.len())
