@@ -7,6 +7,8 @@ use troupe_core::tls::TlsFiles;
 
 use super::StateLimits;
 use super::memory::MemoryStateStore;
+#[cfg(feature = "nats-kv")]
+use super::nats_kv::NatsKvStateStore;
 #[cfg(feature = "postgres")]
 use super::postgres::PostgresStateStore;
 #[cfg(feature = "redis")]
@@ -26,11 +28,17 @@ pub enum AnyStateStore {
     /// On PostgreSQL.
     #[cfg(feature = "postgres")]
     Postgres(Arc<PostgresStateStore>),
+    /// In a NATS KV bucket.
+    #[cfg(feature = "nats-kv")]
+    NatsKv(Arc<NatsKvStateStore>),
 }
 
 impl AnyStateStore {
     /// Opens `actor`'s state in the store `url` names (the `--store` of the actor host):
-    /// Redis keys `troupe:state:{actor}:*`, PostgreSQL table `troupe_state`.
+    /// Redis keys `troupe:state:{actor}:*`, PostgreSQL table `troupe_state`, NATS KV bucket
+    /// `{BUCKET}-state` (kept apart from the hop records' bucket, whose keys expire; state
+    /// does not). A `nats-kv://BUCKET` without servers uses the local NATS: apply
+    /// [`StoreUrl::with_nats_default`] first to use the broker's.
     pub async fn connect(
         url: &StoreUrl,
         actor: &str,
@@ -49,11 +57,22 @@ impl AnyStateStore {
             StoreUrl::Postgres(url) => PostgresStateStore::connect(url, "troupe", actor, limits, tls)
                 .await
                 .map(AnyStateStore::Postgres),
+            #[cfg(feature = "nats-kv")]
+            StoreUrl::NatsKv { servers, bucket } => NatsKvStateStore::connect(
+                servers.as_deref().unwrap_or("nats://127.0.0.1:4222"),
+                &format!("{bucket}-state"),
+                "state",
+                actor,
+                limits,
+                tls,
+            )
+            .await
+            .map(AnyStateStore::NatsKv),
             #[allow(unreachable_patterns)] // Unreachable when every store is built in.
             other => Err(StoreError::failed(
                 "connect",
                 format!(
-                    "handler state is not kept on {}: use memory, redis://... or postgres://... (features `redis`, `postgres`)",
+                    "handler state is not kept on {}: use memory, redis://..., postgres://... or nats-kv://... (features `redis`, `postgres`, `nats-kv`)",
                     Redacted(&other.to_string())
                 ),
             )
@@ -70,6 +89,8 @@ macro_rules! each {
             AnyStateStore::Redis($store) => $call,
             #[cfg(feature = "postgres")]
             AnyStateStore::Postgres($store) => $call,
+            #[cfg(feature = "nats-kv")]
+            AnyStateStore::NatsKv($store) => $call,
         }
     };
 }

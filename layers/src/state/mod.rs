@@ -1,5 +1,5 @@
 //! Handler state: keyed values that survive restarts and are shared by every replica of an
-//! actor, on the stores the actor host already uses (memory, Redis, PostgreSQL).
+//! actor, on the stores the actor host already uses (memory, Redis, PostgreSQL, NATS KV).
 //!
 //! A store is opened for one actor (its scope): actors sharing a server never see each
 //! other's keys. Every value carries a version, and [`StateStore::compare_and_set`] writes
@@ -30,12 +30,14 @@
 //! Limits ([`StateLimits`]) are checked before anything is written, and a write past them
 //! is refused with an error that names the limit ([`StateError::ValueTooLarge`],
 //! [`StateError::TooManyKeys`]); nothing is ever cut short. The key count is checked when
-//! a key is added, atomically with the write on Redis and in memory; on PostgreSQL two
-//! replicas adding keys at the same moment can pass the limit by one each.
+//! a key is added, atomically with the write on Redis and in memory; on PostgreSQL and NATS
+//! KV two replicas adding keys at the same moment can pass the limit by one each.
 
 mod any;
 mod error;
 mod memory;
+#[cfg(feature = "nats-kv")]
+mod nats_kv;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "redis")]
@@ -45,6 +47,8 @@ pub mod store;
 pub use any::AnyStateStore;
 pub use error::StateError;
 pub use memory::MemoryStateStore;
+#[cfg(feature = "nats-kv")]
+pub use nats_kv::NatsKvStateStore;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresStateStore;
 #[cfg(feature = "redis")]
