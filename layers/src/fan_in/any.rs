@@ -63,7 +63,7 @@ impl AnyFanInStore {
                 .map(AnyFanInStore::Postgres),
             #[cfg(feature = "nats-kv")]
             StoreUrl::NatsKv { servers, bucket } => NatsKvFanInStore::connect(
-                servers.as_deref().unwrap_or("nats://127.0.0.1:4222"),
+                StoreUrl::nats_servers(servers.as_deref()),
                 bucket,
                 &format!("fanin.{scope}."),
                 tls,

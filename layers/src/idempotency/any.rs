@@ -117,6 +117,12 @@ impl FromStr for StoreUrl {
 }
 
 impl StoreUrl {
+    /// The NATS server(s) of a `nats-kv://` store: those it names, else the local server
+    /// (apply [`StoreUrl::with_nats_default`] first to use the broker's).
+    pub fn nats_servers(servers: Option<&str>) -> &str {
+        servers.unwrap_or("nats://127.0.0.1:4222")
+    }
+
     /// Whether records live only in this process.
     pub fn is_memory(&self) -> bool {
         matches!(self, StoreUrl::Memory)
@@ -176,9 +182,7 @@ impl StoreUrl {
             StoreUrl::Postgres(url) => not_built("PostgreSQL", "postgres", url),
             #[cfg(feature = "nats-kv")]
             StoreUrl::NatsKv { servers, bucket } => NatsKvStore::connect(NatsKvStoreConfig {
-                url: servers
-                    .clone()
-                    .unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned()),
+                url: StoreUrl::nats_servers(servers.as_deref()).to_owned(),
                 bucket: bucket.clone(),
                 prefix: prefix.to_owned(),
                 ttl,

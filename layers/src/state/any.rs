@@ -59,7 +59,7 @@ impl AnyStateStore {
                 .map(AnyStateStore::Postgres),
             #[cfg(feature = "nats-kv")]
             StoreUrl::NatsKv { servers, bucket } => NatsKvStateStore::connect(
-                servers.as_deref().unwrap_or("nats://127.0.0.1:4222"),
+                StoreUrl::nats_servers(servers.as_deref()),
                 &format!("{bucket}-state"),
                 "state",
                 actor,
