@@ -1,7 +1,7 @@
 //! `troupe-bench-fan-in`: the aggregator's throughput and CPU per slice on each store.
 //!
 //! ```sh
-//! cargo run --release -p troupe-bench --bin troupe-bench-fan-in                 # memory, Redis, PostgreSQL
+//! cargo run --release -p troupe-bench --bin troupe-bench-fan-in                 # memory, Redis, PostgreSQL, NATS KV
 //! cargo run --release -p troupe-bench --bin troupe-bench-fan-in -- --stores memory
 //! ```
 //!
@@ -38,11 +38,12 @@ static ALLOC: troupe_bench::Allocator = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Stores to measure: memory, a redis:// or a postgres:// URL.
+    /// Stores to measure, comma-separated: memory, a redis://, postgres:// or nats-kv:// URL.
     #[arg(long, value_delimiter = ',', default_values_t = [
         "memory".to_owned(),
         "redis://127.0.0.1:6379".to_owned(),
         "postgres://postgres@127.0.0.1:5432/test".to_owned(),
+        "nats-kv://127.0.0.1:4222/troupe-bench-fanin".to_owned(),
     ])]
     stores: Vec<String>,
     /// Origins per run.
