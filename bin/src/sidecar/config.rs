@@ -362,7 +362,7 @@ pub fn resolve(
     let mounts =
         state_proxy::parse_mounts(args.state_mounts.as_deref().unwrap_or_default()).map_err(|reason| {
             ConfigError::Invalid {
-                name: "--state-mounts",
+                name: "--state-mounts (ASYA_STATE_PROXY_MOUNTS)",
                 value: args.state_mounts.clone().unwrap_or_default(),
                 reason,
             }
