@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use troupe_core::tls::TlsFiles;
 
 use super::store::{Expired, FanInStore, Gathered, StoreError, StoredSlice};
-use crate::pg::{PgConnector, SharedClient};
+use crate::pg::{PgConnector, SharedClient, plain_identifier};
 
 /// Connections per store: the server runs each connection's statements in turn, so
 /// slices of different origins gather side by side on several.
@@ -110,13 +110,6 @@ pub struct PostgresFanInStore {
     scope: String,
 }
 
-fn valid_prefix(prefix: &str) -> bool {
-    let mut chars = prefix.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && prefix.len() <= 40
-}
-
 impl PostgresFanInStore {
     /// Connects to `url` (see [`crate::pg`] for TLS) and creates the tables and function
     /// named after `prefix` (lower-case letters, digits, `_`) if they are missing. Origins
@@ -128,7 +121,7 @@ impl PostgresFanInStore {
         scope: &str,
         tls: &TlsFiles,
     ) -> Result<Arc<Self>, StoreError> {
-        if !valid_prefix(prefix) {
+        if !plain_identifier(prefix, 40) {
             return Err(StoreError::failed(
                 "connect",
                 format!("table prefix {prefix:?} is not a plain identifier (lower-case letters, digits, _)"),
@@ -271,9 +264,9 @@ mod tests {
 
     #[test]
     fn only_plain_prefixes_reach_sql() {
-        assert!(valid_prefix("troupe_fanin"));
+        assert!(plain_identifier("troupe_fanin", 40));
         for bad in ["", "Fan", "1x", "x; drop table y", "a.b"] {
-            assert!(!valid_prefix(bad), "{bad}");
+            assert!(!plain_identifier(bad, 40), "{bad}");
         }
     }
 }

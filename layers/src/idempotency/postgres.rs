@@ -21,7 +21,7 @@ use std::time::Duration;
 use troupe_core::Publication;
 use troupe_core::redact::Redacted;
 
-use crate::pg::{PgConnector, SharedClient};
+use crate::pg::{PgConnector, SharedClient, plain_identifier};
 use troupe_core::tls::TlsFiles;
 
 use super::record::{self, millis};
@@ -113,17 +113,10 @@ impl Statements {
     }
 }
 
-fn valid_table(table: &str) -> bool {
-    let mut chars = table.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && table.len() <= 48
-}
-
 impl PostgresStore {
     /// Connects, creates the table if it is missing and starts the sweep of expired rows.
     pub async fn connect(config: PostgresStoreConfig) -> Result<Arc<Self>, StoreError> {
-        if !valid_table(&config.table) {
+        if !plain_identifier(&config.table, 48) {
             return Err(StoreError::failed(
                 "connect",
                 format!(
@@ -274,10 +267,10 @@ mod tests {
     #[test]
     fn only_plain_table_names_reach_sql() {
         for ok in ["troupe_hops", "_t", "hops2"] {
-            assert!(valid_table(ok), "{ok}");
+            assert!(plain_identifier(ok, 48), "{ok}");
         }
         for bad in ["", "Hops", "2hops", "hops; drop table x", "a.b", "hops\""] {
-            assert!(!valid_table(bad), "{bad}");
+            assert!(!plain_identifier(bad, 48), "{bad}");
         }
     }
 }

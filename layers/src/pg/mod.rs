@@ -26,6 +26,16 @@ use troupe_core::tls::TlsFiles;
 
 pub use shared::{STATEMENT_TIMEOUT, SharedClient};
 
+/// Whether `name` is a plain SQL identifier of at most `max` bytes (lower-case letters,
+/// digits and `_`, not starting with a digit): the only table names and prefixes the stores
+/// put into their statements, so nothing a user sets reaches SQL unquoted.
+pub fn plain_identifier(name: &str, max: usize) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= max
+}
+
 /// How long a connection attempt may take when the URL does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

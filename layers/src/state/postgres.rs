@@ -14,7 +14,7 @@ use troupe_core::tls::TlsFiles;
 use super::store::{Expect, StateError, StateStore, Swapped, Versioned};
 use super::{StateLimits, check_write};
 use crate::idempotency::StoreError;
-use crate::pg::{PgConnector, SharedClient};
+use crate::pg::{PgConnector, SharedClient, plain_identifier};
 
 /// Connections per store: the server runs each connection's statements in turn.
 const CONNECTIONS: usize = 4;
@@ -92,13 +92,6 @@ impl Statements {
     }
 }
 
-fn valid_prefix(prefix: &str) -> bool {
-    let mut chars = prefix.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && prefix.len() <= 40
-}
-
 /// One actor's state on PostgreSQL. Cheap to share behind an `Arc`.
 pub struct PostgresStateStore {
     db: SharedClient,
@@ -118,7 +111,7 @@ impl PostgresStateStore {
         limits: StateLimits,
         tls: &TlsFiles,
     ) -> Result<Arc<Self>, StateError> {
-        if !valid_prefix(prefix) {
+        if !plain_identifier(prefix, 40) {
             return Err(StoreError::failed(
                 "connect",
                 format!("table prefix {prefix:?} is not a plain identifier (lower-case letters, digits, _)"),
