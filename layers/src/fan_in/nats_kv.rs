@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use troupe_core::tls::TlsFiles;
 
 use super::store::{Expired, FanInStore, Gathered, StoreError, StoredSlice};
-use crate::idempotency::nats_kv::{hashed_key, open_bucket};
+use crate::idempotency::nats_kv::{Bucket, hashed_key, open_bucket};
 
 /// The age limit of a bucket this store creates: as long as the actor host keeps hop
 /// records, so one bucket serves both.
@@ -142,8 +142,9 @@ fn down(operation: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreErro
 
 /// Open aggregations in a NATS KV bucket. Cheap to share behind an `Arc`.
 pub struct NatsKvFanInStore {
-    js: jetstream::Context,
     kv: kv::Store,
+    /// The bucket's stream: purges by subject, listings of subjects.
+    stream: jetstream::stream::Stream<()>,
     /// Key prefix: letters, digits, `-`, `_`, ending in `.`.
     prefix: String,
 }
@@ -170,8 +171,8 @@ impl NatsKvFanInStore {
             "" => "fanin.".to_owned(),
             p => format!("{p}."),
         };
-        let (js, kv) = open_bucket(url, tls, bucket, BUCKET_MAX_AGE).await?;
-        Ok(Arc::new(Self { js, kv, prefix }))
+        let Bucket { kv, stream, .. } = open_bucket(url, tls, bucket, BUCKET_MAX_AGE).await?;
+        Ok(Arc::new(Self { kv, stream, prefix }))
     }
 
     fn name(&self, origin: &str) -> String {
@@ -267,12 +268,7 @@ impl NatsKvFanInStore {
 
     /// Removes every message on `subject` (a wildcard allowed), tombstones included.
     async fn purge(&self, operation: &'static str, subject: String) -> Result<(), StoreError> {
-        let stream = self
-            .js
-            .get_stream_no_info(&self.kv.stream_name)
-            .await
-            .map_err(|e| down(operation)(&e))?;
-        stream
+        self.stream
             .purge()
             .filter(subject)
             .await
@@ -284,12 +280,8 @@ impl NatsKvFanInStore {
     /// markers `{p}{kind}.{h}.{ms}`.
     async fn markers(&self, operation: &'static str, kind: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let head = self.subject(&format!("{}{kind}.", self.prefix));
-        let stream = self
-            .js
-            .get_stream_no_info(&self.kv.stream_name)
-            .await
-            .map_err(|e| down(operation)(&e))?;
-        let subjects: Vec<(String, usize)> = stream
+        let subjects: Vec<(String, usize)> = self
+            .stream
             .info_with_subjects(format!("{head}>"))
             .await
             .map_err(|e| down(operation)(&e))?

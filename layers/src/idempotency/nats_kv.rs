@@ -100,13 +100,21 @@ fn down(operation: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StoreErro
 impl NatsKvStore {
     /// Connects, and creates the bucket if it is missing.
     pub async fn connect(config: NatsKvStoreConfig) -> Result<Arc<Self>, StoreError> {
-        let (_, kv) = open_bucket(&config.url, &config.tls, &config.bucket, config.ttl).await?;
+        let Bucket { kv, .. } = open_bucket(&config.url, &config.tls, &config.bucket, config.ttl).await?;
         Ok(Arc::new(Self {
             kv,
             prefix: config.prefix,
             tokens: Mutex::default(),
         }))
     }
+}
+
+/// An open KV bucket: the client's JetStream context, the bucket, and its stream (for
+/// purges and subject listings the KV API does not offer).
+pub(crate) struct Bucket {
+    pub(crate) js: jetstream::Context,
+    pub(crate) kv: kv::Store,
+    pub(crate) stream: jetstream::stream::Stream<()>,
 }
 
 /// Connects to NATS at `url` and opens KV bucket `bucket`, creating it (keys kept `ttl`
@@ -116,7 +124,7 @@ pub(crate) async fn open_bucket(
     tls: &TlsFiles,
     bucket: &str,
     ttl: Duration,
-) -> Result<(jetstream::Context, kv::Store), StoreError> {
+) -> Result<Bucket, StoreError> {
     let client = troupe_transports::nats::connect_client(url, tls)
         .await
         .map_err(|e| StoreError::unavailable("connect", e.to_string()))?;
@@ -150,7 +158,12 @@ pub(crate) async fn open_bucket(
             js.get_key_value(bucket).await.map_err(|e| open_failed(&e))?
         }
     };
-    Ok((js, kv))
+    // A handle only: no request is made.
+    let stream = js
+        .get_stream_no_info(&kv.stream_name)
+        .await
+        .map_err(|e| open_failed(&e))?;
+    Ok(Bucket { js, kv, stream })
 }
 
 /// A KV key for `text` (which may hold characters keys do not allow): its UUIDv5, hex.

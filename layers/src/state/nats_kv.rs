@@ -22,7 +22,7 @@ use troupe_core::tls::TlsFiles;
 use super::store::{Expect, StateError, StateStore, Swapped, Versioned};
 use super::{StateLimits, check_write};
 use crate::idempotency::StoreError;
-use crate::idempotency::nats_kv::open_bucket;
+use crate::idempotency::nats_kv::{Bucket, open_bucket};
 
 /// The age limit of a bucket this store creates when it is missing: none, state is kept
 /// until deleted. (A bucket the hop records made first keeps its own.)
@@ -36,6 +36,8 @@ fn down(operation: &'static str) -> impl Fn(&dyn std::fmt::Display) -> StateErro
 pub struct NatsKvStateStore {
     js: jetstream::Context,
     kv: kv::Store,
+    /// The bucket's stream: consumers for listings, purges by subject.
+    stream: jetstream::stream::Stream<()>,
     /// `{prefix}{actor}.`, before every key's hex.
     head: String,
     limits: StateLimits,
@@ -67,10 +69,11 @@ impl NatsKvStateStore {
             )
             .into());
         }
-        let (js, kv) = open_bucket(url, tls, bucket, NO_AGE_LIMIT).await?;
+        let Bucket { js, kv, stream } = open_bucket(url, tls, bucket, NO_AGE_LIMIT).await?;
         Ok(Arc::new(Self {
             js,
             kv,
+            stream,
             head: format!("{prefix}.{actor}."),
             limits,
         }))
@@ -95,12 +98,8 @@ impl NatsKvStateStore {
 
     /// Every live key of the actor, unsorted.
     async fn keys(&self, operation: &'static str) -> Result<Vec<String>, StateError> {
-        let stream = self
-            .js
-            .get_stream_no_info(&self.kv.stream_name)
-            .await
-            .map_err(|e| down(operation)(&e))?;
-        let consumer = stream
+        let consumer = self
+            .stream
             .create_consumer(jetstream::consumer::push::OrderedConfig {
                 deliver_subject: self.js.client().new_inbox(),
                 filter_subject: format!("{}{}*", self.kv.prefix, self.head),
@@ -179,13 +178,8 @@ impl NatsKvStateStore {
             }
             Err(e) => return Err(down(operation)(&e)),
         };
-        let stream = self
-            .js
-            .get_stream_no_info(&self.kv.stream_name)
-            .await
-            .map_err(|e| down(operation)(&e))?;
         // Up to and with the tombstone: a value written after it stays.
-        stream
+        self.stream
             .purge()
             .filter(subject)
             .sequence(tombstone + 1)

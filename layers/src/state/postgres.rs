@@ -225,10 +225,7 @@ impl StateStore for PostgresStateStore {
         value: Option<Vec<u8>>,
     ) -> Result<Swapped, StateError> {
         check_write(&self.limits, key, value.as_deref())?;
-        let expected = match expect {
-            Expect::Absent => 0,
-            Expect::Version(v) => i64::try_from(v).unwrap_or(i64::MAX),
-        };
+        let expected = i64::try_from(expect.version()).unwrap_or(i64::MAX);
         let delete = value.is_none();
         let value = value.unwrap_or_default();
         let max = self.max_keys();

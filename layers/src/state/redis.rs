@@ -200,10 +200,7 @@ impl StateStore for RedisStateStore {
         value: Option<Vec<u8>>,
     ) -> Result<Swapped, StateError> {
         check_write(&self.limits, key, value.as_deref())?;
-        let expected = match expect {
-            Expect::Absent => 0,
-            Expect::Version(v) => v,
-        };
+        let expected = expect.version();
         let (op, value) = match value {
             Some(value) => ("set", value),
             None => ("del", Vec::new()),

@@ -24,6 +24,17 @@ pub enum Expect {
     Version(u64),
 }
 
+impl Expect {
+    /// The version expected, 0 for none: versions start at 1, so stores that keep a number
+    /// per key compare against this one.
+    pub fn version(self) -> u64 {
+        match self {
+            Expect::Absent => 0,
+            Expect::Version(v) => v,
+        }
+    }
+}
+
 /// How a compare-and-set ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Swapped {
