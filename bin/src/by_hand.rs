@@ -4,11 +4,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use troupe::broker::{Broker, BrokerArgs, ConnectError, WithTransport};
+use troupe::broker::{Broker, BrokerArgs, ConnectError, HOP_RECORD_TTL, WithTransport};
 use troupe::core::{
     ConsumeOptions, Consumer, Delivery, Envelope, Phase, PublishOptions, QueueAdmin, QueueNaming, Route,
     Transport, TransportError,
 };
+
+use crate::tail_once::{BUSY_RETRY, PrintedOnce, Verdict};
 
 /// Which broker and which queues.
 #[derive(Debug, Clone, clap::Args)]
@@ -58,8 +60,17 @@ pub struct TailArgs {
     pub idle_timeout: Option<Duration>,
     /// Put each envelope back instead of removing it (it is then delivered again, so use
     /// with `--count`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store")]
     pub keep: bool,
+    /// Print each envelope once: keep a record of what was printed in this store
+    /// (`redis://...`, `postgres://...`, `nats-kv://BUCKET`, or `memory` for this run only),
+    /// so a copy an actor sent again after a crash is acked without being printed. Without
+    /// it every copy on the queue is printed.
+    #[arg(long, env = "TROUPE_TAIL_STORE", hide_env_values = true)]
+    pub store: Option<troupe::layers::StoreUrl>,
+    /// Prefix of the store's keys; apart from the actors' hop records.
+    #[arg(long, env = "TROUPE_TAIL_STORE_PREFIX", default_value = "troupe:tail:")]
+    pub store_prefix: String,
     #[command(flatten)]
     pub queue: QueueArgs,
 }
@@ -83,6 +94,9 @@ pub enum ByHandError {
         /// Its queue.
         queue: String,
     },
+    /// The store of `troupe tail --store` could not be reached or answered wrongly.
+    #[error("tail's store: {0}")]
+    Store(#[from] troupe::layers::idempotency::StoreError),
     /// Standard output failed (other than the reader going away).
     #[error("cannot write to standard output: {0}")]
     Stdout(#[source] std::io::Error),
@@ -190,21 +204,34 @@ pub async fn tail(args: TailArgs) -> Result<(), ByHandError> {
     let queue = naming(&args.queue)?
         .queue_for(&args.actor)
         .map_err(|e| ByHandError::Usage(e.to_string()))?;
+    let once = match &args.store {
+        None => None,
+        Some(url) => {
+            let store = url
+                .clone()
+                .with_nats_default(&args.queue.brokers.nats_url)
+                .connect(&args.store_prefix, HOP_RECORD_TTL, &args.queue.brokers.tls_files())
+                .await?;
+            Some(PrintedOnce::new(store, &args.actor))
+        }
+    };
     let config = args.queue.brokers.config();
     config
-        .connect(args.queue.transport, TailJob { queue, args })
+        .connect(args.queue.transport, TailJob { queue, args, once })
         .await?
 }
 
 struct TailJob {
     queue: String,
     args: TailArgs,
+    /// With `--store`: what was printed, so copies are not.
+    once: Option<PrintedOnce>,
 }
 
 impl WithTransport for TailJob {
     type Output = Result<(), ByHandError>;
 
-    async fn run<T: Transport + QueueAdmin>(self, transport: T) -> Self::Output {
+    async fn run<T: Transport + QueueAdmin>(mut self, transport: T) -> Self::Output {
         let fail = |source| ByHandError::Transport {
             queue: self.queue.clone(),
             source,
@@ -234,12 +261,39 @@ impl WithTransport for TailJob {
             };
             let Some(delivery) = delivery else { break };
             let delivery = delivery.map_err(fail)?;
+            let key = match self.once.as_mut() {
+                None => None,
+                Some(once) => {
+                    let verdict = tokio::select! {
+                        verdict = once.check(&delivery) => verdict?,
+                        _ = &mut stop => {
+                            delivery.nack(None).await.map_err(fail)?;
+                            break;
+                        }
+                    };
+                    match verdict {
+                        Verdict::Print(key) => key,
+                        Verdict::Copy => {
+                            delivery.ack().await.map_err(fail)?;
+                            continue;
+                        }
+                        Verdict::Busy => {
+                            delivery.nack(Some(BUSY_RETRY)).await.map_err(fail)?;
+                            continue;
+                        }
+                    }
+                }
+            };
             let mut line = delivery.body().to_vec();
             line.push(b'\n');
             match print_holding_lease(&mut stdout, &line, &delivery, options.lease).await {
                 Ok(()) => {}
                 Err(error) => {
-                    // Not printed, so not taken: it goes back to the queue.
+                    // Not printed, so not taken: it goes back to the queue, free for the
+                    // next reader.
+                    if let (Some(once), Some(key)) = (&self.once, &key) {
+                        once.not_printed(key).await;
+                    }
                     delivery.nack(None).await.map_err(fail)?;
                     if error.kind() == std::io::ErrorKind::BrokenPipe {
                         // The reader went away (`troupe tail x-sink | head -3`): done.
@@ -249,12 +303,23 @@ impl WithTransport for TailJob {
                 }
             }
             seen += 1;
+            if let (Some(once), Some(key)) = (&self.once, &key) {
+                once.printed(key, &delivery).await?;
+            }
             let settled = if self.args.keep {
                 delivery.nack(None).await
             } else {
                 delivery.ack().await
             };
             settled.map_err(fail)?;
+        }
+        if let Some(once) = &self.once {
+            tracing::info!(
+                queue = %self.queue,
+                printed = seen,
+                copies = once.copies,
+                "tail done: copies of envelopes already printed were acked, not printed"
+            );
         }
         Ok(())
     }

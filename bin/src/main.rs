@@ -9,6 +9,7 @@ mod gateway;
 mod merge_runtime;
 mod runtime_bench;
 mod sidecar;
+mod tail_once;
 
 // The mesh allocates many small, short-lived objects per envelope (JSON nodes, futures);
 // mimalloc handles that pattern markedly better than glibc malloc (see benches/).

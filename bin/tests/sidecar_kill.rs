@@ -5,14 +5,18 @@
 //! The pipeline is `double -> split -> audit`: `split` fans each envelope out into two
 //! (ids derived from the parent's), `audit` is the last actor. Every one of the 2 × N
 //! outputs reaches x-sink (0 lost), under fan-out ids that a replay reproduces, nothing
-//! goes to x-sump, and the duplicates at x-sink are counted and reported for each store.
-//! With the Redis store they are bounded by the hops the killed last actor had in flight:
-//! its store cannot absorb a copy of its own output that it sends again after a crash
-//! between the publish's confirmation and the record of it (x-sink is a queue, with no
-//! store in front of it), so 0 duplicates at x-sink needs a deduplicating reader of x-sink
-//! (issue 15's note). With the memory store, which a restart empties, the fan-out actor's
-//! replays can reach a restarted last actor too, and add to that bound. NATS runs with `Nats-Msg-Id` off (`--nats-message-ids false`), so the broker's
-//! duplicate window absorbs nothing and the store alone is tested.
+//! goes to x-sump, and x-sink is read the way a user reads results, with `troupe tail`.
+//!
+//! With the Redis store the copies at x-sink are bounded by the hops the killed last actor
+//! had in flight: its store cannot absorb a copy of its own output that it sends again
+//! after a crash between the publish's confirmation and the record of it, since x-sink is
+//! a queue with no actor in front of it. `troupe tail --store` is that actor: it records
+//! what it printed, so every output is printed exactly once (asserted), and it reports the
+//! copies it acked without printing. With the memory store, which a restart empties, the
+//! fan-out actor's replays can reach a restarted last actor too and add to that bound;
+//! x-sink is read raw there and its duplicates are reported. NATS runs with `Nats-Msg-Id`
+//! off (`--nats-message-ids false`), so the broker's duplicate window absorbs nothing and
+//! the stores alone are tested.
 //!
 //! `TROUPE_KILL_ENVELOPES` sets N (10,000 by default).
 #![cfg(all(feature = "nats", feature = "amqp"))]
@@ -22,10 +26,13 @@
 mod sidecars;
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use sidecars::{Broker, Mesh, Proc, namespace, run_on, runtime, scratch, sidecar};
+use serde_json::{Value, json};
+use sidecars::{Broker, Mesh, Proc, amqp_url, namespace, nats_url, run_on, runtime, scratch, sidecar};
 use troupe::core::{Envelope, QueueNaming, Route};
 
 /// Where the sidecars keep hop records.
@@ -85,6 +92,80 @@ fn start_sidecar(broker: Broker, ns: &str, actor: &str, store: Store) -> Proc {
     sidecar(broker, ns, actor, &socket_dir, &extra)
 }
 
+/// `troupe tail x-sink` as a process, as a user reads results: its lines, and its log.
+struct Tail {
+    proc: Proc,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: PathBuf,
+}
+
+impl Tail {
+    /// With `dedup`, the reader keeps a record of what it printed in that store.
+    fn start(broker: Broker, ns: &str, dir: &Path, dedup: Option<&str>) -> Tail {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.join("tail.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_troupe"));
+        cmd.args(["tail", "x-sink", "--namespace", ns])
+            .env_remove("TROUPE_TRANSPORT")
+            .env_remove("TROUPE_TAIL_STORE")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap());
+        match broker {
+            Broker::Nats => cmd.args(["--transport", "nats", "--nats-url", &nats_url()]),
+            Broker::Amqp => cmd.args(["--transport", "amqp", "--amqp-url", &amqp_url()]),
+        };
+        if let Some(url) = dedup {
+            cmd.args(["--store", url, "--store-prefix", &format!("troupe-kill9-tail:{ns}:")]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Tail {
+            proc: Proc(child),
+            lines,
+            log,
+        }
+    }
+
+    /// The next line within `wait`.
+    async fn next(&self, wait: Duration) -> Option<Value> {
+        let line = tokio::task::block_in_place(|| self.lines.recv_timeout(wait).ok())?;
+        Some(serde_json::from_str(&line).unwrap())
+    }
+
+    /// Stops it as Ctrl-C does and returns the copies it acked without printing them (a
+    /// reader with a store counts them; a raw one prints them).
+    fn stop(mut self) -> Option<u64> {
+        let pid = self.proc.0.id().to_string();
+        Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.proc.0.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "troupe tail did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        let done = log.lines().find(|l| l.contains("tail done"))?;
+        let copies = done.split("copies=").nth(1).unwrap();
+        Some(
+            copies
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        )
+    }
+}
+
 async fn kill_sidecars(broker: Broker, mesh: Box<dyn Mesh>, store: Store) {
     let count = envelopes();
     let expected = 2 * count;
@@ -98,6 +179,12 @@ async fn kill_sidecars(broker: Broker, mesh: Box<dyn Mesh>, store: Store) {
         sidecar_procs.insert(actor, start_sidecar(broker, &ns, actor, store));
         mesh.ensure(naming.queue_for(actor).unwrap()).await;
     }
+    // With the Redis store, x-sink is read as an effectively-once pipeline's results are:
+    // by a reader that records what it printed; with the memory store, raw.
+    let redis = redis_url();
+    let dedup = (store == Store::Redis).then_some(redis.as_str());
+    mesh.ensure(naming.queue_for("x-sink").unwrap()).await;
+    let tail = Tail::start(broker, &ns, &dir.join("tail"), dedup);
     let started = Instant::now();
     for n in 0..count {
         let env = Envelope::new(Route::through(["double", "split"]), json!({ "n": n }));
@@ -107,37 +194,33 @@ async fn kill_sidecars(broker: Broker, mesh: Box<dyn Mesh>, store: Store) {
     // Kill the fan-out actor's sidecar at 20% of the outputs, the last actor's at 50%.
     let mut kills: Vec<(usize, &str)> = vec![(expected / 2, "audit"), (expected / 5, "split")];
     let mut killed = Vec::new();
-    let mut distinct: HashMap<(u64, u64), u32> = HashMap::new();
-    let mut counted = 0;
-    // Borrowed, not moved: the sidecars must outlive this collection, to process late
-    // redeliveries in the one after it.
-    let (ns_ref, killed_ref, running) = (&ns, &mut killed, &mut sidecar_procs);
-    let sink = mesh
-        .collect(
-            naming.queue_for("x-sink").unwrap(),
-            Duration::from_secs(600),
-            Box::new(move |got| {
-                for env in &got[counted..] {
-                    let p = &env["payload"];
-                    if let (Some(n), Some(part)) = (p["n"].as_u64(), p["part"].as_u64()) {
-                        *distinct.entry((n, part)).or_default() += 1;
-                    }
-                }
-                counted = got.len();
-                if let Some(&(at, actor)) = kills.last()
-                    && distinct.len() >= at
-                {
-                    kills.pop();
-                    let mut victim = running.remove(actor).unwrap();
-                    victim.0.kill().unwrap();
-                    let _ = victim.0.wait();
-                    killed_ref.push(actor);
-                    running.insert(actor, start_sidecar(broker, ns_ref, actor, store));
-                }
-                distinct.len() >= expected && kills.is_empty()
-            }),
-        )
-        .await;
+    let mut per_output: HashMap<(u64, u64), u32> = HashMap::new();
+    let mut per_id: HashMap<String, u32> = HashMap::new();
+    let mut read = |env: Value| {
+        let p = &env["payload"];
+        *per_output
+            .entry((p["n"].as_u64().unwrap(), p["part"].as_u64().unwrap()))
+            .or_default() += 1;
+        *per_id.entry(env["id"].as_str().unwrap().to_owned()).or_default() += 1;
+        per_output.len()
+    };
+    let deadline = started + Duration::from_secs(600);
+    let mut distinct = 0;
+    while (distinct < expected || !kills.is_empty()) && Instant::now() < deadline {
+        if let Some(env) = tail.next(Duration::from_secs(1)).await {
+            distinct = read(env);
+        }
+        if let Some(&(at, actor)) = kills.last()
+            && distinct >= at
+        {
+            kills.pop();
+            let mut victim = sidecar_procs.remove(actor).unwrap();
+            victim.0.kill().unwrap();
+            let _ = victim.0.wait();
+            killed.push(actor);
+            sidecar_procs.insert(actor, start_sidecar(broker, &ns, actor, store));
+        }
+    }
     let elapsed = started.elapsed();
     // Anything redelivered late shows up now: NATS gives a dead consumer's deliveries out
     // again when their lease (30 s) ends, RabbitMQ as soon as the connection drops.
@@ -145,13 +228,15 @@ async fn kill_sidecars(broker: Broker, mesh: Box<dyn Mesh>, store: Store) {
         Broker::Nats => Duration::from_secs(35),
         Broker::Amqp => Duration::from_secs(5),
     };
-    let late = mesh
-        .collect(
-            naming.queue_for("x-sink").unwrap(),
-            late_window,
-            Box::new(|_| false),
-        )
-        .await;
+    let late_end = Instant::now() + late_window;
+    let mut late = 0;
+    while let Some(wait) = late_end.checked_duration_since(Instant::now()) {
+        if let Some(env) = tail.next(wait).await {
+            read(env);
+            late += 1;
+        }
+    }
+    let copies = tail.stop();
     let sump = mesh
         .collect(
             naming.queue_for("x-sump").unwrap(),
@@ -162,19 +247,17 @@ async fn kill_sidecars(broker: Broker, mesh: Box<dyn Mesh>, store: Store) {
     drop(sidecar_procs);
     drop(runtimes);
 
-    let mut per_output: HashMap<(u64, u64), u32> = HashMap::new();
-    let mut per_id: HashMap<String, u32> = HashMap::new();
-    for env in sink.iter().chain(&late) {
-        let p = &env["payload"];
-        *per_output
-            .entry((p["n"].as_u64().unwrap(), p["part"].as_u64().unwrap()))
-            .or_default() += 1;
-        *per_id.entry(env["id"].as_str().unwrap().to_owned()).or_default() += 1;
-    }
-    let duplicates: u32 = per_output.values().map(|n| n - 1).sum();
+    let printed_twice: u32 = per_output.values().map(|n| n - 1).sum();
+    // Raw, every copy on x-sink is a line; read once, the copies are counted by the reader.
+    let duplicates = match (store, copies) {
+        (Store::Redis, Some(copies)) => copies,
+        (Store::Redis, None) => panic!("`troupe tail --store` logged no summary"),
+        (Store::Memory, _) => u64::from(printed_twice),
+    };
     eprintln!(
-        "kill -9 over {}, {} store: {count} envelopes, {} outputs expected, {} distinct and {} \
-         duplicates at x-sink ({} late), {} in x-sump, killed {killed:?}, {elapsed:.1?}",
+        "kill -9 over {}, {} store: {count} envelopes, {} outputs expected, {} distinct, {} \
+         duplicates at x-sink ({} printed twice by `troupe tail{}`; {late} late), {} in x-sump, \
+         killed {killed:?}, {elapsed:.1?}",
         match broker {
             Broker::Nats => "NATS (Nats-Msg-Id off)",
             Broker::Amqp => "RabbitMQ",
@@ -183,7 +266,8 @@ async fn kill_sidecars(broker: Broker, mesh: Box<dyn Mesh>, store: Store) {
         expected,
         per_output.len(),
         duplicates,
-        late.len(),
+        printed_twice,
+        if dedup.is_some() { " --store redis" } else { "" },
         sump.len(),
     );
     assert_eq!(killed, ["split", "audit"], "both sidecars were killed mid-run");
@@ -194,15 +278,18 @@ async fn kill_sidecars(broker: Broker, mesh: Box<dyn Mesh>, store: Store) {
         "fan-out children's ids are derived, so a replay reuses them"
     );
     assert!(sump.is_empty(), "nothing went to x-sump: {sump:?}");
-    // With a durable store, a duplicate at x-sink can only come from the last actor: a copy
-    // the fan-out actor sends again is dropped by the next actor's store. The last actor's
+    if dedup.is_some() {
+        assert_eq!(printed_twice, 0, "read with a store, every output is printed once");
+    }
+    // With a durable store, a copy at x-sink can only come from the last actor: a copy the
+    // fan-out actor sends again is dropped by the next actor's store. The last actor's
     // store cannot drop its own: killed after an output's publish was confirmed and before
-    // the hop was marked published, it sends the recorded output again on the redelivery,
-    // and x-sink is a queue with no store in front of it. So at most the hops it had in
-    // flight come twice. With the memory store the last actor forgets everything at its
-    // restart, so the fan-out actor's replays (two children for each of its hops in flight
-    // when it was killed) that reach it afterwards are new to it as well.
-    let in_flight = RUNTIME_CONCURRENCY.parse::<u32>().unwrap();
+    // the hop was marked published, it sends the recorded output again on the redelivery.
+    // So at most the hops it had in flight come twice, and the reader absorbs them. With
+    // the memory store the last actor forgets everything at its restart, so the fan-out
+    // actor's replays (two children for each of its hops in flight when it was killed)
+    // that reach it afterwards are new to it as well.
+    let in_flight = RUNTIME_CONCURRENCY.parse::<u64>().unwrap();
     let bound = match store {
         Store::Redis => in_flight,
         Store::Memory => in_flight + 2 * in_flight,
