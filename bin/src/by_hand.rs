@@ -210,7 +210,11 @@ pub async fn tail(args: TailArgs) -> Result<(), ByHandError> {
             let store = url
                 .clone()
                 .with_nats_default(&args.queue.brokers.nats_url)
-                .connect(&args.store_prefix, HOP_RECORD_TTL, &args.queue.brokers.tls_files())
+                .connect(
+                    &args.store_prefix,
+                    HOP_RECORD_TTL,
+                    &args.queue.brokers.tls_files(),
+                )
                 .await?;
             Some(PrintedOnce::new(store, &args.actor))
         }

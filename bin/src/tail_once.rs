@@ -208,7 +208,10 @@ mod tests {
     impl Outage {
         fn answers(&self, operation: &'static str) -> Result<(), StoreError> {
             use std::sync::atomic::Ordering;
-            match self.down.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+            match self
+                .down
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            {
                 Ok(_) => Err(StoreError::unavailable(operation, "connection refused")),
                 Err(_) => Ok(()),
             }
@@ -254,7 +257,10 @@ mod tests {
         let Verdict::Print(Some(key)) = once.check(&first).await.unwrap() else {
             panic!("new, once the store answers")
         };
-        assert!(started.elapsed() >= Duration::from_secs(1 + 2 + 4), "backed off 1, 2, 4 s");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1 + 2 + 4),
+            "backed off 1, 2, 4 s"
+        );
         once.store.down.store(2, std::sync::atomic::Ordering::SeqCst);
         once.printed(&key, &first).await.unwrap();
         first.ack().await.unwrap();

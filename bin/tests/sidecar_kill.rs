@@ -116,7 +116,12 @@ impl Tail {
             Broker::Amqp => cmd.args(["--transport", "amqp", "--amqp-url", &amqp_url()]),
         };
         if let Some(url) = dedup {
-            cmd.args(["--store", url, "--store-prefix", &format!("troupe-kill9-tail:{ns}:")]);
+            cmd.args([
+                "--store",
+                url,
+                "--store-prefix",
+                &format!("troupe-kill9-tail:{ns}:"),
+            ]);
         }
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -279,7 +284,10 @@ async fn kill_sidecars(broker: Broker, mesh: Box<dyn Mesh>, store: Store) {
     );
     assert!(sump.is_empty(), "nothing went to x-sump: {sump:?}");
     if dedup.is_some() {
-        assert_eq!(printed_twice, 0, "read with a store, every output is printed once");
+        assert_eq!(
+            printed_twice, 0,
+            "read with a store, every output is printed once"
+        );
     }
     // With a durable store, a copy at x-sink can only come from the last actor: a copy the
     // fan-out actor sends again is dropped by the next actor's store. The last actor's
