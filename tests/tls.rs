@@ -1,6 +1,7 @@
 //! TLS for every broker and store client, against real servers that require it: a NATS
-//! server and a Redis server of the test's own (mutual TLS), RabbitMQ behind a TLS
-//! terminator (`socat`, mutual TLS), and the machine's PostgreSQL (`ssl = on` with its
+//! server, a Redis server and a RabbitMQ node of the test's own (mutual TLS, each with its
+//! own TLS listener), Kafka (a tansu of the test's own behind a TLS terminator, `socat`,
+//! since tansu has no TLS listener) and the machine's PostgreSQL (`ssl = on` with its
 //! snakeoil certificate, as Debian installs it). Each client must work when it trusts the
 //! server's CA, and must refuse the server when it does not: the second proves the
 //! connection really is TLS and really is verified.
@@ -229,20 +230,91 @@ async fn redis_store_over_mutual_tls() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A RabbitMQ node of the test's own beside the machine's, in its own process group so
+/// that the test stops exactly what it started (the server script runs the Erlang VM as
+/// a child, not by exec).
+struct RabbitNode(Child);
+
+impl RabbitNode {
+    /// Starts a node named `name` whose only listener is TLS on `port`, with `config`,
+    /// its files under `dir` (owned by the `rabbitmq` user, as the server runs as it).
+    fn start(name: &str, dir: &Path, config: &str, port: u16) -> RabbitNode {
+        use std::os::unix::process::CommandExt;
+        let conf = dir.join("rabbitmq.conf");
+        std::fs::write(&conf, config).unwrap();
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        for sub in ["mnesia", "log"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let owned = std::process::Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq", path(dir)])
+            .status()
+            .unwrap();
+        assert!(
+            owned.success(),
+            "chown to the rabbitmq user (RabbitMQ must be installed)"
+        );
+        let child = std::process::Command::new("runuser")
+            .args(["-u", "rabbitmq", "--", "/usr/lib/rabbitmq/bin/rabbitmq-server"])
+            .env("RABBITMQ_NODENAME", format!("{name}@localhost"))
+            .env("RABBITMQ_CONFIG_FILE", &conf)
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_FEATURE_FLAGS_FILE", dir.join("mnesia/feature_flags"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", dir.join("pid"))
+            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("RabbitMQ must be installed (bash .ci/run installs it): {e}"));
+        let mut node = RabbitNode(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let log = std::fs::read_to_string(dir.join(format!("log/{name}@localhost.log")));
+            assert!(
+                std::time::Instant::now() < deadline && node.0.try_wait().unwrap().is_none(),
+                "the RabbitMQ node did not listen on 127.0.0.1:{port}: {log:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        node
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        // The whole group: runuser, the server script and the Erlang VM under it.
+        let group = format!("-{}", self.0.id());
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// RabbitMQ's own TLS listener (a node of the test's own, since the machine's would need
+/// its configuration changed and a restart), requiring a client certificate.
 #[tokio::test]
 async fn rabbitmq_transport_over_mutual_tls() {
     let dir = scratch("amqp");
     let certs = tls_certs::generate(&dir);
     let port = free_port();
-    // RabbitMQ's own TLS listener needs its configuration changed and a restart; a TLS
-    // terminator in front of its plain port is the same protocol to the client.
-    let listen = format!(
-        "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify=1",
+    let config = format!(
+        "listeners.tcp = none\n\
+         listeners.ssl.default = 127.0.0.1:{port}\n\
+         ssl_options.cacertfile = {}\n\
+         ssl_options.certfile = {}\n\
+         ssl_options.keyfile = {}\n\
+         ssl_options.verify = verify_peer\n\
+         ssl_options.fail_if_no_peer_cert = true\n\
+         loopback_users = none\n",
+        path(&certs.ca),
         path(&certs.server_cert),
-        path(&certs.server_key),
-        path(&certs.ca)
+        path(&certs.server_key)
     );
-    let _proxy = start("socat", &[&listen, "TCP:127.0.0.1:5672"], port);
+    let _node = RabbitNode::start(&format!("troupe-tls-{}", std::process::id()), &dir, &config, port);
     let config = |tls: TlsFiles| AmqpConfig {
         url: format!("amqps://guest:guest@127.0.0.1:{port}/%2f"),
         queue_expires: Some(Duration::from_secs(60)),
@@ -263,6 +335,17 @@ async fn rabbitmq_transport_over_mutual_tls() {
         untrusted.contains("cannot connect to RabbitMQ") && !untrusted.contains("guest:guest"),
         "a server whose CA is not trusted is refused, the password not shown: {untrusted}"
     );
+    let no_certificate = TlsFiles {
+        cert_file: None,
+        key_file: None,
+        ..certs.client_files()
+    };
+    let anonymous = AmqpTransport::connect(config(no_certificate)).await;
+    assert!(
+        anonymous.is_err(),
+        "the listener requires a client certificate, so a client without one is refused"
+    );
+    drop(transport);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
