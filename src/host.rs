@@ -435,7 +435,12 @@ impl Host {
         } else {
             (EventSink::off(), None)
         };
-        let control = Control::default();
+        // Off without a gateway: then no envelope pays for cancel and pause.
+        let control = if self.gateway.is_some() {
+            Control::on()
+        } else {
+            Control::off()
+        };
         if let Some(link) = &self.gateway {
             tokio::spawn(crate::control::poll(
                 link.clone(),

@@ -41,7 +41,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use troupe::broker::{Broker, BrokerArgs};
 use troupe::core::event::{EventHead, EventKind};
-use troupe::core::headers::TASK;
+use troupe::core::headers::{MESH_STATUS, TASK};
 use troupe::core::{EVENTS, EventSink};
 use troupe::layers::{MemoryStore, MeshMetrics, RetryPolicies, StackConfig, actor_stack};
 use troupe::{
@@ -82,6 +82,10 @@ struct Args {
     /// default `postgres://postgres@127.0.0.1:5432/test`) instead of a SQLite file.
     #[arg(long)]
     postgres: bool,
+    /// Only the cost of events to the pipeline: raw with events off and on, alternated
+    /// this many times, medians printed (one run of each is noisy on a shared machine).
+    #[arg(long)]
+    events_rounds: Option<usize>,
 }
 
 /// Where a scenario keeps its tasks: a SQLite file, or a fresh PostgreSQL schema.
@@ -226,9 +230,20 @@ impl<T: Transport + QueueAdmin> Rig<T> {
     }
 }
 
-/// Publishes `tasks` envelopes through `a -> b -> c` (as gateway tasks when `as_tasks`)
-/// and waits for them at `x-sink`; returns (seconds, CPU seconds).
-async fn raw<T: Transport + QueueAdmin>(rig: &Rig<T>, args: &Args, as_tasks: bool) -> (f64, f64) {
+/// What the raw envelopes carry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Raw {
+    /// Plain envelopes: no task.
+    Plain,
+    /// Gateway tasks with their events switched off (`x-asya-mesh-status: off`).
+    TasksQuiet,
+    /// Gateway tasks reporting their events.
+    Tasks,
+}
+
+/// Publishes `tasks` envelopes through `a -> b -> c` (as `kind` says) and waits for them
+/// at `x-sink`; returns (seconds, CPU seconds).
+async fn raw<T: Transport + QueueAdmin>(rig: &Rig<T>, args: &Args, kind: Raw) -> (f64, f64) {
     let events = rig.drain(EVENTS);
     let mut sink = rig
         .transport
@@ -238,8 +253,12 @@ async fn raw<T: Transport + QueueAdmin>(rig: &Rig<T>, args: &Args, as_tasks: boo
     let bodies: Vec<Bytes> = (0..args.tasks)
         .map(|_| {
             let mut env = envelope_through(&["a", "b", "c"], 256);
-            if as_tasks {
+            if kind != Raw::Plain {
                 env.headers.insert(TASK.into(), Value::String(env.id.clone()));
+            }
+            if kind == Raw::TasksQuiet {
+                env.headers
+                    .insert(MESH_STATUS.into(), Value::String("off".into()));
             }
             Bytes::from(env.to_vec())
         })
@@ -614,12 +633,16 @@ fn main() {
         .unwrap_or_else(|e| panic!("runtime: {e}"));
     let dir = std::env::temp_dir().join(format!("troupe-bench-gateway-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
+    if let Some(rounds) = args.events_rounds {
+        runtime.block_on(events_cost(&args, rounds.max(1)));
+        return;
+    }
     runtime.block_on(async {
         let t = transport(&args).await;
         let rig = Rig::start(t.clone(), false, args.tokens).await;
-        let (off_s, off_cpu) = raw(&rig, &args, false).await;
+        let (off_s, off_cpu) = raw(&rig, &args, Raw::Plain).await;
         let rig = Rig::start(t.clone(), true, args.tokens).await;
-        let (on_s, on_cpu) = raw(&rig, &args, true).await;
+        let (on_s, on_cpu) = raw(&rig, &args, Raw::Tasks).await;
         let rig = Rig::start(t.clone(), true, args.tokens).await;
         let gw = through_gateway(&rig, &args, &dir.join("tasks.db")).await;
         let rig = Rig::start(t.clone(), true, args.tokens).await;
@@ -665,4 +688,57 @@ fn main() {
         );
     });
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Raw runs, alternated `rounds` times: plain envelopes, gateway tasks with events off
+/// (`x-asya-mesh-status: off`) and with events on; prints each round and the medians.
+async fn events_cost(args: &Args, rounds: usize) {
+    let t = transport(args).await;
+    let n = args.tasks as f64;
+    let kinds = [Raw::Plain, Raw::TasksQuiet, Raw::Tasks];
+    let mut runs: [Vec<(f64, f64)>; 3] = Default::default();
+    println!(
+        "broker: {}, {} tasks per run, {} in flight, 2 runtime workers; tasks/s (CPU µs per task)",
+        args.broker, args.tasks, args.concurrency
+    );
+    println!();
+    println!("| round | plain envelopes | tasks, events off | tasks, events on | on / off | on / plain |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let row = |label: &str, r: [(f64, f64); 3]| {
+        println!(
+            "| {label} | {:.0} ({:.1}) | {:.0} ({:.1}) | {:.0} ({:.1}) | {:.0} % | {:.0} % |",
+            r[0].0,
+            r[0].1,
+            r[1].0,
+            r[1].1,
+            r[2].0,
+            r[2].1,
+            100.0 * r[2].0 / r[1].0,
+            100.0 * r[2].0 / r[0].0
+        );
+    };
+    for round in 1..=rounds {
+        let mut r = [(0.0, 0.0); 3];
+        for (i, kind) in kinds.into_iter().enumerate() {
+            let rig = Rig::start(t.clone(), kind != Raw::Plain, args.tokens).await;
+            let (secs, cpu) = raw(&rig, args, kind).await;
+            r[i] = (n / secs, cpu * 1e6 / n);
+            runs[i].push(r[i]);
+        }
+        row(&round.to_string(), r);
+    }
+    let median = |v: &[(f64, f64)], pick: fn(&(f64, f64)) -> f64| {
+        let mut xs: Vec<f64> = v.iter().map(pick).collect();
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    let m = |i: usize| (median(&runs[i], |x| x.0), median(&runs[i], |x| x.1));
+    let medians = [m(0), m(1), m(2)];
+    row("median", medians);
+    println!();
+    println!(
+        "events on keep {:.0} % of the throughput with them off ({:.0} % of plain envelopes'); medians of {rounds} rounds",
+        100.0 * medians[2].0 / medians[1].0,
+        100.0 * medians[2].0 / medians[0].0
+    );
 }

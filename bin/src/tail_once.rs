@@ -171,7 +171,7 @@ mod tests {
             let delivery = consumer.next().await.unwrap().unwrap();
             let verdict = once.check(&delivery).await.unwrap();
             if let Verdict::Print(Some(key)) = &verdict {
-                once.printed(&key, &delivery).await.unwrap();
+                once.printed(key, &delivery).await.unwrap();
             }
             verdicts.push(matches!(verdict, Verdict::Print(_)));
             delivery.ack().await.unwrap();

@@ -46,7 +46,7 @@ impl Pipeline {
             transport,
             stop: CancellationToken::new(),
             runners: Vec::new(),
-            control: Control::default(),
+            control: Control::on(),
             slow_done: Arc::new(AtomicUsize::new(0)),
         };
         let done = pipeline.slow_done.clone();

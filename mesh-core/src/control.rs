@@ -45,9 +45,13 @@ pub enum Verdict {
 const REMEMBER_CANCELED: Duration = Duration::from_secs(24 * 3600);
 
 /// Which tasks are canceled or paused; cheap to clone, shared by a process's runners.
+///
+/// A control is *on* ([`Control::on`]) in a process that learns from a gateway, and *off*
+/// (the default) in one that does not: then every verdict is [`Verdict::Go`] and watches
+/// never fire, at no cost per envelope (no lock, no allocation).
 #[derive(Debug, Clone, Default)]
 pub struct Control {
-    inner: Arc<Mutex<State>>,
+    inner: Option<Arc<Mutex<State>>>,
 }
 
 #[derive(Debug, Default)]
@@ -59,14 +63,35 @@ struct State {
 }
 
 impl Control {
-    fn state(&self) -> MutexGuard<'_, State> {
+    /// A control that [`Control::apply`] updates.
+    pub fn on() -> Self {
+        Self {
+            inner: Some(Arc::default()),
+        }
+    }
+
+    /// A control that lets everything go: no gateway tells this process anything.
+    pub fn off() -> Self {
+        Self::default()
+    }
+
+    /// Whether a gateway's word reaches this control.
+    pub fn is_on(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    fn state(&self) -> Option<MutexGuard<'_, State>> {
         // Every update leaves the state whole, so a panic elsewhere cannot corrupt it.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .as_ref()
+            .map(|inner| inner.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// What to do with an envelope of `task`.
     pub fn verdict(&self, task: &str) -> Verdict {
-        let state = self.state();
+        let Some(state) = self.state() else {
+            return Verdict::Go;
+        };
         if state.canceled.contains_key(task) {
             Verdict::Drop
         } else if state.paused.contains(task) {
@@ -78,8 +103,11 @@ impl Control {
 
     /// Learns what the gateway said: new cancellations (stopping the handlers working on
     /// them) and the full set of paused tasks.
+    /// An off control ignores it.
     pub fn apply(&self, update: &ControlState) {
-        let mut state = self.state();
+        let Some(mut state) = self.state() else {
+            return;
+        };
         let now = Instant::now();
         state
             .canceled
@@ -96,7 +124,13 @@ impl Control {
 
     /// A token cancelled when `task` is canceled, for as long as the returned guard lives.
     pub fn watch(&self, task: &str) -> Watch {
-        let mut state = self.state();
+        let Some(mut state) = self.state() else {
+            return Watch {
+                control: self.clone(),
+                task: String::new(),
+                token: None,
+            };
+        };
         let canceled = state.canceled.contains_key(task);
         let (token, count) = state
             .watched
@@ -109,7 +143,7 @@ impl Control {
         Watch {
             control: self.clone(),
             task: task.to_owned(),
-            token: token.clone(),
+            token: Some(token.clone()),
         }
     }
 }
@@ -119,19 +153,25 @@ impl Control {
 pub struct Watch {
     control: Control,
     task: String,
-    token: CancellationToken,
+    /// None from an off control: never canceled.
+    token: Option<CancellationToken>,
 }
 
 impl Watch {
     /// Resolves when the task is canceled.
     pub async fn canceled(&self) {
-        self.token.cancelled().await;
+        match &self.token {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
     }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        let mut state = self.control.state();
+        let Some(mut state) = self.control.state() else {
+            return;
+        };
         if let Some((_, count)) = state.watched.get_mut(&self.task) {
             *count -= 1;
             if *count == 0 {
@@ -155,7 +195,7 @@ mod tests {
 
     #[test]
     fn verdicts_follow_what_the_gateway_said() {
-        let control = Control::default();
+        let control = Control::on();
         assert_eq!(control.verdict("t"), Verdict::Go);
         control.apply(&update(&[], &["t"]));
         assert_eq!(control.verdict("t"), Verdict::Park);
@@ -172,7 +212,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_cancel_stops_the_handlers_of_its_task_only() {
-        let control = Control::default();
+        let control = Control::on();
         let mine = control.watch("t");
         let other = control.watch("u");
         control.apply(&update(&["t"], &[]));
@@ -183,12 +223,23 @@ mod tests {
         assert!(still.is_err(), "another task's handler goes on");
         drop((mine, other));
         assert!(
-            control.state().watched.is_empty(),
+            control.state().unwrap().watched.is_empty(),
             "watches clean up after themselves"
         );
         let late = control.watch("t");
         tokio::time::timeout(Duration::from_secs(1), late.canceled())
             .await
             .unwrap_or_else(|_| panic!("a watch begun after the cancel fires at once"));
+    }
+
+    #[tokio::test]
+    async fn an_off_control_lets_everything_go() {
+        let control = Control::off();
+        control.apply(&update(&["t"], &["u"]));
+        assert_eq!(control.verdict("t"), Verdict::Go);
+        assert_eq!(control.verdict("u"), Verdict::Go);
+        let watch = control.watch("t");
+        let fired = tokio::time::timeout(Duration::from_millis(20), watch.canceled()).await;
+        assert!(fired.is_err(), "nothing cancels a handler without a gateway");
     }
 }

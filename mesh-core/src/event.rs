@@ -159,10 +159,15 @@ impl EventHead {
 
     /// The event `kind`, happening now.
     pub fn event(&self, kind: EventKind) -> TaskEvent {
+        self.clone().into_event(kind)
+    }
+
+    /// The last event of this head (the hop), taking its names instead of copying them.
+    pub fn into_event(self, kind: EventKind) -> TaskEvent {
         TaskEvent {
-            task: self.task.clone(),
-            id: self.id.clone(),
-            actor: self.actor.clone(),
+            task: self.task,
+            id: self.id,
+            actor: self.actor,
             position: self.position,
             at: Utc::now(),
             kind,

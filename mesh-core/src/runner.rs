@@ -487,7 +487,11 @@ where
                 return publish_to_sump(shared, env, delivery.redeliveries()).await;
             }
         };
-        let task = envelope.header_str(TASK).map(str::to_owned);
+        // Only a process that hears from a gateway looks at the task (and pays for it).
+        let task = envelope
+            .header_str(TASK)
+            .filter(|_| shared.control.is_on())
+            .map(str::to_owned);
         if let Some(task) = &task {
             match shared.control.verdict(task) {
                 Verdict::Go => {}
@@ -556,7 +560,10 @@ where
             match publish(shared, dispatch).await {
                 Ok(()) => {
                     if let Some((head, outputs)) = hop {
-                        shared.events.send(head.event(EventKind::Hop { outputs })).await;
+                        shared
+                            .events
+                            .send(head.into_event(EventKind::Hop { outputs }))
+                            .await;
                     }
                     Settle::Ack
                 }

@@ -188,7 +188,10 @@ impl<T: Transport> Inner<T> {
         let mut watch = CallWatch {
             health: &self.health,
             settled: false,
-            task: env.header_str(TASK).map(|task| (&self.control, task.to_owned())),
+            task: env
+                .header_str(TASK)
+                .filter(|_| self.control.is_on())
+                .map(|task| (&self.control, task.to_owned())),
         };
         let request = Request::post("/invoke")
             .header(HOST, "runtime")
@@ -345,7 +348,7 @@ impl<T: Transport> Inner<T> {
             routed.insert(0, HopOutput::of(&first));
             // The runner sees no publications for a streamed answer: the hop is told here.
             self.events
-                .send(head.event(EventKind::Hop { outputs: routed }))
+                .send(head.into_event(EventKind::Hop { outputs: routed }))
                 .await;
         }
         Ok(Outcome::Published)
