@@ -294,7 +294,15 @@ async fn run<T: Transport + QueueAdmin>(
             let mut pending = FuturesUnordered::new();
             for (n, body) in bodies.into_iter().enumerate() {
                 if let Some(tick) = &mut tick {
-                    tick.tick().await;
+                    // Publishes in flight go out only while polled: waiting for the tick
+                    // alone would hold them until 256 piled up, and offer those in a burst.
+                    loop {
+                        tokio::select! {
+                            biased;
+                            _ = tick.tick() => break,
+                            Some(done) = pending.next(), if !pending.is_empty() => done?,
+                        }
+                    }
                 }
                 // Publishes are pipelined (up to 256 unconfirmed), as a real producer would.
                 while pending.len() >= 256 {
