@@ -94,8 +94,9 @@ pub enum ByHandError {
         /// Its queue.
         queue: String,
     },
-    /// The store of `troupe tail --store` could not be reached or answered wrongly.
-    #[error("tail's store: {0}")]
+    /// The store of `troupe tail --store` could not be reached or answered wrongly (its
+    /// message names the store; shown once, not again as its own cause).
+    #[error(transparent)]
     Store(#[from] troupe::layers::idempotency::StoreError),
     /// Standard output failed (other than the reader going away).
     #[error("cannot write to standard output: {0}")]

@@ -65,6 +65,30 @@ fn nats_passwords_stay_out_of_send_and_tail() {
         &[("TROUPE_NATS_URL", unreachable.clone())],
     );
     assert_clean("tail, nothing listening", &out, PASSWORD);
+    // `tail --store`: a store that refuses, then one that takes any password (Redis
+    // without authentication accepts the default user's), given by flag and by variable.
+    for (redis, what) in [
+        (
+            format!("redis://troupe:{PASSWORD}@127.0.0.1:1"),
+            "tail --store, nothing listening",
+        ),
+        (
+            format!("redis://:{PASSWORD}@127.0.0.1:6379"),
+            "tail --store, connected",
+        ),
+    ] {
+        let args = ["tail", "--transport", "nats", "x-sink", "--count", "0"];
+        let out = run(&[&args[..], &["--store", &redis]].concat(), &[]);
+        assert_clean(what, &out, PASSWORD);
+        let out = run(&args, &[("TROUPE_TAIL_STORE", redis.clone())]);
+        assert_clean(what, &out, PASSWORD);
+    }
+    let out = run(
+        &["tail", "--help"],
+        &[("TROUPE_TAIL_STORE", format!("redis://:{PASSWORD}@h"))],
+    );
+    assert!(out.contains("--store"), "{out}");
+    assert_clean("tail --help", &out, PASSWORD);
     let out = run(&["send", "--help"], &[("TROUPE_NATS_URL", reachable)]);
     assert!(out.contains("--nats-url"), "{out}");
     assert_clean("send --help", &out, PASSWORD);

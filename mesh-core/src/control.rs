@@ -102,8 +102,7 @@ impl Control {
     }
 
     /// Learns what the gateway said: new cancellations (stopping the handlers working on
-    /// them) and the full set of paused tasks.
-    /// An off control ignores it.
+    /// them) and the full set of paused tasks. An off control ignores it.
     pub fn apply(&self, update: &ControlState) {
         let Some(mut state) = self.state() else {
             return;
