@@ -21,18 +21,15 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use axum::http::StatusCode;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use http_body_util::Full;
-use hyper::header::{CONTENT_TYPE, HOST};
-use hyper::{Request, StatusCode};
 use serde_json::Value;
 use tower::Service;
 use troupe::core::{Envelope, HandlerError, Outcome, Phase};
 use troupe::layers::fan_in;
 
-use crate::sidecar::client::{RuntimeClient, read_body};
+use crate::sidecar::client::RuntimeClient;
 use crate::sidecar::frames;
 
 /// Error type of an origin whose merge handler did not give one value.
@@ -105,32 +102,22 @@ async fn merge(
             ),
         )
     };
-    let request = Request::post("/invoke")
-        .header(HOST, "runtime")
-        .header(CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(merged.to_vec())))
-        .map_err(|e| HandlerError::new(frames::PROTOCOL_ERROR, e.to_string()))?;
-    let (response, lent) = client
-        .send(request)
+    let answer = client
+        .invoke(&merged.to_vec())
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    let status = response.status();
-    let streamed = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if streamed {
-        // Dropping the lent connection closes it: the generator is abandoned.
-        drop((response, lent));
+    let status = answer.status();
+    if answer.is_event_stream() {
+        // Dropping an answer unread closes its connection: the generator is abandoned.
+        drop(answer);
         let message = "the merge handler is a generator; a merge handler returns one value".to_owned();
         fan_in::fail(&mut merged, actor, MERGE_HANDLER_ERROR, message);
         return Ok(merged);
     }
-    let body = read_body(response.into_body())
+    let body = answer
+        .read_to_end()
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    lent.release();
     let answer = match status {
         StatusCode::OK => payload(&body),
         StatusCode::NO_CONTENT => Err(HandlerError::new(

@@ -7,12 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::Request;
-use hyper::header::{CONTENT_TYPE, HOST};
 use troupe::core::{Envelope, Route};
 
-use crate::sidecar::client::{RuntimeClient, read_body};
+use crate::sidecar::client::RuntimeClient;
 
 /// Options of `troupe runtime-bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -75,21 +72,16 @@ async fn measure(
         tasks.spawn(async move {
             let mut took = Vec::with_capacity(each);
             for _ in 0..each {
-                let request = Request::post("/invoke")
-                    .header(HOST, "runtime")
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(Full::new(body.clone()))
-                    .map_err(|e| BenchError(e.to_string()))?;
                 let started = Instant::now();
-                let (response, lent) = client
-                    .send(request)
+                let answer = client
+                    .invoke(&body)
                     .await
                     .map_err(|e| BenchError(e.to_string()))?;
-                let status = response.status();
-                read_body(response.into_body())
+                let status = answer.status();
+                answer
+                    .read_to_end()
                     .await
                     .map_err(|e| BenchError(e.to_string()))?;
-                lent.release();
                 took.push(started.elapsed());
                 if !status.is_success() {
                     return Err(BenchError(format!("the runtime answered {status}")));

@@ -3,12 +3,8 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use axum::http::StatusCode;
 use futures_util::future::{BoxFuture, FutureExt as _};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HOST};
-use hyper::{Request, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -22,7 +18,7 @@ use troupe::core::{
 };
 use troupe::layers::route::{note_spawned, route_output};
 
-use super::client::{ClientError, Lent, RuntimeClient, read_body};
+use super::client::{Answer, RuntimeClient};
 use super::frames::{self, PROTOCOL_ERROR};
 use super::health::{Failure, RuntimeHealth};
 use super::sse::EventReader;
@@ -193,33 +189,22 @@ impl<T: Transport> Inner<T> {
                 .filter(|_| self.control.is_on())
                 .map(|task| (&self.control, task.to_owned())),
         };
-        let request = Request::post("/invoke")
-            .header(HOST, "runtime")
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(env.to_vec())))
-            .map_err(|e| HandlerError::new(PROTOCOL_ERROR, e.to_string()))?;
-        let (response, lent) = match self.client.send(request).await {
+        let answer = match self.client.invoke(&env.to_vec()).await {
             Ok(answer) => answer,
             Err(error) => {
                 self.metrics.answer("unavailable");
                 return Err(watch.unreachable(error));
             }
         };
-        let status = response.status();
-        let streamed = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if status == StatusCode::OK && streamed {
+        let status = answer.status();
+        if status == StatusCode::OK && answer.is_event_stream() {
             self.metrics.answer("stream");
-            return self.stream(env, response.into_body(), lent, &mut watch).await;
+            return self.stream(env, answer, &mut watch).await;
         }
-        let body = match read_body(response.into_body()).await {
+        let body = match answer.read_to_end().await {
             Ok(body) => body,
             Err(error) => return Err(watch.unreachable(error)),
         };
-        lent.release();
         match status {
             StatusCode::OK => {
                 watch.answered();
@@ -263,8 +248,7 @@ impl<T: Transport> Inner<T> {
     async fn stream(
         &self,
         env: Envelope,
-        mut body: Incoming,
-        lent: Lent,
+        mut answer: Answer,
         watch: &mut CallWatch<'_>,
     ) -> Result<Outcome, HandlerError> {
         let mut reader = EventReader::default();
@@ -276,13 +260,11 @@ impl<T: Transport> Inner<T> {
         let mut spawned = Vec::new();
         let mut emitted = 0;
         let mut done = false;
-        while let Some(frame) = body.frame().await {
-            let chunk = match frame {
-                Ok(frame) => match frame.into_data() {
-                    Ok(chunk) => chunk,
-                    Err(_) => continue, // trailers
-                },
-                Err(error) => return Err(watch.unreachable(ClientError::Http(error))),
+        loop {
+            let chunk = match answer.next_chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(error) => return Err(watch.unreachable(error)),
             };
             for event in reader.push(&chunk) {
                 match event.name.as_str() {
@@ -338,7 +320,7 @@ impl<T: Transport> Inner<T> {
             return Err(watch.unreachable("the event stream ended without a done event"));
         }
         watch.answered();
-        lent.release();
+        answer.release();
         let Some(mut first) = first else {
             return Ok(Outcome::end(env));
         };

@@ -25,15 +25,11 @@ pub mod state_proxy;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::Request;
-use hyper::header::HOST;
 use tokio_util::sync::CancellationToken;
 use troupe::core::ConsumeOptions;
 use troupe::host::{ActorHost, HostError};
 
-use self::client::{RuntimeClient, read_body};
+use self::client::RuntimeClient;
 use self::config::ConfigError;
 use self::handler::{MeshAccess, RuntimeHandler, SidecarMetrics};
 use self::health::{Failure, RuntimeHealth};
@@ -200,15 +196,10 @@ const PROBE_TIMED_OUT: &str = "GET /healthz did not answer within 2 s";
 
 /// One `GET /healthz`, bounded to 2 s.
 async fn probe(client: &Arc<RuntimeClient>) -> Result<(), String> {
-    let request = Request::get("/healthz")
-        .header(HOST, "runtime")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
     let call = async {
-        let (response, lent) = client.send(request).await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let body = read_body(response.into_body()).await.map_err(|e| e.to_string())?;
-        lent.release();
+        let answer = client.get("/healthz").await.map_err(|e| e.to_string())?;
+        let status = answer.status();
+        let body = answer.read_to_end().await.map_err(|e| e.to_string())?;
         if status.is_success() {
             Ok(())
         } else {
