@@ -59,13 +59,21 @@ pub fn noop_stack(
 
 /// CPU time this process has used so far (user + system), from `/proc/self/stat`.
 pub fn cpu_time() -> Duration {
+    process_cpu_time("self")
+}
+
+/// CPU time process `pid` (all its threads) has used so far (user + system), from
+/// `/proc/{pid}/stat`; zero when it cannot be read.
+pub fn process_cpu_time(pid: &str) -> Duration {
     // Fields 14 and 15 (utime, stime), in clock ticks of USER_HZ = 100 on Linux.
-    let ticks = std::fs::read_to_string("/proc/self/stat").ok().and_then(|stat| {
-        let after_name = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(utime + stime)
-    });
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after_name.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        });
     Duration::from_millis(ticks.unwrap_or(0) * 10)
 }
