@@ -26,11 +26,63 @@ use super::sse::EventReader;
 /// Error type of a call the runtime did not answer; the delivery is redelivered.
 pub const RUNTIME_UNAVAILABLE: &str = "RuntimeUnavailable";
 
+/// What the runtime answered, as counted in `troupe_sidecar_runtime_answers_total`.
+#[derive(Clone, Copy, Debug)]
+enum AnswerKind {
+    Frames,
+    Stream,
+    End,
+    ParseError,
+    HandlerError,
+    Unavailable,
+}
+
+impl AnswerKind {
+    const ALL: [AnswerKind; 6] = [
+        AnswerKind::Frames,
+        AnswerKind::Stream,
+        AnswerKind::End,
+        AnswerKind::ParseError,
+        AnswerKind::HandlerError,
+        AnswerKind::Unavailable,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            AnswerKind::Frames => "frames",
+            AnswerKind::Stream => "stream",
+            AnswerKind::End => "end",
+            AnswerKind::ParseError => "parse_error",
+            AnswerKind::HandlerError => "handler_error",
+            AnswerKind::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Counts of what the runtime answered.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SidecarMetrics {
     answers: Family<Vec<(String, String)>, Counter>,
+    /// Each kind's counter in `answers`, looked up once: a call counts without building
+    /// labels, hashing them or taking the family's lock.
+    by_kind: [Counter; AnswerKind::ALL.len()],
     upstream: Counter,
+}
+
+impl Default for SidecarMetrics {
+    fn default() -> Self {
+        let answers = Family::<Vec<(String, String)>, Counter>::default();
+        let by_kind = AnswerKind::ALL.map(|kind| {
+            answers
+                .get_or_create(&vec![("answer".to_owned(), kind.label().to_owned())])
+                .clone()
+        });
+        Self {
+            answers,
+            by_kind,
+            upstream: Counter::default(),
+        }
+    }
 }
 
 impl SidecarMetrics {
@@ -51,10 +103,8 @@ impl SidecarMetrics {
         metrics
     }
 
-    fn answer(&self, kind: &str) {
-        self.answers
-            .get_or_create(&vec![("answer".to_owned(), kind.to_owned())])
-            .inc();
+    fn answer(&self, kind: AnswerKind) {
+        self.by_kind[kind as usize].inc();
     }
 }
 
@@ -192,13 +242,13 @@ impl<T: Transport> Inner<T> {
         let answer = match self.client.invoke(&env.to_vec()).await {
             Ok(answer) => answer,
             Err(error) => {
-                self.metrics.answer("unavailable");
+                self.metrics.answer(AnswerKind::Unavailable);
                 return Err(watch.unreachable(error));
             }
         };
         let status = answer.status();
         if status == StatusCode::OK && answer.is_event_stream() {
-            self.metrics.answer("stream");
+            self.metrics.answer(AnswerKind::Stream);
             return self.stream(env, answer, &mut watch).await;
         }
         let body = match answer.read_to_end().await {
@@ -208,7 +258,7 @@ impl<T: Transport> Inner<T> {
         match status {
             StatusCode::OK => {
                 watch.answered();
-                self.metrics.answer("frames");
+                self.metrics.answer(AnswerKind::Frames);
                 let outputs = frames::outputs(&env, &body)?;
                 if outputs.is_empty() {
                     return Ok(Outcome::end(env));
@@ -217,21 +267,21 @@ impl<T: Transport> Inner<T> {
             }
             StatusCode::NO_CONTENT => {
                 watch.answered();
-                self.metrics.answer("end");
+                self.metrics.answer(AnswerKind::End);
                 Ok(Outcome::end(env))
             }
             StatusCode::BAD_REQUEST => {
                 watch.answered();
-                self.metrics.answer("parse_error");
+                self.metrics.answer(AnswerKind::ParseError);
                 Ok(Outcome::unprocessable(env, frames::parse_error(&body)))
             }
             StatusCode::INTERNAL_SERVER_ERROR => {
                 watch.answered();
-                self.metrics.answer("handler_error");
+                self.metrics.answer(AnswerKind::HandlerError);
                 Err(frames::handler_error(&body))
             }
             other => {
-                self.metrics.answer("unavailable");
+                self.metrics.answer(AnswerKind::Unavailable);
                 Err(watch.unreachable(format!(
                     "HTTP {other}, which the runtime protocol does not use: {}",
                     String::from_utf8_lossy(&body)
@@ -358,5 +408,34 @@ impl<T: Transport> Inner<T> {
             })?;
         tracing::debug!(envelope.id = %publication.envelope.id, actor = %self.actor, to = %publication.actor, "streamed frame routed");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_answer_counts_under_its_own_label() {
+        let mut registry = Registry::default();
+        let metrics = SidecarMetrics::new(&mut registry);
+        metrics.answer(AnswerKind::Frames);
+        metrics.answer(AnswerKind::Frames);
+        metrics.answer(AnswerKind::HandlerError);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains(r#"troupe_sidecar_runtime_answers_total{answer="frames"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"troupe_sidecar_runtime_answers_total{answer="handler_error"} 1"#),
+            "{text}"
+        );
+        // Every kind is there from the start, so a rate over it never starts from nothing.
+        assert!(
+            text.contains(r#"troupe_sidecar_runtime_answers_total{answer="unavailable"} 0"#),
+            "{text}"
+        );
     }
 }
