@@ -55,6 +55,23 @@ fn demo_survives_a_closed_stdout() {
 }
 
 #[test]
+fn worker_threads_run_the_command_on_that_many_threads() {
+    let out = troupe()
+        .args(["demo", "--count", "20", "--worker-threads", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 failed"));
+    let none = troupe().args(["--worker-threads", "0", "demo"]).output().unwrap();
+    assert!(!none.status.success());
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("--worker-threads"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
+}
+
+#[test]
 fn demo_rejects_bad_flags_with_a_clear_message() {
     let out = troupe().args(["demo", "--fail-rate", "1.5"]).output().unwrap();
     assert!(!out.status.success());
