@@ -76,8 +76,9 @@ _BLANK = (b"\r\n", b"\n")
 
 def read_head(rfile: BinaryIO) -> Request | None:
     """Read the request line and headers; ``None`` on a clean end of stream."""
-    # This runs for every call: names are bound locally and the header loop is inlined,
-    # which halves its cost against a helper call per line.
+    # This runs for every call: names are bound locally and the header loop is inlined
+    # (about a tenth off the cost of reading a request, measured against a helper call
+    # per line).
     readline = rfile.readline
     line = _read_line(rfile)
     while line in _BLANK:  # tolerate blank lines between requests
