@@ -295,7 +295,7 @@ async fn read_head(
                 }
                 content_length = Some(n);
             } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = trimmed(value).eq_ignore_ascii_case(b"chunked");
+                chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
                 if !chunked {
                     return Err(ClientError::Protocol(format!(
                         "transfer encoding {}",
@@ -303,9 +303,9 @@ async fn read_head(
                     )));
                 }
             } else if header.name.eq_ignore_ascii_case("content-type") {
-                event_stream = trimmed(value).starts_with(b"text/event-stream");
+                event_stream = value.trim_ascii().starts_with(b"text/event-stream");
             } else if header.name.eq_ignore_ascii_case("connection") {
-                keep_alive &= !trimmed(value).eq_ignore_ascii_case(b"close");
+                keep_alive &= !value.trim_ascii().eq_ignore_ascii_case(b"close");
             }
         }
         connection.read.advance(length);
@@ -325,10 +325,6 @@ async fn read_head(
         };
         return Ok((status, event_stream, keep_alive, body));
     }
-}
-
-fn trimmed(value: &[u8]) -> &[u8] {
-    value.trim_ascii()
 }
 
 impl Answer {
