@@ -34,7 +34,7 @@ fn splitter(
         let mut chunks: Vec<Envelope> = (0..n)
             .map(|i| {
                 let mut chunk = doc.clone();
-                chunk.payload = json!(i);
+                chunk.payload = json!(i).into();
                 chunk
             })
             .collect();
@@ -55,7 +55,7 @@ fn worker()
         if n == 13 {
             return Err(HandlerError::new("ValueError", "13 is unlucky"));
         }
-        chunk.payload = json!(n * n);
+        chunk.payload = json!(n * n).into();
         Ok(Outcome::forward(chunk))
     })
 }

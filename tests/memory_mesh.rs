@@ -151,7 +151,7 @@ async fn pipeline_with_fan_out_and_route_rewrite() {
                 .split_whitespace()
                 .map(|w| {
                     let mut child = e.clone();
-                    child.payload = json!({ "word": w });
+                    child.payload = json!({ "word": w }).into();
                     child
                 })
                 .collect();

@@ -71,7 +71,7 @@ fn workload(origins: usize, slices: usize) -> Vec<Envelope> {
             let mut chunks: Vec<Envelope> = (0..slices)
                 .map(|i| {
                     let mut chunk = doc.clone();
-                    chunk.payload = json!({"chunk": i, "vector": [0.25, 0.5, 0.75, 1.0]});
+                    chunk.payload = json!({"chunk": i, "vector": [0.25, 0.5, 0.75, 1.0]}).into();
                     chunk.route = Route::new(vec!["split".into()], "join", vec!["store".into()]);
                     chunk
                 })

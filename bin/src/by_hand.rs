@@ -6,8 +6,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use troupe::broker::{Broker, BrokerArgs, ConnectError, HOP_RECORD_TTL, WithTransport};
 use troupe::core::{
-    ConsumeOptions, Consumer, Delivery, Envelope, Phase, PublishOptions, QueueAdmin, QueueNaming, Route,
-    Transport, TransportError,
+    ConsumeOptions, Consumer, Delivery, Envelope, Payload, Phase, PublishOptions, QueueAdmin, QueueNaming,
+    Route, Transport, TransportError,
 };
 
 use crate::tail_once::{BUSY_RETRY, PrintedOnce, Verdict};
@@ -133,7 +133,7 @@ pub fn envelope(args: &SendArgs) -> Result<Envelope, ByHandError> {
     if rest.first() == Some(&first) && args.actor.is_some() {
         rest.remove(0);
     }
-    let payload = serde_json::from_str(&args.payload)
+    let payload = Payload::from_json(&args.payload)
         .map_err(|e| ByHandError::Usage(format!("--payload is not JSON: {e}")))?;
     let mut env = Envelope::new(Route::new(Vec::new(), first, rest), payload);
     if let Some(id) = &args.id {

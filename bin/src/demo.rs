@@ -331,7 +331,7 @@ fn tokenize(e: &Envelope) -> Vec<Envelope> {
         .map(|sentence| {
             let mut child = e.clone();
             let tokens: Vec<String> = sentence.split_whitespace().map(str::to_lowercase).collect();
-            child.payload = json!({ "doc": doc, "sentence": sentence, "tokens": tokens });
+            child.payload = json!({ "doc": doc, "sentence": sentence, "tokens": tokens }).into();
             child
         })
         .collect()

@@ -136,7 +136,7 @@ async fn merge(
         }
     };
     match answer {
-        Ok(payload) => merged.payload = payload,
+        Ok(payload) => merged.payload = payload.into(),
         Err(error) => {
             let info = error.into_info();
             let message = format!("the merge handler failed: {}", info.message);

@@ -157,7 +157,7 @@ mod tests {
     async fn copies_are_printed_once() {
         let first = Envelope::new(Route::through(["x-sink"]), serde_json::json!({"n": 1}));
         let mut reused_id = first.clone();
-        reused_id.payload = serde_json::json!({"n": 2});
+        reused_id.payload = serde_json::json!({"n": 2}).into();
         let bodies = [
             body(&first),
             body(&first),

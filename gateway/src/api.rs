@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use troupe_core::headers::TASK;
 use troupe_core::{
-    Envelope, Publication, QueueAdmin, QueueNaming, Route, Transport, TransportError, publish_one,
+    Envelope, Payload, Publication, QueueAdmin, QueueNaming, Route, Transport, TransportError, publish_one,
     validate_name,
 };
 
@@ -126,8 +126,8 @@ impl From<StoreError> for ApiError {
 /// The body of a submission.
 #[derive(Debug, Deserialize)]
 pub struct Submission {
-    /// The handler's input (any JSON).
-    pub payload: Value,
+    /// The handler's input (any JSON), passed on as the text it came in.
+    pub payload: Payload,
     /// Envelope headers to send with it (`x-asya-mesh-status: off` switches events off).
     #[serde(default)]
     pub headers: Map<String, Value>,
@@ -224,7 +224,7 @@ pub async fn healthz() -> StatusCode {
 pub async fn submit_task<T: Transport + QueueAdmin>(
     api: &Api<T>,
     route: Vec<String>,
-    payload: Value,
+    payload: impl Into<Payload>,
     headers: Map<String, Value>,
     timeout: Option<f64>,
 ) -> Result<String, ApiError> {

@@ -100,7 +100,7 @@ fn branch_ending(source: Source, body: &Bytes) -> Option<(BranchEnding, Option<T
     let failed = source == Source::Sump || env.status.as_ref().and_then(|s| s.phase) == Some(Phase::Failed);
     let last_hop = last_hop(&task, &env, if source == Source::Sump { SUMP } else { SINK });
     let (end, value) = match failed {
-        false => (BranchEnd::Succeeded, env.payload),
+        false => (BranchEnd::Succeeded, env.payload.into_value()),
         true => {
             let error = env
                 .status

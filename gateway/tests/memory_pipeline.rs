@@ -84,7 +84,7 @@ impl Pipeline {
                     let children = (1..=2)
                         .map(|i| {
                             let mut child = e.clone();
-                            child.payload = json!(e.payload.as_i64().unwrap_or(0) + i);
+                            child.payload = json!(e.payload.as_i64().unwrap_or(0) + i).into();
                             child
                         })
                         .collect();
@@ -99,7 +99,7 @@ impl Pipeline {
                     let mut children: Vec<Envelope> = (1..=3)
                         .map(|i| {
                             let mut child = e.clone();
-                            child.payload = json!(e.payload.as_i64().unwrap_or(0) + i);
+                            child.payload = json!(e.payload.as_i64().unwrap_or(0) + i).into();
                             child
                         })
                         .collect();

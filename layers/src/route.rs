@@ -153,7 +153,7 @@ impl Received {
 /// use troupe_layers::route::route_output;
 /// let input = Envelope::new(Route::through(["split", "embed"]), serde_json::json!("a b"));
 /// let mut second = input.clone();
-/// second.payload = serde_json::json!("b");
+/// second.payload = serde_json::json!("b").into();
 /// let publication = route_output("split", &input, 1, second).unwrap();
 /// assert_eq!(publication.actor, "embed");
 /// assert_eq!(publication.envelope.parent_id.as_deref(), Some(input.id.as_str()));
@@ -404,7 +404,7 @@ mod tests {
             let kids = (0..3)
                 .map(|i| {
                     let mut k = e.clone();
-                    k.payload = json!(i);
+                    k.payload = json!(i).into();
                     k
                 })
                 .collect();

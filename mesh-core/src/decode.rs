@@ -1,6 +1,9 @@
 //! Decoding message bodies into envelopes, defensively: any byte sequence yields either an
 //! envelope or a [`DecodeError`] that names the offending field. Nothing here panics.
 
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_json::{Map, Value};
 
 use crate::envelope::Envelope;
@@ -198,7 +201,7 @@ fn decode_checked(body: &[u8]) -> Result<Envelope, DecodeError> {
         Some(v @ Value::Object(_)) => Some(Box::new(decode_status(v)?)),
         Some(other) => return Err(wrong("status", "an object", &other)),
     };
-    let payload = payload.ok_or(DecodeError::Missing { field: "payload" })?;
+    let payload = payload.ok_or(DecodeError::Missing { field: "payload" })?.into();
 
     Ok(Envelope {
         id,
@@ -276,64 +279,67 @@ fn decode_status(v: Value) -> Result<Status, DecodeError> {
     })
 }
 
+/// An object key, borrowed from the input when it has no escapes (serde's own `Cow<str>`
+/// always allocates).
+pub(crate) enum Key<'de> {
+    Borrowed(&'de str),
+    Owned(String),
+}
+
+impl Key<'_> {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Key::Borrowed(s) => s,
+            Key::Owned(s) => s,
+        }
+    }
+
+    pub(crate) fn into_owned(self) -> String {
+        match self {
+            Key::Borrowed(s) => s.to_owned(),
+            Key::Owned(s) => s,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key::Borrowed(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key::Owned(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key::Owned(v))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
 /// One pass from bytes to typed fields, with borrowed keys and no intermediate tree for the
-/// envelope itself. It applies the same checks as the reference decoder (sharing the route
-/// and status code) and refuses anything else, so it never accepts what that one rejects.
+/// envelope itself. It applies the same checks as the reference decoder (sharing the status
+/// code) and refuses anything else, so it never accepts what that one rejects.
 mod fast {
     use std::fmt;
 
     use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
     use serde_json::{Map, Value};
 
-    use super::decode_route;
+    use super::Key;
     use crate::envelope::Envelope;
+    use crate::payload::Payload;
+    use crate::route::Route;
     use crate::status::Status;
 
     pub(super) struct FastEnvelope(pub(super) Envelope);
-
-    /// An object key, borrowed from the input when it has no escapes.
-    enum Key<'de> {
-        Borrowed(&'de str),
-        Owned(String),
-    }
-
-    impl Key<'_> {
-        fn as_str(&self) -> &str {
-            match self {
-                Key::Borrowed(s) => s,
-                Key::Owned(s) => s,
-            }
-        }
-
-        fn into_owned(self) -> String {
-            match self {
-                Key::Borrowed(s) => s.to_owned(),
-                Key::Owned(s) => s,
-            }
-        }
-    }
-
-    impl<'de> Deserialize<'de> for Key<'de> {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct KeyVisitor;
-            impl<'de> Visitor<'de> for KeyVisitor {
-                type Value = Key<'de>;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("an object key")
-                }
-                fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                    Ok(Key::Borrowed(v))
-                }
-                fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                    Ok(Key::Owned(v.to_owned()))
-                }
-                fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
-                    Ok(Key::Owned(v))
-                }
-            }
-            d.deserialize_str(KeyVisitor)
-        }
-    }
 
     impl<'de> Deserialize<'de> for FastEnvelope {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -342,6 +348,44 @@ mod fast {
     }
 
     struct EnvelopeVisitor;
+
+    /// A route in the `prev/curr/next` form, typed straight from the input. Anything else
+    /// (the legacy form, unknown keys, empty names) is refused, for the reference decoder
+    /// to accept or explain.
+    struct FastRoute(Route);
+
+    impl<'de> Deserialize<'de> for FastRoute {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(RouteVisitor)
+        }
+    }
+
+    struct RouteVisitor;
+
+    impl<'de> Visitor<'de> for RouteVisitor {
+        type Value = FastRoute;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a route object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FastRoute, A::Error> {
+            let (mut prev, mut curr, mut next) = (None, None, None);
+            while let Some(key) = map.next_key::<Key<'de>>()? {
+                match key.as_str() {
+                    "prev" => prev = map.next_value::<Option<Vec<String>>>()?,
+                    "curr" => curr = Some(map.next_value::<String>()?),
+                    "next" => next = map.next_value::<Option<Vec<String>>>()?,
+                    _ => return Err(refuse()),
+                }
+            }
+            let (prev, next) = (prev.unwrap_or_default(), next.unwrap_or_default());
+            if prev.iter().chain(&next).any(String::is_empty) {
+                return Err(refuse());
+            }
+            Ok(FastRoute(Route::new(prev, curr.ok_or_else(refuse)?, next)))
+        }
+    }
 
     fn refuse<E: de::Error>() -> E {
         // The message is never shown: a refusal sends the body to the reference decoder.
@@ -358,10 +402,10 @@ mod fast {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FastEnvelope, A::Error> {
             let mut id: Option<String> = None;
             let mut parent_id: Option<Option<String>> = None;
-            let mut route: Option<Map<String, Value>> = None;
+            let mut route: Option<FastRoute> = None;
             let mut headers: Option<Option<Map<String, Value>>> = None;
             let mut status: Option<Option<Box<Status>>> = None;
-            let mut payload: Option<Value> = None;
+            let mut payload: Option<Payload> = None;
             let mut extra = Map::new();
             while let Some(key) = map.next_key::<Key<'de>>()? {
                 match key.as_str() {
@@ -382,7 +426,7 @@ mod fast {
             if parent_id.as_deref() == Some("") {
                 return Err(refuse());
             }
-            let route = decode_route(route.ok_or_else(refuse)?).map_err(|_| refuse())?;
+            let FastRoute(route) = route.ok_or_else(refuse)?;
             Ok(FastEnvelope(Envelope {
                 id,
                 parent_id,

@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::decode::{self, DecodeError, DecodeLimits};
 use crate::headers;
+use crate::payload::Payload;
 use crate::route::Route;
 use crate::status::Phase;
 use crate::status::Status;
@@ -35,8 +36,8 @@ pub struct Envelope {
     pub headers: Map<String, Value>,
     /// Lifecycle block (boxed: it is large, and absent on fresh envelopes).
     pub status: Option<Box<Status>>,
-    /// The handler's data (any JSON, `null` included).
-    pub payload: Value,
+    /// The handler's data (any JSON, `null` included), parsed only when first read.
+    pub payload: Payload,
     /// Top-level fields this build does not know, passed on unchanged.
     pub extra: Map<String, Value>,
     /// Size of the encoded body this envelope was decoded from (0 if built in code).
@@ -58,11 +59,11 @@ impl PartialEq for Envelope {
 
 impl Envelope {
     /// A new envelope with a fresh UUIDv4 id, at the start of `route`.
-    pub fn new(route: Route, payload: Value) -> Self {
+    pub fn new(route: Route, payload: impl Into<Payload>) -> Self {
         Self {
             id: uuid::Uuid::new_v4().to_string(),
             route,
-            payload,
+            payload: payload.into(),
             ..Self::default()
         }
     }
@@ -76,10 +77,11 @@ impl Envelope {
 
     /// Encodes the envelope as JSON (always the `prev/curr/next` route form).
     pub fn to_vec(&self) -> Vec<u8> {
-        // Serializing an in-memory Value tree to a Vec cannot fail: keys are strings and
-        // there is no I/O; an error here would be a serde_json bug.
-        // Re-encoding is usually about the size it was decoded from; start there.
-        let mut out = Vec::with_capacity(self.wire_len.max(256) + 64);
+        // Serializing to a Vec cannot fail: keys are strings, a payload's text was checked
+        // when it was decoded, and there is no I/O; an error here would be a serde_json bug.
+        // Re-encoding is about the size it was decoded from, plus the status block a hop
+        // adds (a phase, an actor, a timestamp): start there so the buffer never regrows.
+        let mut out = Vec::with_capacity(self.wire_len.max(256) + 256);
         serde_json::to_writer(&mut out, self)
             .unwrap_or_else(|e| unreachable!("envelope encoding failed: {e}"));
         out
@@ -141,30 +143,34 @@ impl Envelope {
         )
     }
 
-    /// A digest of the payload: BLAKE3 over its JSON encoding, the first 128 bits in hex.
-    /// Equal payloads give equal digests in every process and release (the encoding keeps
-    /// object keys in their order); a different payload with the same digest would take a
-    /// second-preimage attack on BLAKE3.
+    /// A digest of the payload: BLAKE3 over its JSON text, the first 128 bits in hex. The
+    /// text is the one the payload was decoded from while it is unchanged, and its encoding
+    /// otherwise, so the envelope that is published is the one that is hashed: a redelivery
+    /// or a re-published output hashes the same text in every process and release (the
+    /// encoding keeps object keys in their order). A different payload with the same digest
+    /// would take a second-preimage attack on BLAKE3.
     ///
     /// ```
     /// use troupe_core::{Envelope, Route};
     /// let a = Envelope::new(Route::through(["score"]), serde_json::json!({"text": "a"}));
     /// let mut b = a.clone();
     /// assert_eq!(a.payload_digest(), b.payload_digest());
-    /// b.payload = serde_json::json!({"text": "b"});
+    /// b.payload = serde_json::json!({"text": "b"}).into();
     /// assert_ne!(a.payload_digest(), b.payload_digest());
     /// assert_ne!(a.hop_key("score"), b.hop_key("score"));
     /// ```
     pub fn payload_digest(&self) -> String {
         let mut hasher = blake3::Hasher::new();
-        // Writing into a hasher cannot fail, and a Value tree always encodes.
+        // Writing into a hasher cannot fail, and a payload always encodes.
         serde_json::to_writer(&mut hasher, &self.payload)
             .unwrap_or_else(|e| unreachable!("payload encoding failed: {e}"));
         let digest = hasher.finalize();
+        // By table: formatting each byte through `fmt` was a visible share of a hop.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut hex = String::with_capacity(32);
         for byte in &digest.as_bytes()[..16] {
-            use std::fmt::Write;
-            let _ = write!(hex, "{byte:02x}");
+            hex.push(char::from(HEX[usize::from(byte >> 4)]));
+            hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
         }
         hex
     }
@@ -295,7 +301,7 @@ mod tests {
                 route: Route::new(prev, curr, next),
                 headers: headers.into_iter().collect(),
                 status: None,
-                payload,
+                payload: payload.into(),
                 extra: extra.into_iter().collect(),
                 wire_len: 0,
             }

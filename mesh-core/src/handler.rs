@@ -94,9 +94,9 @@ where
     }
 
     fn call(&mut self, mut env: Envelope) -> Self::Future {
-        let fut = (self.f)(std::mem::take(&mut env.payload));
+        let fut = (self.f)(std::mem::take(&mut env.payload).into_value());
         async move {
-            env.payload = fut.await?;
+            env.payload = fut.await?.into();
             Ok(Outcome::forward(env))
         }
         .boxed()

@@ -8,14 +8,16 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use troupe::core::{Envelope, ErrorInfo, HandlerError, Route, Status};
+use troupe::core::{Envelope, ErrorInfo, HandlerError, Payload, Route, Status};
 
 /// Error type of an answer that does not follow the protocol.
 pub const PROTOCOL_ERROR: &str = "RuntimeProtocolError";
 
+/// One output as the runtime sends it: its payload (kept as text; the sidecar never reads
+/// it), its route advanced past this actor, and optionally new headers and status.
 #[derive(Debug, Deserialize)]
-struct Frame {
-    payload: Value,
+pub struct Frame {
+    payload: Payload,
     route: FrameRoute,
     #[serde(default)]
     headers: Option<Map<String, Value>>,
@@ -36,7 +38,7 @@ struct FrameRoute {
 /// The body of a `200 application/json` answer.
 #[derive(Debug, Deserialize)]
 struct Frames {
-    frames: Vec<Value>,
+    frames: Vec<Frame>,
 }
 
 fn protocol_error(message: String) -> HandlerError {
@@ -47,19 +49,23 @@ fn protocol_error(message: String) -> HandlerError {
 pub fn outputs(input: &Envelope, body: &[u8]) -> Result<Vec<Envelope>, HandlerError> {
     let frames: Frames = serde_json::from_slice(body).map_err(|e| {
         protocol_error(format!(
-            "the runtime's 200 answer is not {{\"frames\": [...]}}: {e}"
+            "the runtime's 200 answer is not {{\"frames\": [{{payload, route}}, ...]}}: {e}"
         ))
     })?;
     frames.frames.into_iter().map(|f| output(input, f)).collect()
 }
 
-/// One frame (of either answer kind) as an output of `input`, its route not yet advanced.
-pub fn output(input: &Envelope, frame: Value) -> Result<Envelope, HandlerError> {
-    let frame: Frame = serde_json::from_value(frame).map_err(|e| {
+/// The frame of a `downstream` event.
+pub fn frame(data: &str) -> Result<Frame, HandlerError> {
+    serde_json::from_str(data).map_err(|e| {
         protocol_error(format!(
-            "the runtime sent a frame that is not {{payload, route}}: {e}"
+            "the runtime sent a downstream event that is not a frame {{payload, route}}: {e}"
         ))
-    })?;
+    })
+}
+
+/// One frame (of either answer kind) as an output of `input`, its route not yet advanced.
+pub fn output(input: &Envelope, frame: Frame) -> Result<Envelope, HandlerError> {
     let mut done = input.route.prev().to_vec();
     done.push(input.route.curr().to_owned());
     if frame.route.prev != done {
@@ -152,6 +158,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn as_frame(value: Value) -> Frame {
+        frame(&value.to_string()).unwrap()
+    }
+
     fn input() -> Envelope {
         Envelope::new(
             Route::new(vec!["a".into()], "b", vec!["c".into()]),
@@ -164,7 +174,7 @@ mod tests {
         let frame = json!({"payload": {"y": 2}, "route": {"prev": ["a", "b"], "curr": "refine", "next": ["c"]},
                            "headers": {"k": "v"}});
         let input = input();
-        let out = output(&input, frame).unwrap();
+        let out = output(&input, as_frame(frame)).unwrap();
         assert_eq!(
             out.route,
             Route::new(vec!["a".into()], "b", vec!["refine".into(), "c".into()])
@@ -174,13 +184,13 @@ mod tests {
         assert_eq!(out.id, input.id);
 
         let last = json!({"payload": null, "route": {"prev": ["a", "b"], "curr": "", "next": []}});
-        assert!(output(&input, last).unwrap().route.next().is_empty());
+        assert!(output(&input, as_frame(last)).unwrap().route.next().is_empty());
     }
 
     #[test]
     fn a_frame_that_rewrites_history_is_refused() {
         let frame = json!({"payload": 1, "route": {"prev": ["z", "b"], "curr": "c", "next": []}});
-        let err = output(&input(), frame).unwrap_err();
+        let err = output(&input(), as_frame(frame)).unwrap_err();
         assert_eq!(err.type_name(), PROTOCOL_ERROR);
         assert!(err.to_string().contains("[\"a\", \"b\"]"), "{err}");
         let bad = outputs(&input(), b"{\"frame\": []}").unwrap_err();

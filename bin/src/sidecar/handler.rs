@@ -19,7 +19,7 @@ use troupe::core::{
 use troupe::layers::route::{note_spawned, route_output};
 
 use super::client::{Answer, RuntimeClient};
-use super::frames::{self, PROTOCOL_ERROR};
+use super::frames;
 use super::health::{Failure, RuntimeHealth};
 use super::sse::EventReader;
 
@@ -319,10 +319,7 @@ impl<T: Transport> Inner<T> {
             for event in reader.push(&chunk) {
                 match event.name.as_str() {
                     "downstream" => {
-                        let frame: Value = serde_json::from_str(&event.data).map_err(|e| {
-                            HandlerError::new(PROTOCOL_ERROR, format!("a downstream event is not JSON: {e}"))
-                        })?;
-                        let output = frames::output(&env, frame)?;
+                        let output = frames::output(&env, frames::frame(&event.data)?)?;
                         let publication = route_output(&self.actor, &env, emitted, output)?;
                         emitted += 1;
                         if emitted == 1 {

@@ -191,7 +191,8 @@ pub fn merge(
             "slice_count": slice_count,
             "failed_slices": failed_slices,
             "missing_slices": missing,
-        });
+        })
+        .into();
         fail(merged, actor, type_name, message);
     };
     if !failed.is_empty() {
@@ -215,14 +216,14 @@ pub fn merge(
     let mut payloads = vec![Value::Null; slice_count as usize];
     for r in read {
         if let (Some(slot), Some(env)) = (payloads.get_mut(r.index as usize), r.envelope) {
-            *slot = env.payload;
+            *slot = env.payload.into_value();
         }
     }
     if matches!(ending, Ending::TimedOutPartial(_)) && !missing.is_empty() {
         merged.headers.insert(FAN_IN_MISSING.to_owned(), json!(missing));
     }
     match merger.merge(key.as_deref(), payloads) {
-        Ok(payload) => merged.payload = payload,
+        Ok(payload) => merged.payload = payload.into(),
         Err(error) => {
             let info = error.into_info();
             failure(
@@ -292,7 +293,7 @@ mod tests {
         let mut chunks: Vec<Envelope> = (0..n)
             .map(|i| {
                 let mut c = doc.clone();
-                c.payload = json!(i);
+                c.payload = json!(i).into();
                 c.id = if i == 0 {
                     doc.id.clone()
                 } else {
@@ -338,7 +339,7 @@ mod tests {
     #[test]
     fn asya_form_places_the_slices_into_slice_zero() {
         let (doc, mut chunks) = split(3);
-        chunks[0].payload = json!({"text": "hello", "deep": {"keep": 1}});
+        chunks[0].payload = json!({"text": "hello", "deep": {"keep": 1}}).into();
         for c in &mut chunks {
             let mut f = FanIn::of(c).unwrap().unwrap();
             f.aggregation_key = Some("/deep/results".into());

@@ -38,12 +38,12 @@
 //! let mut words = vec![doc.clone(), doc.clone()];
 //! mark_for_rejoin(&doc, "join", &mut words);
 //! for (word, text) in words.iter_mut().zip(["a", "b"]) {
-//!     word.payload = json!(text);
+//!     word.payload = json!(text).into();
 //!     word.route.advance().unwrap(); // split -> join
 //! }
 //! assert_eq!(join.clone().oneshot(words[1].clone()).await.unwrap(), Outcome::Published);
 //! let Outcome::Merged(merged) = join.oneshot(words[0].clone()).await.unwrap() else { panic!() };
-//! assert_eq!((merged.id.as_str(), &merged.payload), (doc.id.as_str(), &json!(["a", "b"])));
+//! assert_eq!((merged.id.as_str(), &*merged.payload), (doc.id.as_str(), &json!(["a", "b"])));
 //! # });
 //! ```
 

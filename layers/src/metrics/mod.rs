@@ -24,10 +24,14 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use tower::{Layer, Service};
 use troupe_core::{Dispatch, Envelope, Outcome, Phase, SINK, SUMP};
+
+mod histogram;
+
+use histogram::ShardedHistogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActorLabel {
@@ -46,16 +50,16 @@ struct FailedLabels {
     reason: String,
 }
 
-type Histograms = Family<ActorLabel, Histogram, fn() -> Histogram>;
+type Histograms = Family<ActorLabel, ShardedHistogram, fn() -> ShardedHistogram>;
 
-fn duration_histogram() -> Histogram {
+fn duration_histogram() -> ShardedHistogram {
     // 100 µs .. ~104 s
-    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+    ShardedHistogram::new(exponential_buckets(0.0001, 2.0, 21))
 }
 
-fn size_histogram() -> Histogram {
+fn size_histogram() -> ShardedHistogram {
     // 64 B .. 64 MiB
-    Histogram::new(exponential_buckets(64.0, 4.0, 11))
+    ShardedHistogram::new(exponential_buckets(64.0, 4.0, 11))
 }
 
 /// Most distinct values a label taken from envelope content (destination actor, failure
@@ -208,9 +212,9 @@ struct Handles {
     processed: Counter,
     retries: Counter,
     active: Gauge,
-    processing: Histogram,
-    handler: Histogram,
-    size: Histogram,
+    processing: ShardedHistogram,
+    handler: ShardedHistogram,
+    size: ShardedHistogram,
     families: Arc<Families>,
 }
 
@@ -498,13 +502,13 @@ mod tests {
             .service(handler);
         let mut ok = svc
             .clone()
-            .oneshot(Envelope::new(Route::through(["a", "b"]), "ok".into()))
+            .oneshot(Envelope::new(Route::through(["a", "b"]), serde_json::json!("ok")))
             .await
             .unwrap();
         for hook in ok.take_hooks() {
             hook().await;
         }
-        let failing = Envelope::new(Route::through(["a"]), "fail".into());
+        let failing = Envelope::new(Route::through(["a"]), serde_json::json!("fail"));
         let retry = svc.clone().oneshot(failing).await.unwrap();
         let again = retry.publications()[0].envelope.clone();
         svc.oneshot(again).await.unwrap();
