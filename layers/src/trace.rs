@@ -43,18 +43,18 @@ impl TraceContext {
     pub fn parse(value: &str) -> Option<Self> {
         let mut parts = value.trim().split('-');
         let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let hex = |s: &str, len: usize| {
-            s.len() == len
-                && s.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        if parts.next().is_some() || version != "00" || !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2) {
+        if parts.next().is_some()
+            || version != "00"
+            || trace.len() != 32
+            || span.len() != 16
+            || flags.len() != 2
+        {
             return None;
         }
         let ctx = Self {
-            trace_id: u128::from_str_radix(trace, 16).ok()?,
-            span_id: u64::from_str_radix(span, 16).ok()?,
-            flags: u8::from_str_radix(flags, 16).ok()?,
+            trace_id: lower_hex(trace)?,
+            span_id: u64::try_from(lower_hex(span)?).ok()?,
+            flags: u8::try_from(lower_hex(flags)?).ok()?,
         };
         (ctx.trace_id != 0 && ctx.span_id != 0).then_some(ctx)
     }
@@ -78,14 +78,37 @@ impl TraceContext {
     }
 }
 
+/// The value of lowercase hex digits (W3C trace context allows no other case), at most 32.
+fn lower_hex(digits: &str) -> Option<u128> {
+    digits.bytes().try_fold(0u128, |value, b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        Some(value << 4 | u128::from(digit))
+    })
+}
+
+/// Writes `value`'s low `out.len()` nibbles as lowercase hex, most significant first.
+fn write_hex(out: &mut [u8], mut value: u128) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for slot in out.iter_mut().rev() {
+        *slot = HEX[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
 impl fmt::Display for TraceContext {
-    /// The `traceparent` header value.
+    /// The `traceparent` header value. Written by hand: it is made on every hop, and going
+    /// through `fmt`'s padding machinery for 50 hex digits was a visible share of one.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+        write_hex(&mut out[3..35], self.trace_id);
+        write_hex(&mut out[36..52], u128::from(self.span_id));
+        write_hex(&mut out[53..55], u128::from(self.flags));
+        // Every byte is ASCII, so this never fails.
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -176,6 +199,25 @@ mod tests {
         }
         let root = TraceContext::root();
         assert_eq!(TraceContext::parse(&root.to_string()), Some(root));
+    }
+
+    #[test]
+    fn display_is_the_w3c_form() {
+        let small = TraceContext {
+            trace_id: 1,
+            span_id: 0xab,
+            flags: 1,
+        };
+        assert_eq!(
+            small.to_string(),
+            "00-00000000000000000000000000000001-00000000000000ab-01"
+        );
+        for _ in 0..200 {
+            let c = TraceContext::root().child();
+            let reference = format!("00-{:032x}-{:016x}-{:02x}", c.trace_id, c.span_id, c.flags);
+            assert_eq!(c.to_string(), reference);
+            assert_eq!(TraceContext::parse(&reference), Some(c));
+        }
     }
 
     #[tokio::test]

@@ -196,6 +196,31 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Queues `message` (taken out of the option) if the queue has room; `false` if full.
+    fn try_push(&self, message: &mut Option<Message>, delay: Option<Duration>) -> bool {
+        let mut state = self.lock();
+        if state.waiting() >= self.capacity {
+            return false;
+        }
+        let Some(message) = message.take() else {
+            return true;
+        };
+        match delay {
+            Some(d) => {
+                state.delay(Instant::now() + d, message);
+                drop(state);
+                // A sleeping consumer must recompute its wake-up time.
+                self.readable.notify_waiters();
+            }
+            None => {
+                state.ready.push_back(message);
+                drop(state);
+                self.readable.notify_one();
+            }
+        }
+        true
+    }
+
     /// Puts a settled-back message where it belongs; never refused for capacity.
     fn give_back(&self, message: Message, delay: Option<Duration>) {
         let mut state = self.lock();
@@ -273,29 +298,21 @@ impl Transport for MemoryTransport {
 
     async fn publish(&self, queue: &str, body: Bytes, options: PublishOptions) -> Result<(), TransportError> {
         let q = self.queue(queue, self.broker.config.auto_create)?;
+        let delay = options.delay.filter(|d| !d.is_zero());
+        let mut message = Some(Message { body, deliveries: 0 });
+        // Most publishes find room: they take the queue lock once and never register as a
+        // waiter (which takes the `Notify`'s own lock twice) nor read the clock.
+        if q.try_push(&mut message, delay) {
+            return Ok(());
+        }
         let timeout = self.broker.config.publish_timeout;
         let give_up = Instant::now() + timeout;
-        let message = Message { body, deliveries: 0 };
         loop {
             let mut room = pin!(q.writable.notified());
             room.as_mut().enable();
-            {
-                let mut state = q.lock();
-                if state.waiting() < q.capacity {
-                    match options.delay.filter(|d| !d.is_zero()) {
-                        Some(d) => {
-                            state.delay(Instant::now() + d, message);
-                            drop(state);
-                            q.readable.notify_waiters();
-                        }
-                        None => {
-                            state.ready.push_back(message);
-                            drop(state);
-                            q.readable.notify_one();
-                        }
-                    }
-                    return Ok(());
-                }
+            // Checked again once registered, so room made in between is not missed.
+            if q.try_push(&mut message, delay) {
+                return Ok(());
             }
             if tokio::time::timeout_at(give_up, room).await.is_err() {
                 return Err(TransportError::QueueFull {
@@ -337,49 +354,64 @@ pub struct MemoryConsumer {
     options: ConsumeOptions,
 }
 
+impl MemoryConsumer {
+    /// Leases the first ready message, or says when the next delayed message or lease end
+    /// is due (`None`: nothing is).
+    fn try_lease(&self) -> Result<MemoryDelivery, Option<Instant>> {
+        let q = &self.queue;
+        let mut state = q.lock();
+        let now = Instant::now();
+        let wake = state.promote(now);
+        let Some(mut message) = state.ready.pop_front() else {
+            return Err(wake);
+        };
+        message.deliveries += 1;
+        let tag = state.next_tag;
+        state.next_tag += 1;
+        let lease = self.options.lease;
+        let until = now + lease;
+        let delivery = MemoryDelivery {
+            queue: q.clone(),
+            tag,
+            body: message.body.clone(),
+            redeliveries: message.deliveries - 1,
+            lease,
+        };
+        // Sleeping consumers computed their wake-up from the earliest deadline they saw; if
+        // this lease ends sooner, they must look again, or nobody would be awake to
+        // redeliver it should its holder hang.
+        let sooner = state.leases.peek().is_none_or(|r| until < r.0.0);
+        state.leases.push(Reverse((until, tag)));
+        state.in_flight.insert(tag, Leased { message, until });
+        let more = !state.ready.is_empty();
+        drop(state);
+        q.writable.notify_one();
+        if sooner {
+            q.readable.notify_waiters();
+        } else if more {
+            // Keep other idle consumers going.
+            q.readable.notify_one();
+        }
+        Ok(delivery)
+    }
+}
+
 impl Consumer for MemoryConsumer {
     type Delivery = MemoryDelivery;
 
     async fn next(&mut self) -> Option<Result<MemoryDelivery, TransportError>> {
-        let q = &self.queue;
         loop {
-            let mut arrival = pin!(q.readable.notified());
+            // A busy queue has a message ready: take it without registering as a waiter,
+            // which costs the `Notify`'s own lock twice.
+            if let Ok(delivery) = self.try_lease() {
+                return Some(Ok(delivery));
+            }
+            let mut arrival = pin!(self.queue.readable.notified());
             arrival.as_mut().enable();
-            let wake = {
-                let mut state = q.lock();
-                let now = Instant::now();
-                let wake = state.promote(now);
-                if let Some(mut message) = state.ready.pop_front() {
-                    message.deliveries += 1;
-                    let tag = state.next_tag;
-                    state.next_tag += 1;
-                    let lease = self.options.lease;
-                    let until = now + lease;
-                    let delivery = MemoryDelivery {
-                        queue: q.clone(),
-                        tag,
-                        body: message.body.clone(),
-                        redeliveries: message.deliveries - 1,
-                        lease,
-                    };
-                    // Sleeping consumers computed their wake-up from the earliest deadline
-                    // they saw; if this lease ends sooner, they must look again, or nobody
-                    // would be awake to redeliver it should its holder hang.
-                    let sooner = state.leases.peek().is_none_or(|r| until < r.0.0);
-                    state.leases.push(Reverse((until, tag)));
-                    state.in_flight.insert(tag, Leased { message, until });
-                    let more = !state.ready.is_empty();
-                    drop(state);
-                    q.writable.notify_one();
-                    if sooner {
-                        q.readable.notify_waiters();
-                    } else if more {
-                        // Keep other idle consumers going.
-                        q.readable.notify_one();
-                    }
-                    return Some(Ok(delivery));
-                }
-                wake
+            // Looked at again once registered, so an arrival in between is not missed.
+            let wake = match self.try_lease() {
+                Ok(delivery) => return Some(Ok(delivery)),
+                Err(wake) => wake,
             };
             match wake {
                 Some(at) => {
