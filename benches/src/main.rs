@@ -14,6 +14,8 @@
 //! `--rate`, the producer offers that many envelopes per second instead of all at once.
 //!
 //! Scenarios, all with up to `--concurrency` messages in flight per stage:
+//! - client publish: the producer alone, publishing with confirms (up to 256 unconfirmed),
+//!   to a queue nobody reads: what one client of this broker sends, the relay's ceiling;
 //! - raw relay: one hop of consume -> publish -> ack with the same client, no mesh logic;
 //! - raw relay, task per message: the same, spawning a task per message;
 //! - mesh hop: one actor with the full layer stack and a no-op handler (compare with the
@@ -57,6 +59,10 @@ struct Args {
     /// Repetitions of each scenario; the median is reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Unreported repetitions before those, so that the process has grown its heap, queues
+    /// and stores once, as a long-running actor has.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
     /// Envelopes per repetition.
     #[arg(long, default_value_t = 20_000)]
     envelopes: usize,
@@ -72,10 +78,14 @@ struct Args {
     /// Offer this many envelopes per second instead of all at once (for latency).
     #[arg(long)]
     rate: Option<u32>,
+    /// Run only these scenarios (repeatable; default: all), e.g. to profile one.
+    #[arg(long, value_enum)]
+    only: Vec<Scenario>,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Scenario {
+    Publish,
     Relay,
     RelaySpawned,
     MeshHop,
@@ -83,7 +93,8 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 4] = [
+    const ALL: [Scenario; 5] = [
+        Scenario::Publish,
         Scenario::Relay,
         Scenario::RelaySpawned,
         Scenario::MeshHop,
@@ -100,12 +111,22 @@ impl Scenario {
 
     fn label(self) -> &'static str {
         match self {
+            Scenario::Publish => "client publish (confirmed)",
             Scenario::Relay => "raw relay (1 hop)",
             Scenario::RelaySpawned => "raw relay, task per message",
             Scenario::MeshHop => "mesh hop, full stack",
             Scenario::Pipeline => "3-actor pipeline, full stack",
         }
     }
+}
+
+/// What a long-running actor process keeps across envelopes: its metric families and its
+/// idempotency store. Made once, as in the binaries, so runs measure the steady state and
+/// not the store growing from empty.
+#[derive(Clone)]
+struct Process {
+    metrics: MeshMetrics,
+    store: Arc<MemoryStore>,
 }
 
 /// What one repetition measured.
@@ -124,7 +145,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     println!(
-        "{} broker, {} envelopes of ~{} B payload, {} in flight per stage, {}, median of {} runs\n",
+        "{} broker, {} envelopes of ~{} B payload, {} in flight per stage, {}, median of {} runs after {} warm-up\n",
         args.broker,
         args.envelopes,
         args.payload_bytes,
@@ -133,42 +154,70 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             || "offered all at once".to_owned(),
             |r| format!("offered at {r}/s")
         ),
-        args.runs
+        args.runs,
+        args.warmup
     );
     println!(
         "{:<32} {:>11} {:>21} {:>12} {:>9} {:>9}",
         "scenario", "envelopes/s", "min .. max", "CPU s / 10k", "p50 ms", "p99 ms"
     );
-    for scenario in Scenario::ALL {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let process = Process {
+        metrics: MeshMetrics::new(&mut registry),
+        store: Arc::new(MemoryStore::default()),
+    };
+    for scenario in Scenario::ALL
+        .into_iter()
+        .filter(|s| args.only.is_empty() || args.only.contains(s))
+    {
         let mut rates = Vec::with_capacity(args.runs);
         let mut cpu = Vec::with_capacity(args.runs);
         let latency = Arc::new(std::sync::Mutex::new(
             Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)
                 .map_err(|e| format!("histogram bounds: {e}"))?,
         ));
-        for run_no in 0..args.runs {
+        for run_no in 0..args.warmup + args.runs {
+            let warming = run_no < args.warmup;
+            let record = if warming {
+                Arc::new(std::sync::Mutex::new(
+                    Histogram::<u64>::new(3).map_err(|e| format!("histogram: {e}"))?,
+                ))
+            } else {
+                latency.clone()
+            };
             let measured = rt
                 // The timer is created inside the runtime, which `timeout` needs.
                 .block_on(async {
-                    tokio::time::timeout(RUN_LIMIT, run_on_broker(&args, scenario, run_no, latency.clone()))
-                        .await
+                    tokio::time::timeout(
+                        RUN_LIMIT,
+                        run_on_broker(&args, &process, scenario, run_no, record),
+                    )
+                    .await
                 })
                 .map_err(|_| format!("{} stalled: not done within {RUN_LIMIT:?}", scenario.label()))??;
+            if warming {
+                continue;
+            }
             rates.push(args.envelopes as f64 / measured.elapsed.as_secs_f64());
             cpu.push(measured.cpu.as_secs_f64() * 10_000.0 / args.envelopes as f64);
         }
         rates.sort_by(f64::total_cmp);
         cpu.sort_by(f64::total_cmp);
         let latency = latency.lock().map_err(|_| "latency histogram poisoned")?;
+        // Publishing alone has no arrivals, so no latency.
+        let ms = |q: f64| match latency.is_empty() {
+            true => "-".to_owned(),
+            false => format!("{:.2}", latency.value_at_quantile(q) as f64 / 1000.0),
+        };
         println!(
-            "{:<32} {:>11.0} {:>9.0} .. {:<9.0} {:>12.3} {:>9.2} {:>9.2}",
+            "{:<32} {:>11.0} {:>9.0} .. {:<9.0} {:>12.3} {:>9} {:>9}",
             scenario.label(),
             rates[rates.len() / 2],
             rates[0],
             rates[rates.len() - 1],
             cpu[cpu.len() / 2],
-            latency.value_at_quantile(0.5) as f64 / 1000.0,
-            latency.value_at_quantile(0.99) as f64 / 1000.0,
+            ms(0.5),
+            ms(0.99),
         );
     }
     Ok(())
@@ -176,6 +225,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 async fn run_on_broker(
     args: &Args,
+    process: &Process,
     scenario: Scenario,
     run_no: usize,
     latency: Arc<std::sync::Mutex<Histogram<u64>>>,
@@ -186,6 +236,7 @@ async fn run_on_broker(
     let job = Job {
         naming,
         args,
+        process: process.clone(),
         scenario,
         latency,
     };
@@ -200,6 +251,7 @@ async fn run_on_broker(
 struct Job<'a> {
     naming: QueueNaming,
     args: &'a Args,
+    process: Process,
     scenario: Scenario,
     latency: Arc<std::sync::Mutex<Histogram<u64>>>,
 }
@@ -208,7 +260,15 @@ impl WithTransport for Job<'_> {
     type Output = Result<Measured, TransportError>;
 
     async fn run<T: Transport + QueueAdmin>(self, transport: T) -> Self::Output {
-        run(transport, self.naming, self.args, self.scenario, self.latency).await
+        run(
+            transport,
+            self.naming,
+            self.args,
+            &self.process,
+            self.scenario,
+            self.latency,
+        )
+        .await
     }
 }
 
@@ -217,6 +277,7 @@ async fn run<T: Transport + QueueAdmin>(
     transport: T,
     naming: QueueNaming,
     args: &Args,
+    process: &Process,
     scenario: Scenario,
     latency: Arc<std::sync::Mutex<Histogram<u64>>>,
 ) -> Result<Measured, TransportError> {
@@ -237,6 +298,11 @@ async fn run<T: Transport + QueueAdmin>(
     let token = CancellationToken::new();
     let mut tasks = Vec::new();
     let (first, last) = match scenario {
+        Scenario::Publish => {
+            let queue = name("publish")?;
+            transport.ensure_queue(&queue).await?;
+            (queue.clone(), queue)
+        }
         Scenario::Relay | Scenario::RelaySpawned => {
             // One hop, like the mesh hop: producer -> relay -> last queue.
             let stages = [name("relay")?, name("end")?];
@@ -258,9 +324,6 @@ async fn run<T: Transport + QueueAdmin>(
             (stages[0].clone(), stages[1].clone())
         }
         Scenario::MeshHop | Scenario::Pipeline => {
-            let mut registry = prometheus_client::registry::Registry::default();
-            let metrics = MeshMetrics::new(&mut registry);
-            let store = Arc::new(MemoryStore::default());
             for actor in scenario.route().iter().copied().chain([SINK]) {
                 transport.ensure_queue(&name(actor)?).await?;
             }
@@ -271,7 +334,11 @@ async fn run<T: Transport + QueueAdmin>(
                 if let Some(workers) = args.workers {
                     cfg.workers = workers;
                 }
-                let runner = Runner::new(transport.clone(), noop_stack(actor, &metrics, store.clone()), cfg);
+                let runner = Runner::new(
+                    transport.clone(),
+                    noop_stack(actor, &process.metrics, process.store.clone()),
+                    cfg,
+                );
                 let token = token.clone();
                 tasks.push(tokio::spawn(async move {
                     if let Err(e) = runner.run(token).await {
@@ -283,7 +350,11 @@ async fn run<T: Transport + QueueAdmin>(
         }
     };
 
-    let mut end = transport.consume(&last, ConsumeOptions::default()).await?;
+    // Publishing alone reads nothing: the consumer would compete with the producer.
+    let mut end = match scenario {
+        Scenario::Publish => None,
+        _ => Some(transport.consume(&last, ConsumeOptions::default()).await?),
+    };
     let epoch = Instant::now();
     let sent_at: Arc<[AtomicU64]> = (0..count).map(|_| AtomicU64::new(0)).collect();
     let cpu_before = cpu_time();
@@ -324,6 +395,13 @@ async fn run<T: Transport + QueueAdmin>(
     };
     let limits = DecodeLimits::default();
     let mut samples = Vec::with_capacity(count);
+    let Some(end) = end.as_mut() else {
+        producer.await.map_err(|e| TransportError::Other(Box::new(e)))??;
+        return Ok(Measured {
+            elapsed: epoch.elapsed(),
+            cpu: cpu_time().saturating_sub(cpu_before),
+        });
+    };
     for _ in 0..count {
         let d = match end.next().await {
             Some(Ok(d)) => d,
