@@ -470,6 +470,35 @@ mod tests {
     }
 
     #[test]
+    fn routes_the_fast_path_refuses_still_decode() {
+        // An unknown key in the route and names given as null go to the reference decoder.
+        let e = dec(r#"{"id":"1","route":{"curr":"a","next":null,"hint":1},"payload":{}}"#).unwrap();
+        assert_eq!(e.route, Route::new(vec![], "a", vec![]));
+        assert_eq!(
+            dec(r#"{"id":"1","route":{"curr":"a","next":[""]},"payload":1}"#)
+                .unwrap_err()
+                .field(),
+            "route.next[0]"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_read_strictly_or_relaxed() {
+        let at = |t: &str| {
+            dec(&format!(
+                r#"{{"id":"1","route":{{"curr":"a"}},"payload":1,"status":{{"updated_at":"{t}"}}}}"#
+            ))
+            .map(|e| e.status.and_then(|s| s.updated_at).map(|t| t.to_rfc3339()))
+        };
+        let utc = Some("2030-01-01T00:00:00+00:00".to_owned());
+        assert_eq!(at("2030-01-01T00:00:00Z"), Ok(utc.clone()));
+        assert_eq!(at("2030-01-01T02:00:00+02:00"), Ok(utc.clone()));
+        // Not RFC 3339 (a space for the T), but accepted before the strict parser came first.
+        assert_eq!(at("2030-01-01 00:00:00Z"), Ok(utc));
+        assert_eq!(at("yesterday").unwrap_err().field(), "status.updated_at");
+    }
+
+    #[test]
     fn status_fields_are_typed() {
         let e = dec(r#"{"id":"1","route":{"curr":"a"},"payload":1,
             "status":{"phase":"retrying","attempt":2,"deadline_at":"2030-01-01T00:00:00Z"}}"#)
