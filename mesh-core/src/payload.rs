@@ -63,7 +63,7 @@ impl Payload {
 
     /// Checks raw JSON text once for what [`RawValue`] accepts but [`Value`] refuses: the
     /// raw scan has no depth limit and does not evaluate numbers. [`Walked`] goes through
-    /// it as a parse does, under the same limits, and allocates nothing.
+    /// it as a parse does, under the same limits, and builds nothing.
     fn from_raw(raw: Box<RawValue>) -> Result<Self, serde_json::Error> {
         serde_json::from_str::<Walked>(raw.get())?;
         Ok(Self(Repr::Text {

@@ -196,15 +196,12 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `message` (taken out of the option) if the queue has room; `false` if full.
-    fn try_push(&self, message: &mut Option<Message>, delay: Option<Duration>) -> bool {
+    /// Queues `message` if the queue has room, or hands it back.
+    fn try_push(&self, message: Message, delay: Option<Duration>) -> Result<(), Message> {
         let mut state = self.lock();
         if state.waiting() >= self.capacity {
-            return false;
+            return Err(message);
         }
-        let Some(message) = message.take() else {
-            return true;
-        };
         match delay {
             Some(d) => {
                 state.delay(Instant::now() + d, message);
@@ -218,7 +215,7 @@ impl Queue {
                 self.readable.notify_one();
             }
         }
-        true
+        Ok(())
     }
 
     /// Puts a settled-back message where it belongs; never refused for capacity.
@@ -299,21 +296,22 @@ impl Transport for MemoryTransport {
     async fn publish(&self, queue: &str, body: Bytes, options: PublishOptions) -> Result<(), TransportError> {
         let q = self.queue(queue, self.broker.config.auto_create)?;
         let delay = options.delay.filter(|d| !d.is_zero());
-        let mut message = Some(Message { body, deliveries: 0 });
         // Most publishes find room: they take the queue lock once and never register as a
         // waiter (which takes the `Notify`'s own lock twice) nor read the clock.
-        if q.try_push(&mut message, delay) {
-            return Ok(());
-        }
+        let mut message = match q.try_push(Message { body, deliveries: 0 }, delay) {
+            Ok(()) => return Ok(()),
+            Err(full) => full,
+        };
         let timeout = self.broker.config.publish_timeout;
         let give_up = Instant::now() + timeout;
         loop {
             let mut room = pin!(q.writable.notified());
             room.as_mut().enable();
-            // Checked again once registered, so room made in between is not missed.
-            if q.try_push(&mut message, delay) {
-                return Ok(());
-            }
+            // Tried again once registered, so room made in between is not missed.
+            message = match q.try_push(message, delay) {
+                Ok(()) => return Ok(()),
+                Err(full) => full,
+            };
             if tokio::time::timeout_at(give_up, room).await.is_err() {
                 return Err(TransportError::QueueFull {
                     queue: queue.to_owned(),
