@@ -198,10 +198,28 @@ impl Queue {
 
     /// Queues `message` if the queue has room, or hands it back.
     fn try_push(&self, message: Message, delay: Option<Duration>) -> Result<(), Message> {
-        let mut state = self.lock();
+        let state = self.lock();
         if state.waiting() >= self.capacity {
             return Err(message);
         }
+        self.place(state, message, delay, End::Back);
+        Ok(())
+    }
+
+    /// Puts a settled-back message where it belongs; never refused for capacity.
+    fn give_back(&self, message: Message, delay: Option<Duration>) {
+        self.place(self.lock(), message, delay.filter(|d| !d.is_zero()), End::Front);
+    }
+
+    /// Puts `message` among the delayed ones, or at `end` of the ready ones, then wakes
+    /// whoever has to look (after letting go of the lock, so they can).
+    fn place(
+        &self,
+        mut state: MutexGuard<'_, QueueState>,
+        message: Message,
+        delay: Option<Duration>,
+        end: End,
+    ) {
         match delay {
             Some(d) => {
                 state.delay(Instant::now() + d, message);
@@ -210,31 +228,25 @@ impl Queue {
                 self.readable.notify_waiters();
             }
             None => {
-                state.ready.push_back(message);
+                match end {
+                    End::Back => state.ready.push_back(message),
+                    // Returned messages go first: they have waited longest.
+                    End::Front => state.ready.push_front(message),
+                }
                 drop(state);
                 self.readable.notify_one();
             }
         }
-        Ok(())
     }
+}
 
-    /// Puts a settled-back message where it belongs; never refused for capacity.
-    fn give_back(&self, message: Message, delay: Option<Duration>) {
-        let mut state = self.lock();
-        match delay.filter(|d| !d.is_zero()) {
-            Some(d) => {
-                state.delay(Instant::now() + d, message);
-                drop(state);
-                // A sleeping consumer must recompute its wake-up time.
-                self.readable.notify_waiters();
-            }
-            None => {
-                state.ready.push_front(message);
-                drop(state);
-                self.readable.notify_one();
-            }
-        }
-    }
+/// Where a ready message joins its queue.
+#[derive(Clone, Copy)]
+enum End {
+    /// A new message: behind the others.
+    Back,
+    /// A returned one (nacked): in front.
+    Front,
 }
 
 /// Queue names the memory broker accepts: non-empty, at most 255 bytes, no whitespace or
