@@ -202,6 +202,10 @@ impl Transport for AnyTransport {
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<AnyConsumer, TransportError> {
         Ok(each_into!(self, AnyTransport => AnyConsumer, t => t.consume(queue, options).await?))
     }
+
+    async fn flush(&self) -> Result<(), TransportError> {
+        each!(self, AnyTransport, t => t.flush().await)
+    }
 }
 
 impl QueueAdmin for AnyTransport {

@@ -115,3 +115,100 @@ async fn pipeline_over_nats_delivers_every_envelope_once() {
         r.await.unwrap().unwrap();
     }
 }
+
+/// A runner stopped while it works acks what it finished, and those acks reach the server
+/// before `run` returns: a process that exits right after a clean shutdown leaves nothing
+/// to be delivered again (async-nats buffers acks; the runner flushes them). The runner runs
+/// on a runtime of its own, dropped as soon as `run` returns, as a process exit drops it.
+#[test]
+fn a_clean_shutdown_leaves_no_ack_unsent() {
+    use troupe::{QueueAdmin, Transport};
+    let url = std::env::var("TROUPE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let config = NatsConfig {
+        url,
+        stream: "TROUPE_E2E".to_owned(),
+        subject_prefix: "troupe-e2e".to_owned(),
+        consumer_inactive_threshold: Some(Duration::from_secs(300)),
+        ..NatsConfig::default()
+    };
+    let naming = QueueNaming::new("asya", &format!("e2e-flush{}", std::process::id())).unwrap();
+    let count = 8;
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+
+    let process = runtime();
+    let report = process.block_on(async {
+        let transport = NatsTransport::connect(config.clone()).await.unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = MeshMetrics::new(&mut registry);
+        // Every envelope is in flight when the shutdown comes, and finishes in the grace.
+        let started = Arc::new(tokio::sync::Semaphore::new(0));
+        let handler = {
+            let started = started.clone();
+            handler_fn(move |e: Envelope| {
+                started.add_permits(1);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok(Outcome::forward(e))
+                }
+            })
+        };
+        let stack = actor_stack(
+            StackConfig {
+                actor: "a".into(),
+                retry: RetryPolicies::new(RetryPolicy::constant(1, Duration::from_millis(100))),
+                timeout: Duration::from_secs(10),
+                store: Arc::new(MemoryStore::default()),
+                metrics: metrics.actor("a"),
+            },
+            handler,
+        );
+        let mut cfg = RunnerConfig::new("a");
+        cfg.naming = naming.clone();
+        cfg.concurrency = count;
+        common::send_through(&transport, &naming, &["a"], (0..count).map(|i| json!(i))).await;
+        let token = CancellationToken::new();
+        let runner = tokio::spawn(Runner::new(transport.clone(), stack, cfg).run(token.clone()));
+        let all_started = started.acquire_many(u32::try_from(count).unwrap());
+        tokio::time::timeout(Duration::from_secs(30), all_started)
+            .await
+            .expect("every envelope reached the handler")
+            .unwrap()
+            .forget();
+        token.cancel();
+        runner.await.unwrap().unwrap()
+    });
+    // The process exits: its tasks, the connection's among them, go with the runtime.
+    drop(process);
+    assert_eq!(report.acked, count as u64);
+
+    runtime().block_on(async {
+        let fresh = NatsTransport::connect(config).await.unwrap();
+        let queue = naming.queue_for("a").unwrap();
+        let mut depth = fresh.depth(&queue).await.unwrap();
+        for _ in 0..20 {
+            if depth.total() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            depth = fresh.depth(&queue).await.unwrap();
+        }
+        assert_eq!(depth.total(), 0, "acked inputs still held on {queue}: {depth:?}");
+        // The outputs reached x-sink; take them off it.
+        let mut sink = common::sink_of(&fresh, &naming).await;
+        for _ in 0..count {
+            let d = tokio::time::timeout(Duration::from_secs(10), sink.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            d.ack().await.unwrap();
+        }
+        fresh.flush().await.unwrap();
+    });
+}

@@ -240,12 +240,16 @@ async fn run_on_broker(
         scenario,
         latency,
     };
-    Ok(args
-        .brokers
-        .config()
-        .scratch("bench")
-        .connect(args.broker, job)
-        .await??)
+    #[allow(unused_mut)]
+    let mut config = args.brokers.config().scratch("bench");
+    // Every run makes new queues: their consumers go after 10 idle seconds rather than the
+    // scratch default of 5 minutes, so that a run does not share the stream with earlier
+    // runs' consumers.
+    #[cfg(feature = "nats")]
+    {
+        config.nats.consumer_inactive_threshold = Some(Duration::from_secs(10));
+    }
+    Ok(config.connect(args.broker, job).await??)
 }
 
 struct Job<'a> {
@@ -397,10 +401,14 @@ async fn run<T: Transport + QueueAdmin>(
     let mut samples = Vec::with_capacity(count);
     let Some(end) = end.as_mut() else {
         producer.await.map_err(|e| TransportError::Other(Box::new(e)))??;
-        return Ok(Measured {
+        let measured = Measured {
             elapsed: epoch.elapsed(),
             cpu: cpu_time().saturating_sub(cpu_before),
-        });
+        };
+        // Untimed: messages left in a NATS work-queue stream stay there after the queue's
+        // consumer is gone, and every later run on that server measured a slower stream.
+        drain(&transport, &last, count).await?;
+        return Ok(measured);
     };
     for _ in 0..count {
         let d = match end.next().await {
@@ -434,6 +442,24 @@ async fn run<T: Transport + QueueAdmin>(
         }
     }
     Ok(Measured { elapsed, cpu })
+}
+
+/// Takes `count` messages off `queue` and acks them.
+async fn drain<T: Transport>(transport: &T, queue: &str, count: usize) -> Result<(), TransportError> {
+    let options = ConsumeOptions {
+        prefetch: 256,
+        ..ConsumeOptions::default()
+    };
+    let mut consumer = transport.consume(queue, options).await?;
+    for _ in 0..count {
+        match consumer.next().await {
+            Some(Ok(d)) => d.ack().await?,
+            Some(Err(e)) => return Err(e),
+            None => return Err(TransportError::Closed),
+        }
+    }
+    // The transport is dropped next: buffered acks must reach the broker first.
+    transport.flush().await
 }
 
 /// Consume `from`, publish each body to `to`, ack: a relay with no mesh logic, keeping up to

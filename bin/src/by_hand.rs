@@ -300,6 +300,7 @@ impl WithTransport for TailJob {
                         once.not_printed(key).await;
                     }
                     delivery.nack(None).await.map_err(fail)?;
+                    transport.flush().await.map_err(fail)?;
                     if error.kind() == std::io::ErrorKind::BrokenPipe {
                         // The reader went away (`troupe tail x-sink | head -3`): done.
                         return Ok(());
@@ -326,6 +327,9 @@ impl WithTransport for TailJob {
                 "tail done: copies of envelopes already printed were acked, not printed"
             );
         }
+        // The process exits next: an ack still in the client's buffer would be lost, and
+        // the envelope printed again by the next reader.
+        transport.flush().await.map_err(fail)?;
         Ok(())
     }
 }

@@ -417,6 +417,8 @@ async fn collect_sink<T: Transport>(
         }
     }
     bar.finish_and_clear();
+    // The acks above may still sit in the client's buffer; the demo exits next.
+    transport.flush().await?;
     Ok(stats)
 }
 

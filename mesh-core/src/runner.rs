@@ -9,7 +9,8 @@
 //!   envelopes in flight; a worker pulls the next delivery only when it has a free slot;
 //! - **leases**: while an envelope is being worked on, its lease is extended every half lease;
 //! - **graceful shutdown**: on cancel it stops pulling, lets in-flight work finish for
-//!   [`RunnerConfig::shutdown_grace`], then nacks what is left so it is redelivered at once;
+//!   [`RunnerConfig::shutdown_grace`], then nacks what is left so it is redelivered at once,
+//!   and [flushes](Transport::flush) the transport, so no ack is left in a client buffer;
 //! - **poison protection**: a message delivered more than
 //!   [`RunnerConfig::max_redeliveries`] times (a crash or panic loop) goes to `x-sump`;
 //! - **task events never hold up the data path**: for envelopes of gateway tasks, the
@@ -316,6 +317,10 @@ where
                 // `process` catches handler panics itself; this is a bug in the runner.
                 tracing::error!(error = %e, "runner worker ended abnormally");
             }
+        }
+        // The process may exit as soon as this returns: the last acks must have left it.
+        if let Err(error) = shared.transport.flush().await {
+            tracing::warn!(queue = %shared.queue, %error, "flushing acknowledgements failed; the last messages may be delivered again");
         }
         let report = shared.counters.report();
         tracing::info!(queue = %shared.queue, ?report, "runner stopped");

@@ -179,6 +179,16 @@ pub trait Transport: Clone + Send + Sync + 'static {
         queue: &str,
         options: ConsumeOptions,
     ) -> impl Future<Output = Result<Self::Consumer, TransportError>> + Send;
+
+    /// Resolves once everything this client has sent so far has reached the broker. Some
+    /// brokers take acks without an answer (a NATS ack is a message the client buffers), so
+    /// an ack that resolved may not have left the process yet; the runner calls this before
+    /// it returns, so that a clean shutdown does not leave acknowledged messages to be
+    /// delivered again. The default does nothing, for transports whose calls resolve only
+    /// once the broker has them.
+    fn flush(&self) -> impl Future<Output = Result<(), TransportError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// The administrative side: queues and their depth.

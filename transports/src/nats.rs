@@ -117,6 +117,8 @@ pub struct NatsTransport {
 }
 
 struct Inner {
+    /// The connection under `js`, for flushing what it buffered.
+    client: async_nats::Client,
     js: jetstream::Context,
     config: NatsConfig,
     stream: stream::Stream,
@@ -204,7 +206,7 @@ impl NatsTransport {
     /// Connects and makes sure both streams exist.
     pub async fn connect(config: NatsConfig) -> Result<Self, TransportError> {
         let client = connect_client(&config.url, &config.tls).await?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let stream = Self::work_queue(&js, &config.stream, &format!("{}.>", config.subject_prefix)).await?;
         let delay_stream = Self::work_queue(
             &js,
@@ -243,6 +245,7 @@ impl NatsTransport {
         }
         Ok(Self {
             inner: Arc::new(Inner {
+                client,
                 js,
                 config,
                 stream,
@@ -331,6 +334,7 @@ impl NatsTransport {
         consumer
             .stream()
             .max_messages_per_batch(options.prefetch.max(1))
+            .expires(PULL_EXPIRES)
             .messages()
             .await
             .map_err(other)
@@ -358,6 +362,17 @@ impl NatsTransport {
         })
     }
 }
+
+/// How long one pull request waits on the server. async-nats asks for more only when it
+/// counts fewer than half a batch still to come, and under load that count can end above
+/// what the server will send (a request's messages may arrive before the client adds the
+/// request to its count, and the count stops at zero). The consumer then waits until the
+/// client's safety timer, this expiry plus 5 s, sends a fresh request. On a busy stream a
+/// burst of 20,000 envelopes stalled about once in 16-24 runs: for 35 s with the client's
+/// default of 30 s, for 10 s with 5 s (docs/benchmarks.md). A 1 s expiry made stalls more
+/// frequent and no shorter than 6 s, so 5 s it is; an idle consumer pays one small request
+/// per period.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 /// Where the delay forwarder may send messages.
 struct Targets {
@@ -561,6 +576,18 @@ impl Transport for NatsTransport {
                     .await
             }
         }
+    }
+
+    async fn flush(&self) -> Result<(), TransportError> {
+        // Acks, nacks and lease extensions are fire-and-forget messages in the client's
+        // write buffer until the connection writes them out.
+        self.inner
+            .client
+            .flush()
+            .await
+            .map_err(|e| TransportError::Disconnected {
+                detail: format!("cannot flush acknowledgements to NATS: {e}"),
+            })
     }
 
     async fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<NatsConsumer, TransportError> {
