@@ -5,9 +5,11 @@
 //! caches do not offer without a second lock around them.
 //!
 //! A large store is split into shards, each under its own lock, chosen by the key's hash:
-//! every hop takes the lock three times (claim, complete, published), and with one lock
-//! the runner's worker threads queued on it. Keys are hashed with foldhash, seeded per
-//! store: SipHash over hop keys was about 3 % of the in-memory pipeline's CPU in `perf`.
+//! every hop takes a lock three times (claim, complete, published), from every worker
+//! thread of every runner in the process. On the 2-core development machine one lock cost
+//! nothing measurable; the shards are for machines with more cores. Keys are hashed with
+//! foldhash, seeded per store: SipHash over hop keys was about 3 % of the in-memory
+//! pipeline's CPU in `perf`, and replacing it was measured (docs/benchmarks.md).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -99,13 +101,8 @@ impl MemoryStore {
     /// A store with these bounds.
     pub fn new(config: MemoryStoreConfig) -> Self {
         let bound = config.max_entries.max(1);
-        // A power of two, so that the shard is picked by a mask.
-        let shards = (bound / MIN_SHARD_ENTRIES).clamp(1, MAX_SHARDS);
-        let shards = if shards.is_power_of_two() {
-            shards
-        } else {
-            shards.next_power_of_two() / 2
-        };
+        // A power of two (rounded down), so that the shard is picked by a mask.
+        let shards = 1 << (bound / MIN_SHARD_ENTRIES).clamp(1, MAX_SHARDS).ilog2();
         Self {
             config,
             shard_bound: bound.div_ceil(shards),
